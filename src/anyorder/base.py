@@ -1,0 +1,132 @@
+"""What RAR and RandAR have in common: class handling, the training loss, decoding state, I/O hooks.
+
+Both families predict ``codebook_size`` codes on an ``h x w`` grid, conditioned on one of
+``num_classes`` classes. Class id ``num_classes`` is the *null class* used for classifier-free
+guidance and class-label dropout. Token ids, orders and the cache layout are family details behind
+three methods: :meth:`AnyOrderModel.logits` (teacher forcing), :meth:`start_decoding` and
+:meth:`decode_one_step` (KV-cached decoding, driven by :func:`anyorder.sampling.generate`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anyorder import orders as orders_lib
+
+
+@dataclass
+class DecodeState:
+    """Bookkeeping of one KV-cached decode: orders, classes, how many tokens are decoded so far."""
+
+    orders: Tensor  # [B, T] (batch already doubled for guidance)
+    classes: Tensor  # [B]
+    done: int = 0  # tokens decoded (and, after the next step, fed) so far
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class AnyOrderModel(nn.Module):
+    family: ClassVar[str] = ""
+    config_class: ClassVar[type] = object
+
+    def __init__(self, config: Any) -> None:
+        super().__init__()
+        self.config = config
+
+    # ---- shape facts ---------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def codebook_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = math.isqrt(self.seq_len)
+        return side, side
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def default_order(self) -> Tensor:
+        """The scan order used for sampling (and the non-random branch of training)."""
+        return orders_lib.scan_order(getattr(self.config, "order", "raster"), *self.grid).to(self.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_classes(self, classes: Tensor, allow_null: bool = True) -> Tensor:
+        classes = torch.as_tensor(classes, dtype=torch.long, device=self.device).reshape(-1)
+        hi = self.num_classes if allow_null else self.num_classes - 1
+        bad = (classes < 0) | (classes > hi)
+        if bad.any():
+            raise ValueError(
+                f"class id {int(classes[bad][0])} out of range: this model has {self.num_classes} classes "
+                f"(0..{self.num_classes - 1}; {self.num_classes} is the null class for guidance)"
+            )
+        return classes
+
+    def check_codes(self, codes: Tensor) -> Tensor:
+        codes = codes.reshape(codes.shape[0], -1).long()
+        if codes.shape[1] != self.seq_len:
+            raise ValueError(f"expected {self.seq_len} tokens per image ({self.grid}), got {codes.shape[1]}")
+        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+            raise ValueError(f"token ids must be in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]")
+        return codes
+
+    # ---- teacher forcing -----------------------------------------------------------------------
+    def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
+        """Teacher-forced logits ``[B, T, V]``: entry ``j`` predicts the token at raster position
+        ``orders[:, j]`` given the class and the tokens at ``orders[:, :j]``. ``codes`` in raster order."""
+        raise NotImplementedError
+
+    def training_loss(self, codes: Tensor, classes: Tensor, orders: Tensor) -> Tensor:
+        """Mean next-token cross-entropy in the given generation orders (labels follow the orders)."""
+        codes = self.check_codes(codes)
+        logits = self.logits(codes, classes, orders)
+        labels = orders_lib.permute(codes, orders)
+        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+
+    # ---- KV-cached decoding --------------------------------------------------------------------
+    def start_decoding(self, classes: Tensor, orders: Tensor) -> DecodeState:
+        raise NotImplementedError
+
+    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
+        """Feed the tokens sampled last step (``[B, n]``, generation order), return logits
+        ``[B, num_queries, V]`` for the next ``num_queries`` positions of ``state.orders``."""
+        raise NotImplementedError
+
+    def end_decoding(self) -> None:
+        self.transformer.clear_cache()
+
+    @torch.no_grad()
+    def generate(self, classes: Tensor, **kwargs: Any) -> Tensor:
+        """Sample codes ``[B, h, w]`` for ``classes``; see :func:`anyorder.sampling.generate`."""
+        from anyorder.sampling import generate
+
+        return generate(self, classes, **kwargs)
+
+    # ---- configs & official formats --------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return {"family": self.family, **asdict(self.config)}
+
+    @classmethod
+    def convert_official_state_dict(cls, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        return dict(sd)
+
+    @classmethod
+    def config_from_official(cls, official: dict[str, Any]) -> Any:
+        raise NotImplementedError

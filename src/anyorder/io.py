@@ -1,0 +1,137 @@
+"""Safe checkpoint I/O: safetensors or ``torch.load(weights_only=True)``, atomic writes, clear errors.
+
+Nothing here ever unpickles arbitrary objects. A pickle that carries code is refused with a
+:class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CheckpointError",
+    "load_state_dict",
+    "save_state_dict",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_torch_save",
+    "check_state_dict",
+]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is missing, corrupt, unsafe, or does not fit the model."""
+
+
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
+    """Official files wrap the state dict in various ways ({'model': sd}, {'state_dict': sd})."""
+    if isinstance(obj, Mapping):
+        for key in ("model", "state_dict", "module", "ema"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                return dict(inner)
+        tensors = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+        if tensors:
+            return tensors
+    raise CheckpointError(f"{path}: no state dict of tensors found (top-level type {type(obj).__name__})")
+
+
+def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Load a state dict from ``.safetensors`` or a pickle (``.bin/.pt/.pth``) without running code.
+
+    Raises :class:`FileNotFoundError` for a missing file and :class:`CheckpointError` for a
+    corrupt file or a pickle that would need to execute code to load.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device=str(map_location))
+        except Exception as e:  # safetensors raises its own SafetensorError (not always importable)
+            raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from e
+    try:
+        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path}: refused to load: the pickle holds objects other than tensors and plain containers "
+            f"(loading it would run code). Convert it to safetensors in a trusted environment. Details: {e}"
+        ) from e
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from e
+    return _unwrap(obj, path)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def save_state_dict(path: str | os.PathLike, state_dict: Mapping[str, Tensor], metadata: dict | None = None) -> None:
+    """Atomically save tensors as safetensors (contiguous CPU copies; shared storage is cloned)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    atomic_write_bytes(path, save(tensors, metadata=meta))
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` to a temp file then rename. Use only plain containers of tensors/numbers/strings
+    so the file loads again with ``weights_only=True``."""
+    import io as _io
+
+    buf = _io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def check_state_dict(
+    expected: Mapping[str, Tensor], given: Mapping[str, Tensor], source: str, max_report: int = 12
+) -> None:
+    """Raise :class:`CheckpointError` naming every missing / unexpected key and mismatched shape."""
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(given[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in given and tuple(given[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    lines = [f"{source} does not fit the model config:"]
+    for title, items in (("shape mismatches", shapes), ("missing keys", missing), ("unexpected keys", unexpected)):
+        if items:
+            more = f" … and {len(items) - max_report} more" if len(items) > max_report else ""
+            lines.append(f"  {len(items)} {title}: " + "; ".join(items[:max_report]) + more)
+    raise CheckpointError("\n".join(lines))

@@ -1,0 +1,216 @@
+"""RAR: Randomized AutoRegressive visual generation (Yu et al., arXiv 2411.00776).
+
+A plain causal transformer with adaLN class conditioning over the sequence
+``[cls, condition, x_1 ... x_T]``. Image tokens come in generation order (``x_j`` sits at raster
+position ``order[j]``). Every slot gets ``pos_embed`` of the position it *is*, plus a
+*target-aware* embedding of the position it *predicts* — so a model trained on random
+permutations knows which token comes next. Each slot's adaLN input is the condition token's
+embedding plus a learned per-slot timestep embedding.
+
+Token ids follow the official layout: codes ``0..V-1``, ``V`` a mask id (unused), class ``c`` is
+``V + 1 + c``, and ``V + 1 + C`` is the none-condition id (our null class ``C``).
+
+For inference the two position tables can be merged into one for the final order
+(:meth:`RAR.merge_position_embeddings`): the same logits from one table and less work per step.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from anyorder import orders as orders_lib
+from anyorder.base import AnyOrderModel, DecodeState
+from anyorder.transformer import Transformer, TransformerConfig
+
+
+@dataclass
+class RARConfig:
+    dim: int = 768
+    depth: int = 24
+    n_head: int = 16
+    mlp_hidden: int = 3072
+    seq_len: int = 256  # image tokens T (a square grid)
+    codebook_size: int = 1024
+    num_classes: int = 1000
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    class_dropout: float = 0.1
+    order: str = "raster"  # the scan order annealing ends in; sampling uses it
+    pos_extra: int = 1024  # official tables carry T + 1024 position rows
+    timestep_extra: int = 100  # and T + 100 timestep rows
+    merged_pos_embed: bool = False  # exported: one position table for ``order``
+
+    def __post_init__(self) -> None:
+        if math.isqrt(self.seq_len) ** 2 != self.seq_len:
+            raise ValueError(f"seq_len must be a square number of tokens, got {self.seq_len}")
+        orders_lib.scan_order(self.order, 1)  # validates the name
+
+    def transformer_config(self) -> TransformerConfig:
+        return TransformerConfig(
+            dim=self.dim, depth=self.depth, n_head=self.n_head, mlp_hidden=self.mlp_hidden,
+            vocab_out=self.codebook_size, norm="layernorm", norm_eps=1e-6, mlp="gelu", adaln=True,
+            bias=True, qk_norm=True, dropout=self.dropout, attn_dropout=self.attn_dropout,
+        )
+
+
+# official key -> ours (the transformer lives under ``transformer.``)
+_OFFICIAL_KEYS = [
+    (r"^blocks\.", "transformer.blocks."),
+    (r"^adaln_before_head\.", "transformer.final."),
+    (r"^lm_head\.", "transformer.final.head."),
+]
+
+
+class RAR(AnyOrderModel):
+    family = "rar"
+    config_class = RARConfig
+
+    def __init__(self, config: RARConfig) -> None:
+        super().__init__(config)
+        c = config
+        T, D = c.seq_len, c.dim
+        self.embeddings = nn.Embedding(c.codebook_size + 1 + c.num_classes + 1, D)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
+        if c.merged_pos_embed:
+            self.pos_embed = nn.Parameter(torch.zeros(1, T + 2, D))
+            self.target_aware_pos_embed = None
+        else:
+            self.pos_embed = nn.Parameter(torch.zeros(1, T + c.pos_extra, D))
+            self.target_aware_pos_embed = nn.Parameter(torch.zeros(1, T + c.pos_extra, D))
+        self.timesteps_embeddings = nn.Parameter(torch.zeros(1, T + c.timestep_extra, D))
+        self.transformer = Transformer(c.transformer_config())
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """As the official code: trunc-normal(0.02) for linears, embeddings and position tables,
+        zero-initialised adaLN, zero cls token."""
+        self.transformer.init_weights(truncated=True)
+        nn.init.trunc_normal_(self.embeddings.weight, std=0.02)
+        for p in (self.pos_embed, self.target_aware_pos_embed, self.timesteps_embeddings):
+            if p is not None:
+                nn.init.trunc_normal_(p, std=0.02)
+        nn.init.zeros_(self.cls_token)
+
+    # ---- ids --------------------------------------------------------------------------------------
+    def condition_tokens(self, classes: Tensor) -> Tensor:
+        """Class ids (``num_classes`` = null) to the official condition token ids."""
+        return self.check_classes(classes) + self.codebook_size + 1
+
+    # ---- per-slot tables --------------------------------------------------------------------------
+    def position_table(self, orders: Tensor) -> Tensor:
+        """Merged position embeddings ``[B, T + 2, D]`` for slots ``[cls, cond, x_1 .. x_T]``:
+        ``pos_embed`` of the slot's own position plus the target-aware row of the position it predicts
+        (condition -> ``order[0]``, ``x_j`` -> ``order[j+1]``; cls and the last token get none)."""
+        T = self.seq_len
+        if self.target_aware_pos_embed is None:  # exported model: one table, one order
+            if not torch.equal(orders, self.default_order().expand_as(orders)):
+                raise ValueError(f"this RAR has merged position embeddings for the {self.config.order!r} "
+                                 "order only; other orders need the unmerged model")
+            return self.pos_embed[:, : T + 2].expand(orders.shape[0], -1, -1)
+        B = orders.shape[0]
+        pe, ta = self.pos_embed[0], self.target_aware_pos_embed[0]
+        own = torch.cat([pe[:2].expand(B, -1, -1), pe[2 + orders]], dim=1)  # [B, T+2, D]
+        zero = pe.new_zeros(B, 1, pe.shape[-1])
+        target = torch.cat([zero, ta[2 + orders], zero], dim=1)  # slot 1 + j predicts order[j]
+        return own + target
+
+    def _embed(self, gen_ids: Tensor, cond: Tensor, table: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
+        """Input embeddings and adaLN conditions for ``slots`` (a contiguous range of slot indices).
+        ``gen_ids`` are the image tokens for the image slots among them, in order."""
+        B = cond.shape[0]
+        cond_emb = self.embeddings(cond)[:, None]  # [B, 1, D]
+        parts = []
+        first = int(slots[0])
+        if first == 0:
+            parts.append(self.cls_token.expand(B, -1, -1))
+        if first <= 1 <= int(slots[-1]):
+            parts.append(cond_emb)
+        if gen_ids is not None and gen_ids.shape[1]:
+            parts.append(self.embeddings(gen_ids))
+        x = torch.cat(parts, dim=1) + table[:, slots]
+        c = cond_emb + self.timesteps_embeddings[:, slots]
+        return x, c
+
+    # ---- teacher forcing (official training and no-cache sampling paths) -------------------------
+    def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
+        """Official ``forward_fn`` without cache: ``gen_ids [B, L]`` (``L <= T``) in generation order,
+        returns ``[B, L + 1, V]`` (the cls slot dropped); logit ``k`` predicts generation index ``k``."""
+        B, L = gen_ids.shape
+        if orders is None:
+            orders = self.default_order().expand(B, -1)
+        cond = self.condition_tokens(classes).expand(B)
+        table = self.position_table(orders)
+        slots = torch.arange(L + 2, device=gen_ids.device)
+        x, c = self._embed(gen_ids, cond, table, slots)
+        return self.transformer(x, c)[:, 1:]
+
+    def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
+        codes = self.check_codes(codes)
+        if orders is None:
+            orders = self.default_order().expand(codes.shape[0], -1)
+        return self.forward(orders_lib.permute(codes, orders), classes, orders)[:, :-1]
+
+    # ---- KV-cached decoding ----------------------------------------------------------------------
+    def start_decoding(self, classes: Tensor, orders: Tensor) -> DecodeState:
+        B = orders.shape[0]
+        self.transformer.setup_cache(B, self.seq_len + 2)
+        cond = self.condition_tokens(classes)
+        return DecodeState(orders=orders, classes=classes, extra={"cond": cond, "table": self.position_table(orders)})
+
+    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> Tensor:
+        if num_queries != 1:
+            raise ValueError("RAR decodes one token per step (its target-aware embeddings fix the next position)")
+        dev = state.orders.device
+        if new_tokens is None or new_tokens.shape[1] == 0:  # prefill: [cls, condition]
+            slots = torch.arange(2, device=dev)
+            new_tokens = None
+        else:  # tokens with generation index done - n .. done - 1 sit at slots 2 + index
+            n = new_tokens.shape[1]
+            slots = torch.arange(2 + state.done - n, 2 + state.done, device=dev)
+        x, c = self._embed(new_tokens, state.extra["cond"], state.extra["table"], slots)
+        return self.transformer(x, c, input_pos=slots)[:, -1:]
+
+    # ---- export ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def merge_position_embeddings(self) -> RAR:
+        """A copy for inference whose single position table already holds the target-aware
+        embeddings of the final (``config.order``) order. Its outputs equal this model's in that order."""
+        from dataclasses import replace
+
+        merged = RAR(replace(self.config, merged_pos_embed=True)).to(self.device)
+        sd = {k: v for k, v in self.state_dict().items() if k not in ("pos_embed", "target_aware_pos_embed")}
+        merged.load_state_dict(sd, strict=False)
+        merged.pos_embed.copy_(self.position_table(self.default_order()[None]))
+        return merged
+
+    # ---- official format -------------------------------------------------------------------------
+    @classmethod
+    def convert_official_state_dict(cls, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        out = {}
+        for k, v in sd.items():
+            for pat, rep in _OFFICIAL_KEYS:
+                k = re.sub(pat, rep, k)
+            out[k] = v
+        return out
+
+    @classmethod
+    def is_official_state_dict(cls, sd: dict[str, Tensor]) -> bool:
+        return "lm_head.weight" in sd
+
+    @classmethod
+    def config_from_official(cls, official: dict[str, Any]) -> RARConfig:
+        """From the official hyper-parameters (``config.json`` / ``model.generator`` of the YAML)."""
+        g = official.get("model", {}).get("generator", official)
+        return RARConfig(
+            dim=int(g["hidden_size"]), depth=int(g["num_hidden_layers"]), n_head=int(g["num_attention_heads"]),
+            mlp_hidden=int(g["intermediate_size"]), seq_len=int(g["image_seq_len"]),
+            codebook_size=int(g["codebook_size"]), num_classes=int(g["condition_num_classes"]),
+            dropout=float(g.get("dropout", 0.0)), attn_dropout=float(g.get("attn_drop", 0.0)),
+        )

@@ -1,0 +1,134 @@
+"""One sampler loop for both families: KV-cached, batched, with classifier-free guidance.
+
+:func:`generate` drives a model's :meth:`~anyorder.base.AnyOrderModel.decode_one_step` through a
+*step plan* — how many tokens each step decodes. RAR decodes one token per step (``T`` steps) in its
+final scan order; RandAR decodes any number per step (``parallel_decoding_schedule``) in a random
+order per sample, or in orders the caller supplies. Guidance batches the conditional and the
+null-class rows together and mixes them as ``u + (c - u) * scale``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from anyorder import orders as orders_lib
+from anyorder.schedules import GuidanceSchedule, parallel_decoding_schedule
+
+__all__ = ["sample_logits", "generate", "decode"]
+
+
+def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Sample ids from ``logits [..., V]``: divide by ``max(temperature, 1e-5)``, keep the ``top_k``
+    largest and the smallest set with cumulative probability ``>= top_p``, then draw. ``top_k == 1``
+    or ``temperature <= 1e-5`` is greedy (argmax)."""
+    shape = logits.shape[:-1]
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    if top_k == 1 or temperature <= 1e-5:
+        return logits.argmax(-1).view(shape)
+    logits = logits / max(temperature, 1e-5)
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum > top_p
+        drop[:, 1:] = drop[:, :-1].clone()  # keep the first token that crosses top_p
+        drop[:, 0] = False
+        logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).view(shape)
+
+
+def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: GuidanceSchedule,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           generator: torch.Generator | None = None, prefix: Tensor | None = None,
+           step_callback=None) -> Tensor:
+    """The shared decode loop. Returns tokens ``[B, T]`` in *generation order*.
+
+    ``prefix [B, P]`` (generation order) is teacher-forced first — fed through the cache in one step —
+    and returned unchanged (inpainting / outpainting); ``plan`` then covers the remaining ``T - P``.
+    """
+    B, T = orders.shape
+    P = 0 if prefix is None else prefix.shape[1]
+    if sum(plan) != T - P or min(plan, default=1) < 1:
+        raise ValueError(f"step plan {plan} must be positive and sum to {T - P}")
+    cfg = guidance.enabled
+    classes = model.check_classes(classes)
+    if cfg:
+        classes = torch.cat([classes, torch.full_like(classes, model.null_class)])
+        orders = torch.cat([orders, orders])
+    state = model.start_decoding(classes, orders)
+    out = torch.empty(B, T, dtype=torch.long, device=orders.device)
+    new: Tensor | None = None
+    if P:  # teacher-force the known tokens through the cache in one pass; their logits are not used
+        out[:, :P] = prefix
+        model.decode_one_step(state, None, 1)
+        new = torch.cat([prefix, prefix]) if cfg else prefix
+        state.done = P
+    try:
+        done = P
+        for n in plan:
+            logits = model.decode_one_step(state, new, n)  # [B(*2), n, V]
+            if cfg:
+                c, u = logits.chunk(2)
+                logits = u + (c - u) * guidance(done, T)
+            tok = sample_logits(logits, temperature, top_k, top_p, generator)
+            out[:, done : done + n] = tok
+            done += n
+            state.done = done
+            new = torch.cat([tok, tok]) if cfg else tok
+            if step_callback is not None:
+                step_callback(done)
+    finally:
+        model.end_decoding()
+    return out
+
+
+@torch.no_grad()
+def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, steps: int | None = None,
+             guidance_scale: float = 1.0, guidance_power: float = 0.0, guidance_start: float = 1.0,
+             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+             generator: torch.Generator | None = None, return_orders: bool = False):
+    """Sample codes ``[B, h, w]`` (raster) for ``classes``.
+
+    - RAR: one token per step in the model's final scan order; guidance on RAR's pow-cosine
+      schedule (``guidance_scale``, ``guidance_power``; power 0 is constant).
+    - RandAR: ``steps`` (default: ``T``, one token per step) on the cosine parallel-decoding
+      schedule; a random order per sample unless ``orders`` is given; linear guidance from
+      ``guidance_start`` to ``guidance_scale``.
+    A ``seed`` makes the result reproducible (orders and samples).
+    """
+    dev = model.device
+    classes = model.check_classes(torch.as_tensor(classes, device=dev), allow_null=True)
+    B, T = classes.shape[0], model.seq_len
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=dev).manual_seed(seed)
+    if model.family == "rar":
+        plan = [1] * T
+        if steps not in (None, T):
+            raise ValueError(f"RAR decodes one token per step: steps must be {T}, got {steps}")
+        guidance = GuidanceSchedule("pow_cosine", guidance_scale, guidance_power)
+        if orders is None:
+            orders = model.default_order().expand(B, -1)
+    else:
+        plan = parallel_decoding_schedule(steps or T, T)
+        guidance = GuidanceSchedule("linear", guidance_scale, start=guidance_start)
+        if orders is None:
+            orders = orders_lib.random_orders(B, T, generator=generator, device=dev)
+    orders = torch.as_tensor(orders, device=dev).long()
+    if orders.dim() == 1:
+        orders = orders.expand(B, -1)
+    if orders.shape != (B, T) or not orders_lib.is_permutation(orders):
+        raise ValueError(f"orders must be permutations of range({T}) with shape [{B}, {T}]")
+    was_training = model.training
+    model.eval()
+    try:
+        gen = decode(model, classes, orders, plan, guidance, temperature, top_k, top_p, generator)
+    finally:
+        model.train(was_training)
+    codes = orders_lib.unpermute(gen, orders).view(B, *model.grid)
+    return (codes, orders) if return_orders else codes

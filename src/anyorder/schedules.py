@@ -1,0 +1,101 @@
+"""Schedules over training and decoding: RAR's randomness annealing, the learning rate,
+classifier-free guidance (RAR's pow-cosine, RandAR's linear) and RandAR's parallel-decoding steps."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = [
+    "anneal_ratio",
+    "lr_at",
+    "pow_cosine_guidance",
+    "linear_guidance",
+    "GuidanceSchedule",
+    "parallel_decoding_schedule",
+]
+
+
+def anneal_ratio(step: int, start: int, end: int) -> float:
+    """RAR's permutation probability r: 1 before ``start``, 0 after ``end``, linear in between."""
+    if step < start:
+        return 1.0
+    if step >= end:
+        return 0.0
+    return 1.0 - (step - start) / (end - start)
+
+
+def lr_at(step: int, base_lr: float, warmup: int, total: int, end_lr: float = 0.0) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then cosine decay to ``end_lr`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return base_lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return end_lr + 0.5 * (base_lr - end_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def pow_cosine_guidance(decoded: int, total: int, scale: float, power: float) -> float:
+    """RAR's guidance scale after ``decoded`` of ``total`` tokens:
+    ``1 + (scale - 1) * (1 - cos(pi * (decoded/total) ** power)) / 2``. Power 0 is the constant
+    full scale (``0 ** 0 == 1``, as in the official code)."""
+    frac = (decoded / total) ** power
+    return 1.0 + (scale - 1.0) * (1.0 - math.cos(math.pi * frac)) / 2.0
+
+
+def linear_guidance(decoded: int, total: int, start: float, end: float) -> float:
+    """RandAR's guidance scale: ``start + (end - start) * decoded / total``."""
+    return start + (end - start) * decoded / total
+
+
+@dataclass(frozen=True)
+class GuidanceSchedule:
+    """Classifier-free guidance as a function of how many tokens are decoded so far.
+
+    ``kind="pow_cosine"`` (RAR): ``scale``, ``power``; off when ``scale`` is 0 or 1.
+    ``kind="linear"`` (RandAR): from ``start`` to ``scale``; off unless ``scale > 1``.
+    """
+
+    kind: str = "pow_cosine"
+    scale: float = 1.0
+    power: float = 0.0
+    start: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("pow_cosine", "linear"):
+            raise ValueError(f"unknown guidance schedule kind {self.kind!r}; use 'pow_cosine' or 'linear'")
+        if self.scale < 0:
+            raise ValueError(f"guidance scale must be >= 0, got {self.scale}")
+
+    @property
+    def enabled(self) -> bool:
+        if self.kind == "linear":
+            return self.scale > 1.0
+        return self.scale not in (0.0, 1.0)
+
+    def __call__(self, decoded: int, total: int) -> float:
+        if self.kind == "linear":
+            return linear_guidance(decoded, total, self.start, self.scale)
+        return pow_cosine_guidance(decoded, total, self.scale, self.power)
+
+
+def parallel_decoding_schedule(steps: int, total: int) -> list[int]:
+    """RandAR's cosine schedule: how many tokens each of ``steps`` steps decodes (sums to ``total``).
+
+    After ``s`` completed steps the decoded count should reach
+    ``min(int((1 - cos(pi/2 * (s+1)/steps)) * total + 1), total)``; the first step decodes one token,
+    every step at least one, and the last step whatever remains.
+    """
+    if not 1 <= steps <= total:
+        raise ValueError(f"steps must be in [1, {total}] for {total} tokens, got {steps}")
+    out = [1]
+    done = 1
+    for s in range(1, steps):
+        if s == steps - 1:
+            n = total - done
+        else:
+            target = min(int((1 - math.cos(math.pi / 2 * (s + 1) / steps)) * total + 1), total)
+            n = target - done
+        remaining_steps = steps - s - 1
+        n = max(1, min(n, total - done - remaining_steps))
+        out.append(n)
+        done += n
+    return out
