@@ -50,6 +50,8 @@ class RARConfig:
         if math.isqrt(self.seq_len) ** 2 != self.seq_len:
             raise ValueError(f"seq_len must be a square number of tokens, got {self.seq_len}")
         orders_lib.scan_order(self.order, 1)  # validates the name
+        if self.pos_extra < 2 or self.timestep_extra < 2:
+            raise ValueError("pos_extra and timestep_extra must be >= 2 (the cls and condition slots)")
 
     def transformer_config(self) -> TransformerConfig:
         return TransformerConfig(

@@ -1,0 +1,183 @@
+"""Build models from configs, load official checkpoints, ``save_pretrained`` / ``from_pretrained``.
+
+Our format (diffusers/timm style): a directory with ``model.safetensors`` and ``config.json``
+(``{"family": "rar" | "randar", ...model config fields}``). Official formats convert on load:
+
+- RAR (bytedance/1d-tokenizer): ``rar_{b,l,xl,xxl}.bin`` state dict; hyper-parameters from its
+  ``config.json`` (``hidden_size``, ``num_hidden_layers`` ...) or from the preset of the same name;
+- RandAR (ziqipang/RandAR): ``*.safetensors`` state dict; hyper-parameters from its ``config.json``
+  (``dim``, ``n_layer`` ...) or a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anyorder.base import AnyOrderModel
+from anyorder.io import CheckpointError, atomic_write_json, check_state_dict, load_state_dict, save_state_dict
+from anyorder.presets import get_preset
+from anyorder.randar import RandAR
+from anyorder.rar import RAR
+
+FAMILIES: dict[str, type[AnyOrderModel]] = {"rar": RAR, "randar": RandAR}
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+__all__ = ["build_model", "load_official", "save_pretrained", "from_pretrained", "model_config", "FAMILIES"]
+
+
+def model_config(family: str, values: dict[str, Any], source: str = "config"):
+    """Validate ``values`` into the family's config dataclass; unknown keys are errors."""
+    if family not in FAMILIES:
+        raise ValueError(f"{source}: unknown model family {family!r}; use one of {sorted(FAMILIES)}")
+    cls = FAMILIES[family].config_class
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown {family} config key(s) {unknown}; valid keys: {sorted(names)}")
+    return cls(**values)
+
+
+def build_model(config: dict[str, Any] | str, device: torch.device | str | None = None) -> AnyOrderModel:
+    """A randomly initialised model from ``{"family": ..., **fields}`` or a preset name."""
+    if isinstance(config, str):
+        p = get_preset(config)
+        config = {"family": p.family, **p.model}
+    config = dict(config)
+    family = config.pop("family", None)
+    if family is None:
+        raise ValueError("model config needs a 'family' key ('rar' or 'randar')")
+    model = FAMILIES[family](model_config(family, config))
+    return model.to(device) if device is not None else model
+
+
+def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None) -> str:
+    if "family" in cfg:
+        return cfg["family"]
+    flat = cfg.get("model", {}).get("generator", cfg)
+    if "hidden_size" in flat or (sd is not None and RAR.is_official_state_dict(sd)):
+        return "rar"
+    if "n_layer" in flat or "dim" in flat or (sd is not None and RandAR.is_official_state_dict(sd)):
+        return "randar"
+    raise ValueError("cannot tell the model family from the config or checkpoint keys")
+
+
+def _read_config(config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    if isinstance(config, dict):
+        return config
+    path = Path(config)
+    if not path.is_file():
+        raise FileNotFoundError(f"config not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _load_into(model: AnyOrderModel, sd: dict[str, torch.Tensor], source: str) -> AnyOrderModel:
+    if type(model).is_official_state_dict(sd):
+        sd = type(model).convert_official_state_dict(sd)
+    check_state_dict(model.state_dict(), sd, source)
+    model.load_state_dict(sd, strict=True)
+    return model
+
+
+def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | os.PathLike | None = None,
+                  preset: str | None = None, device: torch.device | str = "cpu") -> AnyOrderModel:
+    """Load a checkpoint (official or ours) given its hyper-parameters (official ``config.json``,
+    our ``config.json``, or a preset name)."""
+    checkpoint = Path(checkpoint)
+    sd = load_state_dict(checkpoint)
+    if config is None and preset is None:
+        beside = checkpoint.parent / CONFIG_NAME
+        if beside.is_file():
+            config = beside
+        elif checkpoint.stem in _preset_names():
+            preset = checkpoint.stem
+        else:
+            raise CheckpointError(f"{checkpoint}: no hyper-parameters: put its config.json beside it or pass a preset "
+                                  f"(one of {', '.join(_preset_names())})")
+    if config is not None:
+        cfg = _read_config(config)
+        family = _official_family(cfg, sd)
+        if "family" in cfg:
+            model = build_model(cfg)
+        else:
+            model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
+    else:
+        model = build_model(preset)
+    return _load_into(model, sd, str(checkpoint)).to(device)
+
+
+def _preset_names() -> list[str]:
+    from anyorder.presets import PRESETS
+
+    return sorted(PRESETS)
+
+
+def save_pretrained(model: AnyOrderModel, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (atomically) and return the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save_state_dict(directory / WEIGHTS_NAME, model.state_dict(), metadata={"family": model.family})
+    atomic_write_json(directory / CONFIG_NAME, {**model.config_dict(), **({"extra": extra} if extra else {})})
+    return directory
+
+
+def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None,
+                    config: dict[str, Any] | str | os.PathLike | None = None, preset: str | None = None,
+                    device: torch.device | str = "cpu") -> AnyOrderModel:
+    """Load a model from a local directory, a local file, or a hub id (``owner/name`` + ``filename``).
+
+    A directory holds our ``config.json`` + ``model.safetensors`` (or an official checkpoint with its
+    ``config.json``). A file is an official or our checkpoint; its hyper-parameters come from
+    ``config``, a ``config.json`` beside it, ``preset``, or a preset named like the file (``rar_b.bin``).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        cfg_path = path / CONFIG_NAME
+        weights = path / WEIGHTS_NAME
+        if not weights.is_file():
+            cands = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+            if not cands:
+                raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (or .bin/.pt/.safetensors) in this directory")
+            weights = cands[0]
+        if config is None and preset is None and not cfg_path.is_file():
+            raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; pass config= or preset=")
+        return load_official(weights, config if config is not None else (None if preset else cfg_path), preset, device)
+    if path.is_file():
+        return load_official(path, config, preset, device)
+    if not _looks_like_hub_id(str(name_or_path)) or path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
+        raise FileNotFoundError(f"{name_or_path}: no such file or directory (nor a hub id like 'owner/name')")
+    local = hub_download(str(name_or_path), filename)
+    if preset is None and config is None and Path(local).stem in _preset_names():
+        preset = Path(local).stem
+    return load_official(local, config, preset, device)
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "/"))
+
+
+def hub_download(repo_id: str, filename: str | None) -> Path:
+    """Fetch ``filename`` from the hub (only when online); offline, say which file to put where."""
+    if not filename:
+        raise ValueError(f"hub id {repo_id!r} needs a filename (e.g. rar_b.bin)")
+    hint = (f"download https://huggingface.co/{repo_id}/resolve/main/{filename} on a machine with internet access "
+            f"and pass the local path instead of the hub id")
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as e:
+        raise RuntimeError(f"loading {repo_id}/{filename} from the hub needs huggingface_hub "
+                           f"(pip install huggingface_hub); or {hint}") from e
+    try:
+        return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+    except Exception as e:  # offline, unknown repo, gated ...
+        raise RuntimeError(
+            f"could not fetch {filename} from hub repo {repo_id} ({type(e).__name__}: {e}); {hint}") from e

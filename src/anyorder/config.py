@@ -1,0 +1,212 @@
+"""Run configuration: typed dataclasses, named presets / YAML files, dotted command-line overrides.
+
+``load_run_config("demo_rar", ["model.depth=2", "train.steps=50"])`` reads the packaged YAML
+``configs/demo_rar.yaml`` (or any YAML path), applies the overrides (values parsed as YAML), and
+validates everything into :class:`RunConfig`. Unknown keys anywhere are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+__all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "load_run_config",
+           "apply_overrides", "config_from_dict", "config_to_dict", "list_run_presets"]
+
+
+@dataclass
+class DataConfig:
+    source: str = "mnist"  # "mnist" (bundled digits) or a .safetensors file with codes [N,h,w] and labels [N]
+    test_fraction: float = 0.1
+    seed: int = 0
+
+
+@dataclass
+class TokenizerConfig:
+    codebook_size: int = 128
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 2e-3
+    path: str = ""  # a trained tokenizer directory to reuse instead of training one
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    end_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.03
+    betas: tuple[float, float] = (0.9, 0.96)
+    grad_clip: float = 1.0
+    anneal_start: int = 0  # RAR: r = 1 before this step ...
+    anneal_end: int = 0  # ... and 0 from this step on (anneal_end < 0: never anneal, always random)
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA with bf16 support), "fp32", "bf16"
+    device: str = "auto"
+    seed: int = 0
+    log_every: int = 50
+    ckpt_every: int = 500
+    compile: bool = False
+
+
+@dataclass
+class SampleConfig:
+    per_class: int = 10
+    guidance_scale: float = 3.0
+    guidance_power: float = 0.0
+    guidance_start: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    steps: int = 0  # RandAR parallel-decoding steps; 0 = one token per step
+    seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    model_preset: str = "rar_demo"
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model fields
+    data: DataConfig = field(default_factory=DataConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    out_dir: str = "runs/demo"
+    threads: int = 0  # torch.set_num_threads; 0 = leave as is
+
+    def model_dict(self) -> dict[str, Any]:
+        """``{"family": ..., **fields}`` for :func:`anyorder.checkpoints.build_model` (validated there)."""
+        from anyorder.presets import get_preset
+
+        p = get_preset(self.model_preset)
+        return {"family": p.family, **p.model, **self.model}
+
+    @property
+    def family(self) -> str:
+        from anyorder.presets import get_preset
+
+        return get_preset(self.model_preset).family
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = getattr(tp, "__origin__", None)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+        return config_from_dict(tp, value, prefix=key + ".")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"config key {key!r} must be true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key!r} must be a string, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(tp.__args__):
+            raise ValueError(f"config key {key!r} must be a list of {len(tp.__args__)} values, got {value!r}")
+        return tuple(_coerce(t, v, key) for t, v in zip(tp.__args__, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def config_from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a dict, checking every key and type."""
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in values if k not in names]
+    if unknown:
+        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys under "
+                         f"{prefix.rstrip('.') or 'the top level'}: {names}")
+    default = cls()
+    kwargs = {}
+    for name in names:
+        if name in values:
+            kwargs[name] = _coerce(hints[name], values[name], prefix + name)
+        else:
+            kwargs[name] = getattr(default, name)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+
+    def fix(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: fix(v) for k, v in x.items()}
+        if isinstance(x, tuple):
+            return list(x)
+        return x
+
+    return fix(d)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key.path=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: cannot parse value ({e})") from e
+        node = values
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[parts[-1]] = value
+    return values
+
+
+def _packaged(name: str) -> Path | None:
+    f = resources.files("anyorder") / "configs" / f"{name}.yaml"
+    return Path(str(f)) if f.is_file() else None
+
+
+def list_run_presets() -> list[str]:
+    d = resources.files("anyorder") / "configs"
+    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_run_config(source: str | Path | None = "demo_rar", overrides: list[str] | None = None) -> RunConfig:
+    """A :class:`RunConfig` from a packaged preset name or a YAML file, plus dotted overrides."""
+    values: dict[str, Any] = {}
+    if source:
+        path = _packaged(str(source)) or Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config {source!r} is neither a preset ({', '.join(list_run_presets())}) "
+                                    f"nor a YAML file")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: invalid YAML ({e})") from e
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    apply_overrides(values, overrides or [])
+    cfg = config_from_dict(RunConfig, values)
+    from anyorder.checkpoints import model_config
+
+    md = cfg.model_dict()
+    model_config(md.pop("family"), md, source="model")  # validates model keys early
+    return cfg

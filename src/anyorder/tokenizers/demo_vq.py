@@ -1,0 +1,326 @@
+"""A small convolutional VQ-VAE for the 28x28 MNIST demo (28x28 -> 7x7 code grid).
+
+The codebook is trained with exponential moving averages (k-means style updates, no codebook
+gradient) and dead codes are restarted from random encoder outputs of the current batch, which
+keeps codebook usage high. The encoder learns through the straight-through estimator plus a
+commitment loss.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from anyorder.io import atomic_write_json, check_state_dict, load_state_dict, save_state_dict
+from anyorder.tokenizers.base import ImageTokenizer
+
+__all__ = [
+    "DemoVQConfig",
+    "DemoVQ",
+    "EMAQuantizer",
+    "train_demo_vq",
+    "reconstruction_error",
+    "codebook_usage",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+@dataclass
+class DemoVQConfig:
+    """Hyper-parameters of :class:`DemoVQ` (``downsample`` must be a power of two dividing ``image_size``)."""
+
+    in_channels: int = 1
+    image_size: int = 28
+    downsample: int = 4
+    codebook_size: int = 128
+    code_dim: int = 32
+    hidden: int = 64
+    num_res_blocks: int = 1
+    commitment: float = 0.25
+    ema_decay: float = 0.95
+    dead_code_threshold: float = 0.5  # EMA count below which a code is restarted
+
+    def __post_init__(self) -> None:
+        ds = self.downsample
+        if ds < 1 or ds & (ds - 1):
+            raise ValueError(f"downsample must be a power of two, got {ds}")
+        if self.image_size % ds:
+            raise ValueError(f"image_size {self.image_size} is not divisible by downsample {ds}")
+        if self.codebook_size < 2 or self.code_dim < 1 or self.hidden < 1 or self.in_channels < 1:
+            raise ValueError(f"invalid sizes in {self}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DemoVQConfig:
+        """Build from a dict; unknown keys raise :class:`ValueError` naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DemoVQConfig key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(ch, ch, 3, padding=1)
+        self.conv2 = nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class EMAQuantizer(nn.Module):
+    """Nearest-neighbour vector quantiser with EMA codebook updates and dead-code restarts."""
+
+    def __init__(self, codebook_size: int, code_dim: int, decay: float, dead_code_threshold: float) -> None:
+        super().__init__()
+        self.codebook_size = codebook_size
+        self.decay = decay
+        self.dead_code_threshold = dead_code_threshold
+        self.register_buffer("embed", torch.randn(codebook_size, code_dim) * 0.1)
+        self.register_buffer("embed_avg", self.embed.clone())
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def lookup(self, flat: Tensor) -> Tensor:
+        """Index of the nearest code for each row of ``flat`` ``[N, D]``."""
+        dist = (
+            flat.pow(2).sum(1, keepdim=True)
+            - 2.0 * flat @ self.embed.t()
+            + self.embed.pow(2).sum(1)[None, :]
+        )
+        return dist.argmin(1)
+
+    @torch.no_grad()
+    def _init_from(self, flat: Tensor) -> None:
+        idx = torch.randint(0, flat.shape[0], (self.codebook_size,), device=flat.device)
+        self.embed.copy_(flat[idx])
+        self.embed_avg.copy_(flat[idx])
+        self.cluster_size.fill_(1.0)
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _ema_update(self, flat: Tensor, idx: Tensor) -> None:
+        onehot = F.one_hot(idx, self.codebook_size).type(flat.dtype)
+        counts = onehot.sum(0)
+        self.cluster_size.mul_(self.decay).add_(counts, alpha=1 - self.decay)
+        self.embed_avg.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
+        n = self.cluster_size.sum()
+        smoothed = (self.cluster_size + 1e-5) / (n + self.codebook_size * 1e-5) * n
+        self.embed.copy_(self.embed_avg / smoothed[:, None])
+        dead = self.cluster_size < self.dead_code_threshold
+        n_dead = int(dead.sum())
+        if n_dead:
+            pick = torch.randint(0, flat.shape[0], (n_dead,), device=flat.device)
+            new = flat[pick] + 1e-3 * torch.randn_like(flat[pick])
+            self.embed[dead] = new
+            self.embed_avg[dead] = new
+            self.cluster_size[dead] = 1.0
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``z [B, D, h, w]`` -> (straight-through quantised ``z``, commitment MSE, codes ``[B, h, w]``)."""
+        b, d, h, w = z.shape
+        flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+        if self.training and not bool(self.initialized):
+            self._init_from(flat.detach())
+        idx = self.lookup(flat.detach())
+        q = F.embedding(idx, self.embed).view(b, h, w, d).permute(0, 3, 1, 2)
+        if self.training:
+            self._ema_update(flat.detach(), idx)
+        commit = F.mse_loss(z, q.detach())
+        q = z + (q - z).detach()
+        return q, commit, idx.view(b, h, w)
+
+
+class DemoVQ(ImageTokenizer):
+    """Small conv VQ-VAE: images ``[B, C, H, W]`` in ``[0, 1]`` <-> codes ``[B, H/ds, W/ds]``."""
+
+    def __init__(self, config: DemoVQConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or DemoVQConfig()
+        self.config = cfg
+        self.codebook_size = cfg.codebook_size
+        self.downsample = cfg.downsample
+        self.in_channels = cfg.in_channels
+        n_down = int(math.log2(cfg.downsample))
+        # channels per resolution level: hidden at the code grid, halved at each 2x finer level (min 8)
+        chans = [max(cfg.hidden // 2 ** (n_down - i), 8) for i in range(n_down + 1)]
+        enc: list[nn.Module] = [nn.Conv2d(cfg.in_channels, chans[0], 3, padding=1)]
+        for i in range(n_down):
+            enc += [nn.ReLU(), nn.Conv2d(chans[i], chans[i + 1], 4, stride=2, padding=1)]
+        enc += [_ResBlock(cfg.hidden) for _ in range(cfg.num_res_blocks)]
+        enc += [nn.ReLU(), nn.Conv2d(cfg.hidden, cfg.code_dim, 1)]
+        self.encoder = nn.Sequential(*enc)
+        self.quantizer = EMAQuantizer(cfg.codebook_size, cfg.code_dim, cfg.ema_decay, cfg.dead_code_threshold)
+        dec: list[nn.Module] = [nn.Conv2d(cfg.code_dim, cfg.hidden, 3, padding=1)]
+        dec += [_ResBlock(cfg.hidden) for _ in range(cfg.num_res_blocks)]
+        for i in range(n_down, 0, -1):
+            dec += [nn.ReLU(), nn.ConvTranspose2d(chans[i], chans[i - 1], 4, stride=2, padding=1)]
+        dec += [nn.ReLU(), nn.Conv2d(chans[0], cfg.in_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+
+    def _check_images(self, images: Tensor) -> None:
+        if images.ndim != 4 or images.shape[1] != self.in_channels:
+            raise ValueError(f"expected images [B, {self.in_channels}, H, W], got {tuple(images.shape)}")
+        if images.shape[-1] % self.downsample or images.shape[-2] % self.downsample:
+            raise ValueError(f"image size {tuple(images.shape[-2:])} not divisible by {self.downsample}")
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Training pass: returns (reconstruction logits, commitment loss, codes)."""
+        self._check_images(images)
+        z = self.encoder(images * 2.0 - 1.0)
+        q, commit, codes = self.quantizer(z)
+        return self.decoder(q), commit, codes
+
+    @torch.no_grad()
+    def encode(self, images: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` in ``[0, 1]`` -> codes ``[B, H/ds, W/ds]`` int64."""
+        self._check_images(images)
+        z = self.encoder(images.to(self.quantizer.embed.dtype) * 2.0 - 1.0)
+        b, d, h, w = z.shape
+        idx = self.quantizer.lookup(z.permute(0, 2, 3, 1).reshape(-1, d))
+        return idx.view(b, h, w).long()
+
+    @torch.no_grad()
+    def decode(self, codes: Tensor) -> Tensor:
+        """Codes ``[B, h, w]`` (ints in ``[0, codebook_size)``) -> images ``[B, C, h*ds, w*ds]`` in ``[0, 1]``."""
+        if codes.ndim != 3:
+            raise ValueError(f"expected codes [B, h, w], got {tuple(codes.shape)}")
+        codes = codes.long()
+        if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+        q = F.embedding(codes, self.quantizer.embed).permute(0, 3, 1, 2)
+        return torch.sigmoid(self.decoder(q))
+
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        return self.decode(self.encode(images))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_state_dict(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
+        atomic_write_json(directory / CONFIG_NAME, {"model_type": "demo_vq", **self.config.to_dict()})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DemoVQ:
+        """Load a model written by :meth:`save_pretrained` (in eval mode)."""
+        directory = Path(directory)
+        cfg_path = directory / CONFIG_NAME
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"config not found: {cfg_path}")
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
+        if not isinstance(raw, dict):
+            raise ValueError(f"{cfg_path}: expected a JSON object")
+        model_type = raw.pop("model_type", "demo_vq")
+        if model_type != "demo_vq":
+            raise ValueError(f"{cfg_path}: model_type is {model_type!r}, expected 'demo_vq'")
+        model = cls(DemoVQConfig.from_dict(raw))
+        weights = directory / WEIGHTS_NAME
+        state = load_state_dict(weights, map_location="cpu")
+        check_state_dict(model.state_dict(), state, str(weights))
+        model.load_state_dict(state)
+        return model.to(device).eval()
+
+
+@torch.no_grad()
+def reconstruction_error(model: DemoVQ, images: Tensor, batch_size: int = 500) -> float:
+    """Mean squared error (pixels in [0, 1]) between ``images`` and their VQ reconstructions."""
+    was_training = model.training
+    model.eval()
+    device = model.quantizer.embed.device
+    total, n = 0.0, 0
+    for i in range(0, images.shape[0], batch_size):
+        x = images[i : i + batch_size].to(device)
+        total += float(F.mse_loss(model.reconstruct(x), x, reduction="sum"))
+        n += x.numel()
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+@torch.no_grad()
+def codebook_usage(model: DemoVQ, images: Tensor, batch_size: int = 500) -> float:
+    """Fraction of the codebook used when encoding ``images``."""
+    device = model.quantizer.embed.device
+    used = torch.zeros(model.codebook_size, dtype=torch.bool, device=device)
+    for i in range(0, images.shape[0], batch_size):
+        used[model.encode(images[i : i + batch_size].to(device)).flatten()] = True
+    return float(used.float().mean())
+
+
+def train_demo_vq(
+    train_images: Tensor,
+    config: DemoVQConfig | None = None,
+    steps: int = 1500,
+    batch_size: int = 128,
+    lr: float = 2e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[DemoVQ, dict[str, float]]:
+    """Train a :class:`DemoVQ` on ``train_images`` ``[N, C, H, W]`` in ``[0, 1]``.
+
+    Loss: binary cross-entropy of the reconstruction + ``commitment`` * commitment MSE; Adam with a
+    cosine learning-rate decay. Returns the model (eval mode) and stats: final losses, training-set
+    reconstruction MSE, codebook usage on the training set and wall time.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = config or DemoVQConfig()
+    if train_images.ndim != 4 or train_images.shape[1] != cfg.in_channels:
+        raise ValueError(f"train_images must be [N, {cfg.in_channels}, H, W], got {tuple(train_images.shape)}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = DemoVQ(cfg).to(device).train()
+    data = train_images.float().to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))) * 0.95 + 0.05
+    )
+    n = data.shape[0]
+    start = time.perf_counter()
+    rec = commit = torch.zeros(())
+    bar = tqdm(range(steps), desc="train VQ", disable=not progress, dynamic_ncols=True)
+    for step in bar:
+        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
+        x = data[idx]
+        logits, commit, _ = model(x)
+        rec = F.binary_cross_entropy_with_logits(logits, x)
+        loss = rec + cfg.commitment * commit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if progress and (step % 50 == 0 or step == steps - 1):
+            bar.set_postfix(bce=f"{rec.item():.4f}", commit=f"{commit.item():.4f}")
+    model.eval()
+    stats = {
+        "steps": float(steps),
+        "seconds": time.perf_counter() - start,
+        "final_bce": float(rec.detach()),
+        "final_commitment": float(commit.detach()),
+        "train_mse": reconstruction_error(model, data[:2000]),
+        "codebook_usage": codebook_usage(model, data),
+    }
+    return model, stats
