@@ -32,6 +32,17 @@ def find_multiple(n: int, k: int) -> int:
     return n if n % k == 0 else n + k - (n % k)
 
 
+def interleave(first: Tensor, second: Tensor) -> Tensor:
+    """``[B, T, ...]`` rows of two streams -> ``[B, 2T, ...]`` as ``first_0, second_0, first_1, ...``
+    (instruction tokens first, image tokens second, in RandAR's sequence)."""
+    return torch.stack([first, second], dim=2).flatten(1, 2)
+
+
+def deinterleave(seq: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of :func:`interleave`: the instruction rows and the token rows."""
+    return seq[:, 0::2], seq[:, 1::2]
+
+
 @dataclass
 class RandARConfig:
     dim: int = 1024
@@ -129,16 +140,15 @@ class RandAR(AnyOrderModel):
         B, T = gen_ids.shape
         instr = self.instruction_tokens(orders, table)
         toks = self.tok_embeddings(gen_ids)
-        x = torch.cat([self.class_embedding(classes).expand(B, -1, -1),
-                       torch.stack([instr, toks], dim=2).view(B, 2 * T, -1)], dim=1)
+        x = torch.cat([self.class_embedding(classes).expand(B, -1, -1), interleave(instr, toks)], dim=1)
         rows = self.rope_rows(orders, table)
         table0 = (self.freqs_cis if table is None else table)[:1].expand(B, -1, -1, -1)
-        rope = torch.cat([table0, rows.repeat_interleave(2, dim=1)], dim=1)
+        rope = torch.cat([table0, interleave(rows, rows)], dim=1)
         out = self.transformer(x, rope=rope, hidden_layers=hidden_layers)
         if hidden_layers:
             logits, hidden = out
-            return logits[:, 1::2], hidden
-        return out[:, 1::2]
+            return deinterleave(logits[:, 1:])[0], hidden
+        return deinterleave(out[:, 1:])[0]
 
     def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
         codes = self.check_codes(codes)
@@ -169,7 +179,7 @@ class RandAR(AnyOrderModel):
         else:  # [tok_a, instr_{a+1}, tok_{a+1}, ..., tok_{done-1}, instr_done .. instr_{done+m-1}]
             a = done - n
             tok = self.tok_embeddings(new_tokens)
-            fed = torch.stack([tok[:, :-1], instr[:, a + 1 : done]], dim=2).flatten(1, 2)
+            fed = interleave(tok[:, :-1], instr[:, a + 1 : done])
             x = torch.cat([fed, tok[:, -1:], instr[:, done : done + m]], dim=1)
             idx = torch.cat([a + torch.arange(1, 2 * n, device=tok.device) // 2,
                              torch.arange(done, done + m, device=tok.device)])

@@ -82,10 +82,12 @@ def parallel_decoding_schedule(steps: int, total: int) -> list[int]:
 
     After ``s`` completed steps the decoded count should reach
     ``min(int((1 - cos(pi/2 * (s+1)/steps)) * total + 1), total)``; the first step decodes one token,
-    every step at least one, and the last step whatever remains.
+    every step at least one, and the last step whatever remains (one step decodes everything).
     """
     if not 1 <= steps <= total:
         raise ValueError(f"steps must be in [1, {total}] for {total} tokens, got {steps}")
+    if steps == 1:
+        return [total]
     out = [1]
     done = 1
     for s in range(1, steps):

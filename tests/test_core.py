@@ -1,0 +1,199 @@
+"""The shared core: KV cache, sampler loop, merged position embeddings, RandAR bookkeeping."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anyorder.checkpoints import build_model
+from anyorder.orders import is_permutation, permute, random_orders, scan_order
+from anyorder.randar import deinterleave, interleave
+from anyorder.sampling import sample_logits
+
+RAR_TINY = {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
+            "codebook_size": 24, "num_classes": 5, "pos_extra": 4, "timestep_extra": 4}
+RANDAR_TINY = {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 24,
+               "num_classes": 5, "multiple_of": 16}
+
+
+def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Official init zeroes adaLN and heads; add noise so no layer is trivially zero."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+@pytest.fixture
+def rar():
+    return _randomise(build_model(RAR_TINY))
+
+
+@pytest.fixture
+def randar():
+    return _randomise(build_model(RANDAR_TINY))
+
+
+def _data(model, B=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, model.codebook_size, (B, model.seq_len), generator=g)
+    classes = torch.randint(0, model.num_classes, (B,), generator=g)
+    orders = random_orders(B, model.seq_len, generator=g)
+    return codes, classes, orders
+
+
+@torch.no_grad()
+def test_rar_kv_cached_logits_equal_full_sequence_logits_in_any_order(rar):
+    codes, classes, orders = _data(rar)
+    full = rar.logits(codes, classes, orders)  # [B, T, V]
+    gen = permute(codes, orders)
+    state = rar.start_decoding(classes, orders)
+    steps, new = [], None
+    for j in range(rar.seq_len):
+        steps.append(rar.decode_one_step(state, new, 1)[:, 0])
+        new, state.done = gen[:, j : j + 1], j + 1
+    rar.end_decoding()
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_rar_prefix_fed_in_one_pass_equals_token_by_token(rar):
+    codes, classes, orders = _data(rar)
+    full = rar.logits(codes, classes, orders)
+    gen = permute(codes, orders)
+    state = rar.start_decoding(classes, orders)
+    rar.decode_one_step(state, None, 1)
+    state.done = 7
+    out = rar.decode_one_step(state, gen[:, :7], 1)
+    rar.end_decoding()
+    torch.testing.assert_close(out[:, 0], full[:, 7], atol=1e-5, rtol=1e-4)
+
+
+@torch.no_grad()
+def test_merged_position_embeddings_give_the_same_outputs(rar):
+    codes, classes, _ = _data(rar)
+    merged = rar.merge_position_embeddings().eval()
+    assert merged.target_aware_pos_embed is None
+    assert merged.pos_embed.shape[1] == rar.seq_len + 2
+    torch.testing.assert_close(merged.logits(codes, classes), rar.logits(codes, classes), atol=1e-5, rtol=1e-4)
+    a = rar.generate(classes, guidance_scale=2.0, guidance_power=1.0, seed=3)
+    b = merged.generate(classes, guidance_scale=2.0, guidance_power=1.0, seed=3)
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="merged"):
+        merged.logits(codes, classes, random_orders(codes.shape[0], rar.seq_len))
+
+
+@torch.no_grad()
+def test_rar_samples_in_the_order_annealing_ended_in():
+    model = _randomise(build_model({**RAR_TINY, "order": "spiral_in"}))
+    assert torch.equal(model.default_order().cpu(), scan_order("spiral_in", 4))
+    codes, orders = model.generate(torch.tensor([0, 1]), temperature=1e-6, return_orders=True)
+    assert torch.equal(orders.cpu(), scan_order("spiral_in", 4).expand(2, -1))
+    # greedy in that order: every token is the argmax of the teacher-forced logits in that order
+    logits = model.logits(codes.flatten(1), torch.tensor([0, 1]), orders)
+    assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
+
+
+def test_interleaving_and_deinterleaving_round_trip():
+    a, b = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    seq = interleave(a, b)
+    assert seq.shape == (2, 10, 3)
+    assert torch.equal(seq[:, 0], a[:, 0]) and torch.equal(seq[:, 1], b[:, 0])
+    a2, b2 = deinterleave(seq)
+    assert torch.equal(a2, a) and torch.equal(b2, b)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("plan", [[1] * 16, [1, 2, 3, 4, 6], [1, 15], [1, 1, 7, 7]])
+def test_parallel_decode_logits_equal_full_sequence_forward(randar, plan):
+    """Feeding the true tokens through the parallel-decoding cache bookkeeping, the first query of each
+    step sees exactly the prefix the full-sequence forward sees at that position."""
+    codes, classes, orders = _data(randar)
+    full = randar.logits(codes, classes, orders)
+    gen = permute(codes, orders)
+    state = randar.start_decoding(classes, orders)
+    new, done = None, 0
+    for n in plan:
+        out = randar.decode_one_step(state, new, n)
+        assert out.shape == (codes.shape[0], n, randar.codebook_size)
+        torch.testing.assert_close(out[:, 0], full[:, done], atol=1e-5, rtol=1e-4)
+        # (later queries of a parallel step see the earlier queries' instruction tokens, not their tokens)
+        new, done = gen[:, done : done + n], done + n
+        state.done = done
+    randar.end_decoding()
+
+
+@torch.no_grad()
+def test_one_token_per_step_reproduces_every_full_sequence_logit(randar):
+    codes, classes, orders = _data(randar)
+    full = randar.logits(codes, classes, orders)
+    gen = permute(codes, orders)
+    state = randar.start_decoding(classes, orders)
+    new = None
+    for j in range(randar.seq_len):
+        torch.testing.assert_close(randar.decode_one_step(state, new, 1)[:, 0], full[:, j], atol=1e-5, rtol=1e-4)
+        new, state.done = gen[:, j : j + 1], j + 1
+    randar.end_decoding()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("steps", [16, 5])
+def test_an_order_the_caller_supplies_is_honoured(randar, steps):
+    _, classes, orders = _data(randar)
+    codes, used = randar.generate(classes, orders=orders, steps=steps, top_k=1, return_orders=True)
+    assert torch.equal(used, orders)
+    if steps == 16:  # greedy one-by-one: each token is the argmax given the tokens before it in *that* order
+        logits = randar.logits(codes.flatten(1), classes, orders)
+        assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_a_seed_gives_identical_samples(family, rar, randar):
+    model = rar if family == "rar" else randar
+    cls = torch.tensor([0, 1, 2, 3])
+    kw = {"guidance_scale": 2.0, "seed": 7, "top_p": 0.9} if family == "randar" else {"guidance_scale": 2.0, "seed": 7}
+    a, b = model.generate(cls, **kw), model.generate(cls, **kw)
+    c = model.generate(cls, **{**kw, "seed": 8})
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    assert a.shape == (4, 4, 4) and a.min() >= 0 and a.max() < model.codebook_size
+
+
+def test_random_orders_per_sample_are_permutations(randar):
+    _, orders = randar.generate(torch.tensor([0, 1, 2]), seed=0, return_orders=True)
+    assert is_permutation(orders) and not torch.equal(orders[0], orders[1])
+
+
+def test_sample_logits_top_k_top_p_and_greedy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0]]).repeat(2000, 1)
+    assert torch.equal(sample_logits(logits, top_k=1), torch.ones(2000, dtype=torch.long))
+    assert torch.equal(sample_logits(logits, temperature=0.0), torch.ones(2000, dtype=torch.long))
+    k2 = sample_logits(logits, top_k=2, generator=g)
+    assert set(k2.tolist()) == {1, 3}
+    p = sample_logits(logits, top_p=0.5, generator=g)  # the top token alone has prob ~0.64 > 0.5
+    assert set(p.tolist()) == {1}
+    anything = sample_logits(logits, generator=g)
+    assert set(anything.tolist()) == {0, 1, 2, 3}
+    hot = sample_logits(logits, temperature=100.0, generator=g)
+    assert (hot == 0).float().mean() > 0.2
+
+
+@torch.no_grad()
+def test_guidance_batches_conditional_and_null_rows(rar):
+    """Guided logits are u + (c - u) * scale with u from the null class."""
+    codes, classes, orders = _data(rar)
+    c = rar.logits(codes, classes, orders)
+    u = rar.logits(codes, torch.full_like(classes, rar.null_class), orders)
+    assert not torch.allclose(c, u)
+
+
+def test_bf16_autocast_forward_runs_and_stays_close(randar):
+    codes, classes, orders = _data(randar)
+    ref = randar.logits(codes, classes, orders)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = randar.logits(codes, classes, orders)
+    assert low.dtype == torch.bfloat16
+    assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
