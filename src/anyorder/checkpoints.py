@@ -43,16 +43,20 @@ def model_config(family: str, values: dict[str, Any], source: str = "config"):
     return cls(**values)
 
 
-def build_model(config: dict[str, Any] | str, device: torch.device | str | None = None) -> AnyOrderModel:
-    """A randomly initialised model from ``{"family": ..., **fields}`` or a preset name."""
+def build_model(config: dict[str, Any] | str, device: torch.device | str | None = None,
+                source: str = "config") -> AnyOrderModel:
+    """A randomly initialised model from ``{"family": ..., **fields}`` (our ``config.json``; its
+    ``extra`` metadata entry is ignored) or a preset name. ``source`` names the config in errors."""
     if isinstance(config, str):
         p = get_preset(config)
         config = {"family": p.family, **p.model}
     config = dict(config)
+    config.pop("extra", None)  # save_pretrained(..., extra=...) metadata, not a model field
     family = config.pop("family", None)
     if family is None:
-        raise ValueError("model config needs a 'family' key ('rar' or 'randar')")
-    model = FAMILIES[family](model_config(family, config))
+        raise ValueError(f"{source}: model config needs a 'family' key ('rar' or 'randar')")
+    cfg = model_config(family, config, source)  # validates the family and the keys first
+    model = FAMILIES[family](cfg)
     return model.to(device) if device is not None else model
 
 
@@ -106,7 +110,7 @@ def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | 
         cfg = _read_config(config)
         family = _official_family(cfg, sd)
         if "family" in cfg:
-            model = build_model(cfg)
+            model = build_model(cfg, source="config" if isinstance(config, dict) else str(config))
         else:
             model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
     else:
@@ -141,12 +145,7 @@ def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None
     path = Path(name_or_path)
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
-        weights = path / WEIGHTS_NAME
-        if not weights.is_file():
-            cands = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
-            if not cands:
-                raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (or .bin/.pt/.safetensors) in this directory")
-            weights = cands[0]
+        weights = _weights_in_directory(path)
         if config is None and preset is None and not cfg_path.is_file():
             raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; pass config= or preset=")
         return load_official(weights, config if config is not None else (None if preset else cfg_path), preset, device)
@@ -158,6 +157,47 @@ def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None
     if preset is None and config is None and Path(local).stem in _preset_names():
         preset = Path(local).stem
     return load_official(local, config, preset, device)
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_PREFERRED_STEMS = ("model", "checkpoint", "pytorch_model")
+
+
+def _safetensors_is_model(path: Path) -> bool:
+    """Cheap check (header only) that a ``.safetensors`` file holds generator weights, not e.g. test cases."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+    except Exception:  # unreadable: keep it, loading will report the error with the file name
+        return True
+    marker = dict.fromkeys(keys)
+    return (any(k.startswith("transformer.") for k in keys) or RAR.is_official_state_dict(marker)
+            or RandAR.is_official_state_dict(marker))
+
+
+def _weights_in_directory(path: Path) -> Path:
+    """The weights file of a model directory: ``model.safetensors``, else the one checkpoint-like file.
+
+    Official folders may hold other tensor files beside the checkpoint (e.g. ``cases.safetensors``);
+    ``.safetensors`` files whose keys are not model weights are skipped (header read only). Among several
+    candidates, ``model.*`` / ``checkpoint.*`` / ``pytorch_model.*`` or a preset name wins; otherwise the
+    choice is ambiguous and the error lists the files.
+    """
+    if (path / WEIGHTS_NAME).is_file():
+        return path / WEIGHTS_NAME
+    cands = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    cands = [p for p in cands if p.suffix != ".safetensors" or _safetensors_is_model(p)]
+    if not cands:
+        raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (or model .bin/.pt/.safetensors) in this directory")
+    if len(cands) == 1:
+        return cands[0]
+    preferred = [p for p in cands if p.stem in _PREFERRED_STEMS or p.stem in _preset_names()]
+    if len(preferred) == 1:
+        return preferred[0]
+    raise FileNotFoundError(f"{path}: several candidate weight files ({', '.join(p.name for p in cands)}); "
+                            f"pass the checkpoint file itself")
 
 
 def _looks_like_hub_id(s: str) -> bool:

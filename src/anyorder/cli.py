@@ -74,13 +74,32 @@ def _parse_classes(items: list[str], num_classes: int) -> list[int]:
     return [class_index(c, num_classes) for c in items]
 
 
+def _preset_name(model: str, checkpoint: str | None) -> str | None:
+    """The preset behind ``--model`` / ``--checkpoint``: ``--model rar_b`` or a file named ``rar_b.bin``."""
+    from anyorder.presets import PRESETS
+
+    if model in PRESETS:
+        return model
+    stem = Path(checkpoint).stem if checkpoint else ""
+    return stem if stem in PRESETS else None
+
+
 def load_generator(model: str, checkpoint: str | None, device: str):
-    """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id."""
-    from anyorder.checkpoints import from_pretrained
+    """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id.
+
+    ``--model rar_b --checkpoint rar_b.bin`` (preset + file), ``--model DIR`` (our or an official
+    folder), ``--model owner/name --checkpoint rar_b.bin`` (hub repo + file name; offline, the error says
+    which file to download and where from).
+    """
+    from anyorder.checkpoints import _looks_like_hub_id, from_pretrained
     from anyorder.presets import PRESETS
 
     if checkpoint:
+        if not Path(checkpoint).exists() and not Path(model).exists() and _looks_like_hub_id(model):
+            return from_pretrained(model, filename=checkpoint, device=device)
         return from_pretrained(checkpoint, preset=model if model in PRESETS else None, device=device)
+    if model in PRESETS:
+        raise ValueError(f"--model {model} is a preset: give its weights with --checkpoint FILE (e.g. {model}.bin)")
     path = Path(model)
     if (path / "model").is_dir():  # a demo / train run directory
         path = path / "model"
@@ -105,10 +124,24 @@ def load_tokenizer(spec: str | None, model_path: str, device: str):
     return load_official_tokenizer(p).to(device)
 
 
+def check_tokenizer_fits(model, tok, source: str) -> None:
+    """The generator's codes must be the tokenizer's codes: same codebook size.
+
+    The code grid needs no check: the tokenizers' decoders are convolutional, so a ``h x w`` grid decodes
+    to an ``h*f x w*f`` image (``f`` the tokenizer's downsampling) whatever grid the tokenizer was built for.
+    """
+    k = getattr(tok, "codebook_size", None)
+    if k is not None and int(k) != model.codebook_size:
+        raise ValueError(f"the generator predicts {model.codebook_size} codes but the tokenizer {source} has a "
+                         f"codebook of {int(k)}: use the tokenizer the generator was trained with "
+                         f"(RAR: MaskGIT-VQGAN, RandAR: LlamaGen VQ)")
+
+
 def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
     from anyorder.presets import PRESETS
 
-    defaults = PRESETS[args.model].sampling if args.model in PRESETS else {}
+    preset = _preset_name(args.model, args.checkpoint)
+    defaults = PRESETS[preset].sampling if preset and PRESETS[preset].family == model.family else {}
     kw: dict[str, Any] = {"temperature": args.temperature if args.temperature is not None
                           else defaults.get("temperature", 1.0), "seed": args.seed}
     kw["guidance_scale"] = args.guidance_scale if args.guidance_scale is not None else defaults.get(
@@ -129,13 +162,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from anyorder.io import atomic_write_json
     from anyorder.tokenizers.preprocess import save_image_grid
 
+    if args.per_class < 1 or args.batch_size < 1:
+        raise ValueError(f"--per-class and --batch-size must be >= 1, got {args.per_class} and {args.batch_size}")
     model = load_generator(args.model, args.checkpoint, args.device).eval()
-    tok = load_tokenizer(args.tokenizer, args.model, args.device)
+    if model.family == "rar" and args.steps not in (None, model.seq_len):
+        raise ValueError("--steps is for RandAR's parallel decoding; RAR decodes one token per step")
     classes = _parse_classes(args.classes, model.num_classes) if args.classes else list(range(model.num_classes))
+    tok = load_tokenizer(args.tokenizer, args.model, args.device)
+    check_tokenizer_fits(model, tok, args.tokenizer or args.model)
     classes = [c for c in classes for _ in range(args.per_class)]
     kw = _sampling_args(args, model)
-    if model.family == "rar" and kw.get("steps"):
-        raise ValueError("--steps is for RandAR's parallel decoding; RAR decodes one token per step")
     codes = []
     for i in range(0, len(classes), args.batch_size):
         codes.append(model.generate(torch.tensor(classes[i : i + args.batch_size]), **kw).cpu())
@@ -143,8 +179,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     images = decode_batched(tok, codes)
     out = Path(args.out)
     save_image_grid(images, out, nrow=args.per_class if args.per_class > 1 else min(8, len(classes)))
-    atomic_write_json(out.with_suffix(".json"), {"classes": classes, "sampling": kw, "codes_shape": list(codes.shape)})
-    print(f"wrote {out} ({len(classes)} images)")
+    atomic_write_json(out.with_suffix(".json"), {"classes": classes, "sampling": kw, "codes_shape": list(codes.shape),
+                                                 "image_shape": list(images.shape[1:])})
+    print(f"wrote {out} ({len(classes)} images of {images.shape[-2]}x{images.shape[-1]})")
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-__all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "load_run_config",
+__all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "JudgeConfig", "load_run_config",
            "apply_overrides", "config_from_dict", "config_to_dict", "list_run_presets"]
 
 
@@ -24,15 +24,23 @@ class DataConfig:
     source: str = "mnist"  # "mnist" (bundled digits) or a .safetensors file with codes [N,h,w] and labels [N]
     test_fraction: float = 0.1
     seed: int = 0
+    max_per_class: int = 0  # keep at most this many images per class in each split (0: all); for quick runs
 
 
 @dataclass
 class TokenizerConfig:
     codebook_size: int = 128
+    hidden: int = 64  # conv width of the demo VQ
     steps: int = 1500
     batch_size: int = 128
     lr: float = 2e-3
     path: str = ""  # a trained tokenizer directory to reuse instead of training one
+
+
+@dataclass
+class JudgeConfig:
+    steps: int = 800  # the digit classifier that judges samples
+    batch_size: int = 128
 
 
 @dataclass
@@ -74,6 +82,7 @@ class RunConfig:
     model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's model fields
     data: DataConfig = field(default_factory=DataConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     out_dir: str = "runs/demo"

@@ -55,6 +55,12 @@ def judge_samples(judge: DigitClassifier, images: torch.Tensor, labels: torch.Te
             "frechet_distance": frechet_distance(extract_features(judge, images), test_feats)}
 
 
+def _cap_per_class(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    keep = torch.cat([torch.nonzero(y == c).flatten()[:n] for c in y.unique()])
+    keep = keep.sort().values
+    return x[keep], y[keep]
+
+
 def _sampling_kwargs(cfg: RunConfig, family: str) -> dict[str, Any]:
     s = cfg.sample
     kw: dict[str, Any] = {"guidance_scale": s.guidance_scale, "temperature": s.temperature, "top_k": s.top_k,
@@ -80,6 +86,9 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
 
     # 1. data
     train_x, train_y, test_x, test_y = load_mnist(cfg.data.test_fraction, cfg.data.seed)
+    if cfg.data.max_per_class:
+        train_x, train_y = _cap_per_class(train_x, train_y, cfg.data.max_per_class)
+        test_x, test_y = _cap_per_class(test_x, test_y, cfg.data.max_per_class)
     log(f"data: {len(train_x)} train / {len(test_x)} test digits")
 
     # 2. tokenizer (reused when present)
@@ -89,7 +98,7 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
         tok = DemoVQ.from_pretrained(tok_dir, device=device)
         log(f"tokenizer: reusing {tok_dir}")
     else:
-        tok, _ = train_demo_vq(train_x, DemoVQConfig(codebook_size=cfg.tokenizer.codebook_size),
+        tok, _ = train_demo_vq(train_x, DemoVQConfig(codebook_size=cfg.tokenizer.codebook_size, hidden=cfg.tokenizer.hidden),
                                steps=cfg.tokenizer.steps, batch_size=cfg.tokenizer.batch_size,
                                lr=cfg.tokenizer.lr, seed=cfg.data.seed, device=device, progress=progress)
         tok.save_pretrained(tok_dir)
@@ -103,7 +112,8 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
     if (judge_dir / "config.json").is_file() and not fresh:
         judge = DigitClassifier.from_pretrained(judge_dir, device="cpu")
     else:
-        judge, _ = train_digit_classifier(train_x, train_y, seed=cfg.data.seed, progress=progress)
+        judge, _ = train_digit_classifier(train_x, train_y, steps=cfg.judge.steps, batch_size=cfg.judge.batch_size,
+                                          seed=cfg.data.seed, progress=progress)
         judge.save_pretrained(judge_dir)
     judge = judge.cpu().eval()
     timings["judge_s"] = time.perf_counter() - t

@@ -1,0 +1,300 @@
+"""``anyorder inpaint | outpaint | extrapolate | features``: the zero-shot editing commands (RandAR only).
+
+Each command loads a generator (``--model`` run / model directory, preset + ``--checkpoint``, or hub
+id) and a tokenizer (``--tokenizer``, or the ``tokenizer/`` directory of a demo run), writes a
+before/after PNG to ``--out`` and the settings as JSON next to it (same name, ``.json``).
+Token counts (``--left`` ...) are in tokens: one token is ``tokenizer.downsample`` pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["add_editing_commands"]
+
+
+# ---- loading --------------------------------------------------------------------------------------------
+def _load(args: argparse.Namespace):
+    from anyorder.cli import load_generator, load_tokenizer
+    from anyorder.editing import require_randar
+
+    model = load_generator(args.model, args.checkpoint, args.device).eval()
+    require_randar(model, f"anyorder {args.command}")
+    tok = load_tokenizer(args.tokenizer, args.model, args.device).eval()
+    return model, tok
+
+
+def _image_size(model, tok) -> int:
+    gh, gw = model.grid
+    return gh * tok.downsample
+
+
+def _load_image(path: str, model, tok) -> Tensor:
+    """The image as ``[1, C, S, S]`` in [0, 1] with the tokenizer's channels and the model's image size."""
+    from anyorder.tokenizers.preprocess import load_image
+
+    size = _image_size(model, tok)
+    img = load_image(path, size)  # [3, S, S] RGB, centre-cropped and resized to S
+    if tok.in_channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        img = (img * w).sum(0, keepdim=True)
+    elif tok.in_channels != 3:
+        raise ValueError(f"tokenizer expects {tok.in_channels} channels; only 1 (gray) and 3 (RGB) are supported")
+    return img[None]
+
+
+def _class(args: argparse.Namespace, model) -> int:
+    from anyorder.cli import _parse_classes
+
+    if args.cls is None:
+        return model.null_class
+    return _parse_classes([args.cls], model.num_classes)[0]
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {"guidance_scale": args.guidance_scale, "guidance_start": args.guidance_start,
+            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "steps": args.steps}
+
+
+def _decode(tok, codes: Tensor) -> Tensor:
+    return tok.decode(codes.to(next(tok.parameters()).device)).float().cpu().clamp(0, 1)
+
+
+def _write(out: str, images: Tensor, nrow: int, settings: dict[str, Any]) -> Path:
+    from anyorder.io import atomic_write_json
+    from anyorder.tokenizers.preprocess import save_image_grid
+
+    path = Path(out)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png file, got {out}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(images, path, nrow=nrow, pad_value=1.0)
+    atomic_write_json(path.with_suffix(".json"), settings)
+    print(f"wrote {path} and {path.with_suffix('.json')}")
+    return path
+
+
+def _shade(images: Tensor, token_mask: Tensor, ds: int, value: float = 0.5) -> Tensor:
+    """Grey out the pixels of masked tokens (``token_mask [h, w]``) for the 'before' view."""
+    pix = token_mask.float().repeat_interleave(ds, 0).repeat_interleave(ds, 1).bool()
+    out = images.clone()
+    out[..., pix] = value
+    return out
+
+
+# ---- commands -------------------------------------------------------------------------------------------
+def cmd_inpaint(args: argparse.Namespace) -> int:
+    from anyorder.editing import half_mask, inpaint, mask_from_image
+
+    if (args.mask is None) == (args.side is None):
+        raise ValueError("give exactly one of --mask MASK.png or --side left|right|top|bottom")
+    model, tok = _load(args)
+    image = _load_image(args.image, model, tok)
+    codes = tok.encode(image.to(args.device))
+    if tuple(codes.shape[1:]) != tuple(model.grid):
+        raise ValueError(f"the tokenizer gives a {tuple(codes.shape[1:])} grid, the model expects {model.grid}")
+    size = _image_size(model, tok)
+    if args.mask is not None:
+        mask = mask_from_image(args.mask, size, model.grid, rule=args.mask_rule)
+    else:
+        mask = half_mask(model.grid, args.side)
+    n = args.samples
+    cls = _class(args, model)
+    out = inpaint(model, codes.expand(n, -1, -1), mask, cls, seed=args.seed, **_sampling(args))
+    before = _shade(image.cpu().expand(1, -1, -1, -1), mask.cpu(), tok.downsample)
+    tiles = torch.cat([image.cpu(), before, _decode(tok, out)])
+    settings = {"command": "inpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
+                "mask": args.mask, "side": args.side, "mask_rule": args.mask_rule, "class": cls,
+                "samples": n, "seed": args.seed, "sampling": _sampling(args),
+                "regenerated_tokens": int(mask.sum()), "grid": list(model.grid),
+                "layout": "input | input with the regenerated tokens greyed | result(s)"}
+    _write(args.out, tiles, nrow=tiles.shape[0], settings=settings)
+    return 0
+
+
+def cmd_outpaint(args: argparse.Namespace) -> int:
+    from anyorder.editing import outpaint
+
+    model, tok = _load(args)
+    gh, gw = model.grid
+    image = _load_image(args.image, model, tok)
+    codes = tok.encode(image.to(args.device))
+    pads = {"left": args.left, "right": args.right, "top": args.top, "bottom": args.bottom}
+    if args.side is not None:
+        if any(pads.values()):
+            raise ValueError("give either --side (with --amount) or --left/--right/--top/--bottom, not both")
+        along = gw if args.side in ("left", "right") else gh
+        amount = args.amount if args.amount is not None else (math.ceil(along / 2) if args.within else along)
+        if amount < 1 or (args.within and amount >= along):
+            raise ValueError(f"--amount must be in 1..{along - 1 if args.within else 'any'} tokens, got {amount}")
+        pads[args.side] = amount
+        if args.within:  # keep the opposite part of the image, regenerate `amount` tokens on this side
+            if args.side == "left":
+                codes = codes[:, :, amount:]
+            elif args.side == "right":
+                codes = codes[:, :, : gw - amount]
+            elif args.side == "top":
+                codes = codes[:, amount:]
+            else:
+                codes = codes[:, : gh - amount]
+    elif args.within:
+        raise ValueError("--within needs --side")
+    if not any(pads.values()):
+        raise ValueError("nothing to outpaint: give --side or a positive --left/--right/--top/--bottom")
+    n = args.samples
+    cls = _class(args, model)
+    out, unknown = outpaint(model, codes.expand(n, -1, -1), cls, **pads, seed=args.seed, rope=args.rope,
+                            ntk_boundary=args.ntk_boundary, return_mask=True, **_sampling(args))
+    ds = tok.downsample
+    H, W = out.shape[1:]
+    h, w = codes.shape[1:]
+    before = torch.full((1, image.shape[1], H * ds, W * ds), 0.5)
+    top, left = pads["top"] * ds, pads["left"] * ds
+    known = _decode(tok, codes) if args.within else image.cpu()
+    before[..., top : top + h * ds, left : left + w * ds] = known
+    tiles = torch.cat([before, _decode(tok, out)])
+    settings = {"command": "outpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
+                "class": cls, "padding_tokens": pads, "within_trained_grid": bool(args.within),
+                "canvas": [int(H), int(W)], "trained_grid": [gh, gw], "rope": args.rope,
+                "ntk_boundary": args.ntk_boundary, "samples": n, "seed": args.seed, "sampling": _sampling(args),
+                "generated_tokens": int(unknown.sum()),
+                "layout": "input on the canvas (grey = to generate) | result(s)"}
+    _write(args.out, tiles, nrow=tiles.shape[0], settings=settings)
+    return 0
+
+
+def cmd_extrapolate(args: argparse.Namespace) -> int:
+    from anyorder.cli import _parse_classes
+    from anyorder.editing import extrapolate
+
+    model, tok = _load(args)
+    classes = _parse_classes(args.classes, model.num_classes) if args.classes else [model.null_class]
+    classes = [c for c in classes for _ in range(args.per_class)]
+    kw = _sampling(args)
+    out, low = extrapolate(model, classes, factor=args.factor, ntk_boundary=args.ntk_boundary, order=args.order,
+                           spatial_guidance_scale=args.spatial_guidance_scale,
+                           spatial_guidance_start=args.spatial_guidance_start,
+                           spatial_mask_ratio=args.spatial_mask_ratio, low_res_steps=args.low_res_steps,
+                           seed=args.seed, return_low_res=True, **kw)
+    high = _decode(tok, out)
+    if low is not None:
+        f = high.shape[-1] // _image_size(model, tok)
+        lowimg = _decode(tok, low).repeat_interleave(f, -2).repeat_interleave(f, -1)
+        tiles = torch.stack([lowimg, high], 1).flatten(0, 1)
+        nrow, layout = 2, "per row: the trained-size image (nearest-upsampled) | the extrapolated image"
+    else:
+        tiles, nrow, layout = high, min(8, len(classes)), "extrapolated images"
+    settings = {"command": "extrapolate", "model": args.model, "checkpoint": args.checkpoint, "classes": classes,
+                "factor": args.factor, "ntk_boundary": args.ntk_boundary, "order": args.order,
+                "spatial_guidance_scale": args.spatial_guidance_scale,
+                "spatial_guidance_start": args.spatial_guidance_start,
+                "spatial_mask_ratio": args.spatial_mask_ratio, "low_res_steps": args.low_res_steps,
+                "seed": args.seed, "sampling": kw, "grid": list(out.shape[1:]), "layout": layout}
+    _write(args.out, tiles, nrow=nrow, settings=settings)
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    from anyorder.editing import default_feature_layer, features
+    from anyorder.io import atomic_write_json, save_state_dict
+
+    model, tok = _load(args)
+    images = torch.cat([_load_image(p, model, tok) for p in args.image])
+    codes = tok.encode(images.to(args.device))
+    layer = args.layer or default_feature_layer(model.config.depth)
+    cls = None if args.cls is None else _class(args, model)
+    per_token, pooled = features(model, codes, cls, layer=layer, mode=args.mode, num_orders=args.num_orders,
+                                 seed=args.seed)
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"--out must be a .safetensors file, got {args.out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_state_dict(out, {"per_token": per_token, "pooled": pooled, "codes": codes})
+    atomic_write_json(out.with_suffix(".json"), {
+        "command": "features", "model": args.model, "images": args.image, "layer": layer, "mode": args.mode,
+        "num_orders": args.num_orders, "class": cls, "seed": args.seed,
+        "per_token_shape": list(per_token.shape), "pooled_shape": list(pooled.shape)})
+    print(f"wrote {out} (per_token {tuple(per_token.shape)}, pooled {tuple(pooled.shape)})")
+    return 0
+
+
+# ---- parser ---------------------------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
+    p.add_argument("--model", required=True, help="run/model directory, preset name (with --checkpoint) or hub id")
+    p.add_argument("--checkpoint", help="official or our checkpoint file")
+    p.add_argument("--tokenizer", help="tokenizer file or demo tokenizer dir (default: the run's tokenizer/)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    if sampling:
+        p.add_argument("--guidance-scale", type=float, default=1.0, help="class guidance (RandAR's linear schedule)")
+        p.add_argument("--guidance-start", type=float, default=1.0, help="guidance at the first step")
+        p.add_argument("--temperature", type=float, default=1.0)
+        p.add_argument("--top-k", type=int, default=0)
+        p.add_argument("--top-p", type=float, default=1.0)
+        p.add_argument("--steps", type=int, default=None,
+                       help="parallel-decoding steps for the generated tokens (default: one token per step)")
+
+
+def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``inpaint``, ``outpaint``, ``extrapolate`` and ``features`` to the ``anyorder`` CLI."""
+    from anyorder.editing import MASK_RULES, SIDES
+
+    p = subparsers.add_parser("inpaint", help="RandAR: regenerate a masked region of an image")
+    _common(p)
+    p.add_argument("--image", required=True, help="input image (PNG/JPEG); centre-cropped to the model's size")
+    p.add_argument("--mask", help="binary PNG of the image's size, white = regenerate")
+    p.add_argument("--side", choices=SIDES, help="regenerate this half of the image instead of --mask")
+    p.add_argument("--mask-rule", choices=MASK_RULES, default="any",
+                   help="a token is regenerated if any (default) / the majority / all of its pixels are masked")
+    p.add_argument("--class", dest="cls", help="class index or name (default: the null class, unconditional)")
+    p.add_argument("--samples", type=int, default=1, help="how many inpaintings to draw")
+    p.add_argument("--out", default="inpaint.png", help="before/after PNG (settings go to the same name .json)")
+    p.set_defaults(func=cmd_inpaint)
+
+    p = subparsers.add_parser("outpaint", help="RandAR: extend an image beyond its borders")
+    _common(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--side", choices=SIDES, help="extend on this side by --amount tokens (default: one image)")
+    p.add_argument("--amount", type=int, default=None, help="tokens to add on --side")
+    p.add_argument("--within", action="store_true",
+                   help="stay inside the trained grid: keep the rest of the image, regenerate --amount tokens "
+                        "(default half) on --side")
+    for side in SIDES:
+        p.add_argument(f"--{side}", type=int, default=0, help=f"tokens to add on the {side}")
+    p.add_argument("--rope", choices=["extrapolate", "ntk"], default="extrapolate",
+                   help="RoPE table for a canvas larger than the trained grid: true positions or NTK-mixed")
+    p.add_argument("--ntk-boundary", type=int, default=2, help="frequency pairs per axis that extrapolate (ntk)")
+    p.add_argument("--class", dest="cls", help="class index or name (default: the null class)")
+    p.add_argument("--samples", type=int, default=1)
+    p.add_argument("--out", default="outpaint.png")
+    p.set_defaults(func=cmd_outpaint)
+
+    p = subparsers.add_parser("extrapolate", help="RandAR: zero-shot generation at a larger resolution")
+    _common(p)
+    p.add_argument("--classes", nargs="*", help="class indices or names (default: the null class)")
+    p.add_argument("--per-class", type=int, default=1)
+    p.add_argument("--factor", type=int, default=2, help="grid scale factor (default 2)")
+    p.add_argument("--ntk-boundary", type=int, default=2)
+    p.add_argument("--order", choices=["hierarchical", "random"], default="hierarchical")
+    p.add_argument("--spatial-guidance-scale", type=float, default=1.0)
+    p.add_argument("--spatial-guidance-start", type=float, default=1.0)
+    p.add_argument("--spatial-mask-ratio", type=float, default=0.5)
+    p.add_argument("--low-res-steps", type=int, default=None, help="steps for the trained-size image")
+    p.add_argument("--out", default="extrapolate.png")
+    p.set_defaults(func=cmd_extrapolate)
+
+    p = subparsers.add_parser("features", help="RandAR: bidirectional token features of images")
+    _common(p, sampling=False)
+    p.add_argument("--image", nargs="+", required=True)
+    p.add_argument("--layer", type=int, default=None, help="blocks applied (default: about 2/3 of the depth)")
+    p.add_argument("--mode", choices=["bidirectional", "raster"], default="bidirectional")
+    p.add_argument("--num-orders", type=int, default=1, help="random order pairs to average (bidirectional)")
+    p.add_argument("--class", dest="cls", help="condition (default: the null class)")
+    p.add_argument("--out", default="features.safetensors")
+    p.set_defaults(func=cmd_features)

@@ -1,0 +1,55 @@
+"""The main job end to end on a tiny configuration, through the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from anyorder.cli import main
+
+TINY = ["data.max_per_class=20", "tokenizer.hidden=16", "tokenizer.steps=20", "judge.steps=20", "train.steps=6", "train.batch_size=8", "train.ckpt_every=3",
+        "train.warmup_steps=1", "model.dim=32", "model.depth=1", "model.n_head=2", "sample.per_class=1"]
+
+
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_demo_smoke(family, tmp_path):
+    extra = ["model.mlp_hidden=64"] if family == "rar" else ["model.multiple_of=16"]
+    assert main(["demo", "--model", family, "--out", str(tmp_path), "--quiet", *TINY, *extra]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert (tmp_path / "samples.png").stat().st_size > 0
+    assert metrics["family"] == family and metrics["train"]["steps"] == 6
+    for key in ("accuracy", "frechet_distance"):
+        assert key in metrics["samples"]["guided"] and key in metrics["samples"]["unguided"]
+    assert "frechet_train_vs_test" in metrics["floor"]
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    if family == "randar":
+        assert (tmp_path / "steps.png").is_file()
+        assert [r["steps"] for r in metrics["steps_sweep"]][0] == 49
+    # the run's model and tokenizer work with `anyorder sample`
+    out = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(tmp_path), "--classes", "3", "4", "--out", str(out)]) == 0
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["classes"] == [3, 4]
+    assert main(["sample", "--model", str(tmp_path), "--classes", "12", "--out", str(out)]) == 2
+
+
+def test_demo_rejects_unknown_override(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path), "train.stepz=3"]) == 2
+    assert "train.stepz" in capsys.readouterr().err
+
+
+def test_train_on_a_codes_file_and_resume(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    codes = torch.randint(0, 16, (20, 4, 4))
+    save_file({"codes": codes, "labels": torch.randint(0, 3, (20,))}, str(tmp_path / "codes.safetensors"))
+    args = ["train", "--model", "randar", "--out", str(tmp_path / "run"), "--quiet",
+            f"data.source={tmp_path / 'codes.safetensors'}", "model.codebook_size=16", "model.num_classes=3",
+            "model.dim=32", "model.depth=1", "model.n_head=2", "model.multiple_of=16", "train.steps=4",
+            "train.batch_size=4", "train.ckpt_every=2"]
+    assert main(args) == 0
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    assert main([*args[:-2], "train.steps=6", "train.batch_size=4"]) == 0  # resumes from step 4
+    log = json.loads((tmp_path / "run" / "train_log.json").read_text())
+    assert log["steps"] == 6
