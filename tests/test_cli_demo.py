@@ -8,8 +8,9 @@ import pytest
 
 from anyorder.cli import main
 
-TINY = ["data.max_per_class=20", "tokenizer.hidden=16", "tokenizer.steps=20", "judge.steps=20", "train.steps=6", "train.batch_size=8", "train.ckpt_every=3",
-        "train.warmup_steps=1", "model.dim=32", "model.depth=1", "model.n_head=2", "sample.per_class=1"]
+TINY = ["data.max_per_class=20", "tokenizer.hidden=16", "tokenizer.steps=20", "judge.steps=20", "train.steps=6",
+        "train.batch_size=8", "train.ckpt_every=3", "train.warmup_steps=1", "model.dim=32", "model.depth=1",
+        "model.n_head=2", "sample.per_class=1"]
 
 
 @pytest.mark.parametrize("family", ["rar", "randar"])

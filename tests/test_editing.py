@@ -90,7 +90,7 @@ def test_context_loop_matches_sampling_decode(model, codes):
 
 
 # ---- outpainting ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("rope", ["extrapolate", "ntk"])
+@pytest.mark.parametrize("rope", ["extrapolate", "ntk", "window"])
 def test_outpaint_larger_canvas_keeps_known(model, codes, rope):
     out, unknown = E.outpaint(model, codes, [0, 1, 2], right=4, guidance_scale=2.0, seed=0, rope=rope,
                               return_mask=True)

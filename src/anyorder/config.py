@@ -15,7 +15,8 @@ from typing import Any, get_type_hints
 
 import yaml
 
-__all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "JudgeConfig", "load_run_config",
+__all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "JudgeConfig",
+           "load_run_config",
            "apply_overrides", "config_from_dict", "config_to_dict", "list_run_presets"]
 
 

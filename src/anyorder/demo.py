@@ -98,7 +98,8 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
         tok = DemoVQ.from_pretrained(tok_dir, device=device)
         log(f"tokenizer: reusing {tok_dir}")
     else:
-        tok, _ = train_demo_vq(train_x, DemoVQConfig(codebook_size=cfg.tokenizer.codebook_size, hidden=cfg.tokenizer.hidden),
+        vq_cfg = DemoVQConfig(codebook_size=cfg.tokenizer.codebook_size, hidden=cfg.tokenizer.hidden)
+        tok, _ = train_demo_vq(train_x, vq_cfg,
                                steps=cfg.tokenizer.steps, batch_size=cfg.tokenizer.batch_size,
                                lr=cfg.tokenizer.lr, seed=cfg.data.seed, device=device, progress=progress)
         tok.save_pretrained(tok_dir)

@@ -428,7 +428,7 @@ def outpaint_table(model: Any, canvas: tuple[int, int], rope: str = "extrapolate
         t_cols = rope_2d_mixed((H, W), head_dim, fw, ntk_boundary, base)
         table = torch.cat([t_rows[:, :F], t_cols[:, F:]], dim=1)
     else:
-        raise ValueError(f"rope must be 'extrapolate' or 'ntk', got {rope!r}")
+        raise ValueError(f"rope must be 'extrapolate', 'ntk' or 'window', got {rope!r}")
     return table.to(device=model.device, dtype=model.freqs_cis.dtype)
 
 
@@ -443,11 +443,16 @@ def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int 
     - Canvas equal to the trained grid (e.g. keep the left 4 columns of a 7x7 digit and pad 3 on the
       right): this is inpainting of the complement (:func:`inpaint`).
     - Any other canvas: the same known-first / generate-the-rest decode over ``H*W`` positions with a
-      RoPE table for the canvas (:func:`outpaint_table`; ``rope="extrapolate"`` or ``"ntk"``).
+      RoPE table for the canvas (:func:`outpaint_table`; ``rope="extrapolate"`` or ``"ntk"``), or, with
+      ``rope="window"``, sliding-window outpainting that stays inside the trained grid: the trained-size
+      window holding the most known tokens (among those with tokens left to generate) is inpainted,
+      again and again until the canvas is full (needs a canvas at least as large as the trained grid).
     Returns codes ``[B, H, W]`` (the known block unchanged) and, with ``return_mask``, the mask of the
     generated tokens.
     """
     require_randar(model, "outpainting")
+    if rope not in ("extrapolate", "ntk", "window"):
+        raise ValueError(f"rope must be 'extrapolate', 'ntk' or 'window', got {rope!r}")
     codes = _codes(model, codes)
     if min(left, right, top, bottom) < 0:
         raise ValueError(f"padding must be >= 0, got left={left} right={right} top={top} bottom={bottom}")
@@ -463,6 +468,10 @@ def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int 
         return (out, unknown) if return_mask else out
     cls = _classes(model, classes, B)
     generator = _generator(model, seed, generator)
+    if rope == "window":
+        out = _outpaint_windows(model, canvas, unknown, cls, guidance_scale, guidance_start, temperature, top_k,
+                                top_p, steps, generator)
+        return (out, unknown) if return_mask else out
     T = H * W
     flat = canvas.reshape(B, T)
     unk = unknown.reshape(1, T).expand(B, -1)
@@ -476,6 +485,32 @@ def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int 
                                    generator=generator)
     out = torch.where(unk, orders_lib.unpermute(gen, orders), flat).view(B, H, W)
     return (out, unknown) if return_mask else out
+
+
+def _outpaint_windows(model: Any, canvas: Tensor, unknown: Tensor, classes: Tensor, guidance_scale: float,
+                      guidance_start: float, temperature: float, top_k: int, top_p: float, steps: int | None,
+                      generator: torch.Generator | None) -> Tensor:
+    """Sliding-window outpainting with the trained table: repeatedly inpaint the trained-size window
+    (clipped to the canvas) that holds the most known tokens among those with something left to
+    generate, until the canvas is full."""
+    gh, gw = model.grid
+    H, W = unknown.shape
+    wh, ww = min(gh, H), min(gw, W)
+    canvas, unknown = canvas.clone(), unknown.clone()
+    if (wh, ww) != (gh, gw):
+        raise ValueError(f"window outpainting needs a canvas at least as large as the trained grid {gh}x{gw}")
+    while unknown.any():
+        # known / unknown counts of every window placement (a box filter over the mask)
+        unk = unknown.float()[None, None]
+        n_unk = torch.nn.functional.avg_pool2d(unk, (wh, ww), stride=1)[0, 0] * wh * ww
+        score = torch.where(n_unk > 0.5, wh * ww - n_unk, torch.full_like(n_unk, -1.0))
+        r0, c0 = divmod(int(score.flatten().argmax()), score.shape[1])
+        win_mask = unknown[r0 : r0 + wh, c0 : c0 + ww]
+        win = inpaint(model, canvas[:, r0 : r0 + wh, c0 : c0 + ww], win_mask, classes, guidance_scale,
+                      guidance_start, temperature, top_k, top_p, steps, generator=generator)
+        canvas[:, r0 : r0 + wh, c0 : c0 + ww] = win
+        unknown[r0 : r0 + wh, c0 : c0 + ww] = False
+    return canvas
 
 
 # ---- resolution extrapolation ------------------------------------------------------------------------------

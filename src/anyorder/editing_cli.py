@@ -267,8 +267,9 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(default half) on --side")
     for side in SIDES:
         p.add_argument(f"--{side}", type=int, default=0, help=f"tokens to add on the {side}")
-    p.add_argument("--rope", choices=["extrapolate", "ntk"], default="extrapolate",
-                   help="RoPE table for a canvas larger than the trained grid: true positions or NTK-mixed")
+    p.add_argument("--rope", choices=["extrapolate", "ntk", "window"], default="extrapolate",
+                   help="canvas larger than the trained grid: one decode with a RoPE table of true positions "
+                        "(extrapolate) or NTK-mixed ones (ntk), or sliding trained-size windows (window)")
     p.add_argument("--ntk-boundary", type=int, default=2, help="frequency pairs per axis that extrapolate (ntk)")
     p.add_argument("--class", dest="cls", help="class index or name (default: the null class)")
     p.add_argument("--samples", type=int, default=1)

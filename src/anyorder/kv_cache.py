@@ -1,9 +1,13 @@
 """A static, preallocated key/value cache written by slot (gpt-fast style).
 
 Keys and values live in ``[B, H, max_len, D]`` buffers. A step writes its new entries at the slots
-``input_pos`` (no concatenation, no reallocation) and attends over the whole buffer with a mask
-that lets a query at slot ``q`` see slots ``<= q``. Slots may be rewritten: RandAR's parallel
-decoding overwrites the provisional slots of a step's extra queries on the next step.
+``input_pos`` (no concatenation, no reallocation) and attends with a mask that lets a query at slot
+``q`` see slots ``<= q``. Slots may be rewritten: RandAR's parallel decoding overwrites the provisional
+slots of a step's extra queries on the next step.
+
+A step may pass ``kv_len`` — one past the highest slot written so far, a Python int the decode loop
+knows without reading the device — and then attends over the filled prefix ``[:kv_len]`` only instead
+of all ``max_len`` slots (the unwritten tail is masked out anyway; this skips its compute).
 """
 
 from __future__ import annotations
@@ -25,12 +29,21 @@ class KVCache(nn.Module):
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Write ``k, v [B, H, L, D]`` at slots ``input_pos [L]``; return the full buffers."""
-        self.k[:, :, input_pos] = k.to(self.k.dtype)
-        self.v[:, :, input_pos] = v.to(self.v.dtype)
-        return self.k, self.v
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int | None = None) -> tuple[Tensor, Tensor]:
+        """Write ``k, v [B, H, L, D]`` at slots ``input_pos [L]``; return the buffers.
 
-    def mask(self, input_pos: Tensor) -> Tensor:
-        """Boolean ``[L, max_len]``: query at slot ``q`` attends to slots ``<= q``."""
-        return self.slots[None, :] <= input_pos[:, None]
+        With ``kv_len`` the step's slots must be the ``L`` slots just below it (``input_pos`` is
+        ``arange(kv_len - L, kv_len)``, as in the decode loops): they are written as a slice and only the
+        filled prefix ``[:kv_len]`` is returned."""
+        if kv_len is None:
+            self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
+            self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+            return self.k, self.v
+        start = kv_len - k.shape[2]
+        self.k[:, :, start:kv_len] = k
+        self.v[:, :, start:kv_len] = v
+        return self.k[:, :, :kv_len], self.v[:, :, :kv_len]
+
+    def mask(self, input_pos: Tensor, kv_len: int | None = None) -> Tensor:
+        """Boolean ``[L, kv_len or max_len]``: query at slot ``q`` attends to slots ``<= q``."""
+        return self.slots[None, :kv_len] <= input_pos[:, None]

@@ -225,7 +225,10 @@ def _batched(model: DigitClassifier, images: Tensor, fn: str, batch_size: int) -
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    outs = [getattr(model, fn)(images[i : i + batch_size].float().to(device)) for i in range(0, len(images), batch_size)]
+    outs = [
+        getattr(model, fn)(images[i : i + batch_size].float().to(device))
+        for i in range(0, len(images), batch_size)
+    ]
     model.train(was_training)
     if not outs:
         return torch.zeros(0, model.config.feature_dim if fn == "features" else model.config.num_classes)

@@ -158,35 +158,42 @@ class RandAR(AnyOrderModel):
 
     # ---- KV-cached (parallel) decoding -----------------------------------------------------------
     def start_decoding(self, classes: Tensor, orders: Tensor, table: Tensor | None = None) -> DecodeState:
+        """Set up the cache and precompute, once per generation, what the steps only slice: instruction
+        tokens, RoPE rows per generation index and per cache slot, and the slot indices."""
         B, T = orders.shape
         self.transformer.setup_cache(B, 2 * T + 1)
         table = self.freqs_cis if table is None else table
+        rope, rope0 = self.rope_rows(orders, table), table[:1].expand(B, -1, -1, -1)
         return DecodeState(orders=orders, classes=classes, extra={
             "cls": self.class_embedding(classes), "instr": self.instruction_tokens(orders, table),
-            "rope": self.rope_rows(orders, table), "rope0": table[:1].expand(B, -1, -1, -1),
+            "rope": rope, "rope0": rope0,
+            # slot 0: class; instr_k (slot 1 + 2k) and tok_k (slot 2 + 2k) share row k
+            "rope_slots": torch.cat([rope0, rope.repeat_interleave(2, dim=1)], dim=1),
+            "slots": torch.arange(2 * T + 1, device=orders.device),
         })
 
     def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
-        instr, rope, done, m = state.extra["instr"], state.extra["rope"], state.done, num_queries
+        ex, done, m = state.extra, state.done, num_queries
+        instr, rope = ex["instr"], ex["rope"]
         B, T = state.orders.shape
         if done + m > T:
             raise ValueError(f"{m} queries after {done} decoded tokens exceed the {T} positions")
         n = 0 if new_tokens is None else new_tokens.shape[1]
         if n == 0:  # prefill: [class, instr_0 .. instr_{m-1}]
-            x = torch.cat([state.extra["cls"], instr[:, :m]], dim=1)
-            r = torch.cat([state.extra["rope0"], rope[:, :m]], dim=1)
+            x = torch.cat([ex["cls"], instr[:, :m]], dim=1)
+            r = torch.cat([ex["rope0"], rope[:, :m]], dim=1)
             start = 0
         else:  # [tok_a, instr_{a+1}, tok_{a+1}, ..., tok_{done-1}, instr_done .. instr_{done+m-1}]
             a = done - n
+            start = 2 + 2 * a
             tok = self.tok_embeddings(new_tokens)
             fed = interleave(tok[:, :-1], instr[:, a + 1 : done])
             x = torch.cat([fed, tok[:, -1:], instr[:, done : done + m]], dim=1)
-            idx = torch.cat([a + torch.arange(1, 2 * n, device=tok.device) // 2,
-                             torch.arange(done, done + m, device=tok.device)])
-            r = rope[:, idx]
-            start = 2 + 2 * a
-        slots = torch.arange(start, start + x.shape[1], device=x.device)
-        return self.transformer(x, rope=r, input_pos=slots)[:, -m:]
+            # the fed tokens sit at their own slots (2 + 2a .. 2 * done); the queries at the provisional
+            # slots after them, each with the RoPE row of the position it asks for
+            r = torch.cat([ex["rope_slots"][:, start : 2 * done + 1], rope[:, done : done + m]], dim=1)
+        stop = start + x.shape[1]
+        return self.transformer(x, rope=r, input_pos=ex["slots"][start:stop], kv_len=stop, last=m)
 
     # ---- official format -------------------------------------------------------------------------
     @classmethod

@@ -161,23 +161,31 @@ class RAR(AnyOrderModel):
 
     # ---- KV-cached decoding ----------------------------------------------------------------------
     def start_decoding(self, classes: Tensor, orders: Tensor) -> DecodeState:
-        B = orders.shape[0]
-        self.transformer.setup_cache(B, self.seq_len + 2)
+        """Set up the cache and precompute, once per generation, everything a step only slices: the merged
+        position table, the condition embedding, the per-slot adaLN inputs and the slot indices."""
+        B, S = orders.shape[0], self.seq_len + 2
+        self.transformer.setup_cache(B, S)
         cond = self.condition_tokens(classes)
-        return DecodeState(orders=orders, classes=classes, extra={"cond": cond, "table": self.position_table(orders)})
+        cond_emb = self.embeddings(cond)[:, None]  # [B, 1, D]
+        return DecodeState(orders=orders, classes=classes, extra={
+            "cond": cond, "cond_emb": cond_emb, "table": self.position_table(orders),
+            "adaln_in": cond_emb + self.timesteps_embeddings[:, :S],  # [B, T + 2, D]
+            "slots": torch.arange(S, device=orders.device),
+        })
 
     def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> Tensor:
         if num_queries != 1:
             raise ValueError("RAR decodes one token per step (its target-aware embeddings fix the next position)")
-        dev = state.orders.device
-        if new_tokens is None or new_tokens.shape[1] == 0:  # prefill: [cls, condition]
-            slots = torch.arange(2, device=dev)
-            new_tokens = None
+        ex = state.extra
+        if new_tokens is None or new_tokens.shape[1] == 0:  # prefill: [cls, condition] at slots 0, 1
+            start, stop = 0, 2
+            x = torch.cat([self.cls_token.expand(ex["cond_emb"].shape[0], -1, -1), ex["cond_emb"]], dim=1)
         else:  # tokens with generation index done - n .. done - 1 sit at slots 2 + index
-            n = new_tokens.shape[1]
-            slots = torch.arange(2 + state.done - n, 2 + state.done, device=dev)
-        x, c = self._embed(new_tokens, state.extra["cond"], state.extra["table"], slots)
-        return self.transformer(x, c, input_pos=slots)[:, -1:]
+            start, stop = 2 + state.done - new_tokens.shape[1], 2 + state.done
+            x = self.embeddings(new_tokens)
+        x = x + ex["table"][:, start:stop]
+        c = ex["adaln_in"][:, start:stop]
+        return self.transformer(x, c, input_pos=ex["slots"][start:stop], kv_len=stop, last=1)
 
     # ---- export ------------------------------------------------------------------------------------
     @torch.no_grad()

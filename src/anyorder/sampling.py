@@ -28,7 +28,8 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
     logits = logits.reshape(-1, logits.shape[-1]).float()
     if top_k == 1 or temperature <= 1e-5:
         return logits.argmax(-1).view(shape)
-    logits = logits / max(temperature, 1e-5)
+    if temperature != 1.0:  # (dividing by 1 is exact: skip the pass over [N, V])
+        logits = logits / max(temperature, 1e-5)
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

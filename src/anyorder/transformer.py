@@ -88,16 +88,25 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, rope: Tensor | None = None, input_pos: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor | None = None, input_pos: Tensor | None = None,
+                kv_len: int | None = None) -> Tensor:
         B, L, _ = x.shape
-        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # [B, L, H, D]
-        q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        H, D = self.n_head, self.head_dim
+        qkv = self.qkv(x)
+        if rope is not None and isinstance(self.q_norm, nn.Identity):  # rotate q and k in one call
+            qk = apply_rope(qkv[..., : 2 * H * D].view(B, L, 2 * H, D), rope)
+            q, k = qk.view(B, L, 2, H, D).unbind(2)
+            v = qkv[..., 2 * H * D :].view(B, L, H, D)
+        else:
+            q, k, v = qkv.view(B, L, 3, H, D).unbind(2)  # [B, L, H, D]
+            q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
         if self.kv_cache is not None and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v)
-            mask = self.kv_cache.mask(input_pos)
+            k, v = self.kv_cache.update(input_pos, k, v, kv_len)
+            # one query at the last filled slot sees every slot: no mask needed
+            mask = None if (L == 1 and kv_len is not None) else self.kv_cache.mask(input_pos, kv_len)
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         else:
             drop = self.attn_dropout if self.training else 0.0
@@ -134,12 +143,12 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim)) if cfg.adaln else None
 
     def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
-                input_pos: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, kv_len: int | None = None) -> Tensor:
         if self.adaLN_modulation is None:
-            x = x + self.attn(self.norm1(x), rope, input_pos)
+            x = x + self.attn(self.norm1(x), rope, input_pos, kv_len)
             return x + self.mlp(self.norm2(x))
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, input_pos)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, input_pos, kv_len)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -171,14 +180,21 @@ class Transformer(nn.Module):
 
     def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
                 input_pos: Tensor | None = None, return_hidden: bool = False,
-                hidden_layers: tuple[int, ...] = ()) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding.
+                hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
+                last: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
+        ``kv_len`` (one past the highest slot written, a host int) limits attention to the filled part of
+        the cache. ``last`` computes the output head for the last ``last`` positions only.
         ``hidden_layers`` additionally returns the residual stream after those blocks (0-based)."""
         hidden: list[Tensor] = []
         for i, blk in enumerate(self.blocks):
-            x = blk(x, c, rope, input_pos)
+            x = blk(x, c, rope, input_pos, kv_len)
             if i in hidden_layers:
                 hidden.append(x)
+        if last is not None:
+            if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:  # per-position conditions
+                c = c[:, -last:]
+            x = x[:, -last:]
         logits = self.final(x, c)
         return (logits, hidden) if (return_hidden or hidden_layers) else logits
 

@@ -204,7 +204,8 @@ class DemoVQ(ImageTokenizer):
             raise ValueError(f"expected codes [B, h, w], got {tuple(codes.shape)}")
         codes = codes.long()
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+            lo, hi = int(codes.min()), int(codes.max())
+            raise ValueError(f"codes must lie in [0, {self.codebook_size}), got values in [{lo}, {hi}]")
         q = F.embedding(codes, self.quantizer.embed).permute(0, 3, 1, 2)
         return torch.sigmoid(self.decoder(q))
 

@@ -1,0 +1,314 @@
+"""Zero-shot editing with a demo RandAR on the bundled digits: inpainting, outpainting, extrapolation, probing.
+
+    python benchmarks/editing_digits.py --run runs/demo_randar [--out DIR] [--n 200] [--threads 1]
+
+Needs a trained demo run directory (``anyorder demo --model randar``: ``model/``, ``tokenizer/``,
+``judge/``). Writes figures (PNG) and ``editing.json`` into ``--out`` (default ``RUN/editing``):
+
+1. Inpainting: the left (and top) half of ``n`` test digits is regenerated conditioned on the digit's
+   class; the judge's accuracy w.r.t. the conditioning class is the headline number (target >= 0.9).
+   Also: conditioned on another class (class+1 mod 10: does the class steer the edit?) and with the null
+   class and no guidance (how much the kept half alone determines the digit).
+2. Outpainting: digits on a 2x wider canvas (7x7 -> 7x14 tokens) in one decode with a RoPE table for the
+   canvas ("extrapolate": true positions, "ntk": NTK-mixed) and with sliding trained-size windows
+   ("window"); the judge reads the original half and the new half separately. Also "outpainting" inside
+   the trained grid (keep the left 3 columns, generate 4).
+3. Resolution extrapolation to 14x14 tokens (56x56 pixels), with and without spatial guidance; judged
+   after 2x average pooling.
+4. Linear probe (multinomial logistic regression, L-BFGS, L2 picked on a validation split) on the pooled
+   features of every layer: RandAR's bidirectional features (two passes) vs. the raster single pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from anyorder import editing as E
+from anyorder.data import load_mnist
+from anyorder.demo import decode_batched, encode_batched, load_demo_model
+from anyorder.io import atomic_write_json
+from anyorder.metrics import DigitClassifier
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
+def judge_predictions(judge: DigitClassifier, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([judge(images[i : i + batch]).argmax(-1) for i in range(0, len(images), batch)])
+
+
+def stratified(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in range(10)])
+
+
+def labeled_grid(rows: list[torch.Tensor], names: list[str], path: Path, title: str) -> None:
+    """Rows of images ``[n, 1, H, W]`` (same n and size) as one figure with row labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = rows[0].shape[0]
+    h, w = rows[0].shape[-2:]
+    fig, axes = plt.subplots(len(rows), 1, figsize=(max(6.0, n * w / 28 * 0.9), 1.1 * len(rows) * h / 28 + 0.6))
+    axes = [axes] if len(rows) == 1 else axes
+    for ax, row, name in zip(axes, rows, names):
+        pad = torch.ones(n, 1, h, 2)
+        strip = torch.cat([torch.cat([img, p], -1) for img, p in zip(row, pad)], -1)[0]
+        ax.imshow(strip.numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_ylabel(name, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def shade(images: torch.Tensor, mask: torch.Tensor, ds: int) -> torch.Tensor:
+    pix = mask.repeat_interleave(ds, 0).repeat_interleave(ds, 1)
+    out = images.clone()
+    out[..., pix] = 0.5
+    return out
+
+
+def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                 l2_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2), iters: int = 200) -> dict[str, float]:
+    """Multinomial logistic regression on standardised features; L2 chosen on a 10% validation split."""
+    mu, sd = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    xtr, xte = (train_x - mu) / sd, (test_x - mu) / sd
+    gen = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(xtr), generator=gen)
+    n_val = len(xtr) // 10
+    val, fit = perm[:n_val], perm[n_val:]
+
+    def train(x: torch.Tensor, y: torch.Tensor, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
+        W = torch.zeros(x.shape[1], 10, requires_grad=True)
+        b = torch.zeros(10, requires_grad=True)
+        opt = torch.optim.LBFGS([W, b], lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = F.cross_entropy(x @ W + b, y) + l2 * W.pow(2).sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        return W.detach(), b.detach()
+
+    def acc(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> float:
+        return float(((x @ W + b).argmax(-1) == y).float().mean())
+
+    val_acc = {l2: acc(*train(xtr[fit], train_y[fit], l2), xtr[val], train_y[val]) for l2 in l2_grid}
+    best = max(val_acc, key=lambda k: val_acc[k])
+    W, b = train(xtr, train_y, best)
+    return {"test_accuracy": acc(W, b, xte, test_y), "train_accuracy": acc(W, b, xtr, train_y), "l2": best,
+            "val_accuracy": val_acc[best]}
+
+
+# ---- the experiments ------------------------------------------------------------------------------------
+def run_inpainting(model, tok, judge, codes, labels, images, kw, out: Path, seed: int) -> dict[str, Any]:
+    ds = tok.downsample
+    res: dict[str, Any] = {}
+    show = stratified(labels, 1)
+    for side in ("left", "top"):
+        mask = E.half_mask(model.grid, side)
+        r: dict[str, Any] = {"regenerated_tokens": int(mask.sum())}
+        rows = [images[show], shade(images[show], mask, ds)]
+        for name, cls, gkw in (("true_class", labels, kw),
+                               ("other_class", (labels + 1) % 10, kw),
+                               ("null_class_no_guidance", torch.full_like(labels, model.null_class),
+                                {**kw, "guidance_scale": 1.0})):
+            t = time.perf_counter()
+            edited = E.inpaint(model, codes, mask, cls, seed=seed, **gkw)
+            secs = time.perf_counter() - t
+            assert torch.equal(edited[:, ~mask], codes[:, ~mask]), "known tokens changed"
+            imgs = decode_batched(tok, edited)
+            pred = judge_predictions(judge, imgs)
+            target = labels if name == "null_class_no_guidance" else cls
+            r[name] = {"judge_agrees_with_" + ("original_class" if name.startswith("null") else "conditioning_class"):
+                       float((pred == target).mean(dtype=torch.float)),
+                       "judge_says_original_class": float((pred == labels).mean(dtype=torch.float)),
+                       "seconds": secs}
+            if name != "null_class_no_guidance":
+                rows.append(imgs[show])
+        r["known_tokens_unchanged"] = True
+        res[side] = r
+        labeled_grid(rows, ["original", f"{side} half\nmasked", "inpainted\n(class c)", "inpainted\n(class c+1)"],
+                     out / f"inpaint_{side}.png",
+                     f"RandAR zero-shot inpainting of the {side} half (one test digit per class)")
+    return res
+
+
+def run_outpainting(model, tok, judge, codes, labels, kw, out: Path, seed: int) -> dict[str, Any]:
+    gh, gw = model.grid
+    res: dict[str, Any] = {"canvas": [gh, 2 * gw]}
+    show = stratified(labels, 1)
+    rows, names = [], []
+    for rope in ("extrapolate", "ntk", "window"):
+        t = time.perf_counter()
+        wide = E.outpaint(model, codes, labels, right=gw, rope=rope, seed=seed, **kw)
+        secs = time.perf_counter() - t
+        assert torch.equal(wide[:, :, :gw], codes), "known tokens changed"
+        imgs = decode_batched(tok, wide)  # [N, 1, 28, 56]
+        s = imgs.shape[-1] // 2
+        left_pred = judge_predictions(judge, imgs[..., :s])
+        new_pred = judge_predictions(judge, decode_batched(tok, wide[:, :, gw:]))
+        res[rope] = {"judge_on_original_half_is_class": float((left_pred == labels).mean(dtype=torch.float)),
+                     "judge_on_new_half_is_class": float((new_pred == labels).mean(dtype=torch.float)),
+                     "seconds": secs}
+        rows.append(imgs[show])
+        names.append(f"7x14 canvas\n{rope}")
+    base = decode_batched(tok, codes[show])
+    canvas = torch.full_like(rows[0], 0.5)
+    canvas[..., : base.shape[-1]] = base
+    labeled_grid([canvas, *rows], ["input", *names], out / "outpaint_2x_wider.png",
+                 "RandAR zero-shot outpainting: each digit (left) extended to a 2x wider canvas (right)")
+    # within the trained grid: keep the left 3 columns, generate the other 4
+    keep = codes[:, :, : gw // 2]
+    within = E.outpaint(model, keep, labels, right=gw - gw // 2, seed=seed, **kw)
+    pred = judge_predictions(judge, decode_batched(tok, within))
+    res["within_trained_grid_keep_left_3_columns"] = {"judge_is_class": float((pred == labels).mean(dtype=torch.float))}
+    return res
+
+
+def run_extrapolation(model, tok, judge, kw, out: Path, seed: int, per_class: int) -> dict[str, Any]:
+    classes = torch.arange(10).repeat_interleave(per_class)
+    res: dict[str, Any] = {}
+    rows, names = [], []
+    for name, sg in (("no_spatial_guidance", 1.0), ("spatial_guidance_2", 2.0)):
+        t = time.perf_counter()
+        high, low = E.extrapolate(model, classes, factor=2, spatial_guidance_scale=sg, seed=seed,
+                                  return_low_res=True, **kw)
+        secs = time.perf_counter() - t
+        imgs = decode_batched(tok, high)  # [N, 1, 56, 56]
+        pred = judge_predictions(judge, F.avg_pool2d(imgs, 2))
+        low_pred = judge_predictions(judge, decode_batched(tok, low))
+        res[name] = {"judge_on_downsampled_is_class": float((pred == classes).mean(dtype=torch.float)),
+                     "judge_on_low_res_is_class": float((low_pred == classes).mean(dtype=torch.float)),
+                     "seconds": secs}
+        first = torch.arange(0, len(classes), per_class)
+        if not rows:
+            rows.append(decode_batched(tok, low[first]).repeat_interleave(2, -2).repeat_interleave(2, -1))
+            names.append("trained size\n(7x7, upsampled)")
+        rows.append(imgs[first])
+        names.append(f"14x14 tokens\nspatial g={sg:g}")
+    labeled_grid(rows, names, out / "extrapolate_2x.png",
+                 "RandAR zero-shot resolution extrapolation 28px -> 56px (hierarchical order, NTK-mixed RoPE)")
+    return res
+
+
+def pooled_features(model, codes: torch.Tensor, layers: list[int], mode: str, num_orders: int, seed: int,
+                    chunk: int = 500) -> dict[int, torch.Tensor]:
+    """Pooled features per layer, chunk by chunk (the per-token features of all digits would not fit)."""
+    parts: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
+    for k, i in enumerate(range(0, len(codes), chunk)):
+        feats = E.features_by_layer(model, codes[i : i + chunk], layers=layers, mode=mode, num_orders=num_orders,
+                                    seed=seed + k)
+        for la in layers:
+            parts[la].append(feats[la][1])
+    return {la: torch.cat(v) for la, v in parts.items()}
+
+
+def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_orders: int) -> dict[str, Any]:
+    layers = list(range(1, model.config.depth + 1))
+    res: dict[str, Any] = {"default_layer": E.default_feature_layer(model.config.depth), "layers": layers}
+    for mode, n_ord in (("bidirectional", num_orders), ("raster", 1)):
+        t = time.perf_counter()
+        tr = pooled_features(model, train_codes, layers, mode, n_ord, seed=0)
+        te = pooled_features(model, test_codes, layers, mode, n_ord, seed=10_000)
+        secs = time.perf_counter() - t
+        res[mode] = {"num_orders": n_ord, "feature_seconds": secs,
+                     "per_layer": {la: linear_probe(tr[la], train_y, te[la], test_y) for la in layers}}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for mode, style in (("bidirectional", "o-"), ("raster", "s--")):
+        ax.plot(layers, [res[mode]["per_layer"][la]["test_accuracy"] for la in layers], style,
+                label=f"{mode} ({'two passes' if mode == 'bidirectional' else 'one raster pass'})")
+    ax.set_xlabel("layer (blocks applied)")
+    ax.set_ylabel("linear-probe test accuracy")
+    ax.set_title("Pooled RandAR features on digits (null class)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "probe_layers.png", dpi=110)
+    plt.close(fig)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", default="runs/demo_randar", help="demo RandAR run directory")
+    ap.add_argument("--out", default=None, help="output directory (default: RUN/editing)")
+    ap.add_argument("--n", type=int, default=200, help="test digits to inpaint / outpaint (stratified by class)")
+    ap.add_argument("--guidance-scale", type=float, default=3.0)
+    ap.add_argument("--steps", type=int, default=None, help="parallel-decoding steps (default: one token per step)")
+    ap.add_argument("--extrapolate-per-class", type=int, default=5)
+    ap.add_argument("--probe-orders", type=int, default=1, help="random order pairs averaged for the features")
+    ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    for sub in ("model", "tokenizer", "judge"):
+        if not (run / sub).is_dir():
+            print(f"error: {run / sub} not found: train the demo first (anyorder demo --model randar)", file=sys.stderr)
+            return 2
+    out = Path(args.out) if args.out else run / "editing"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    model, tok = load_demo_model(run)
+    model.eval()
+    tok.eval()
+    E.require_randar(model, "this benchmark")
+    judge = DigitClassifier.from_pretrained(run / "judge").eval()
+    train_x, train_y, test_x, test_y = load_mnist(0.1, 0)
+    kw = {"guidance_scale": args.guidance_scale, "guidance_start": 1.0, "temperature": 1.0, "steps": args.steps}
+
+    idx = stratified(test_y, max(1, args.n // 10))
+    images, labels = test_x[idx], test_y[idx]
+    codes = encode_batched(tok, images)
+    recon = decode_batched(tok, codes)
+    results: dict[str, Any] = {
+        "run": str(run), "n_digits": len(idx), "sampling": kw, "seed": args.seed,
+        "model": {"parameters": sum(p.numel() for p in model.parameters()), **model.config_dict()},
+        "judge_accuracy_on_test_digits": float((judge_predictions(judge, images) == labels).float().mean()),
+        "judge_accuracy_on_reconstructions": float((judge_predictions(judge, recon) == labels).float().mean()),
+    }
+    print(f"{len(idx)} test digits; judge on reconstructions {results['judge_accuracy_on_reconstructions']:.3f}")
+    results["inpainting"] = run_inpainting(model, tok, judge, codes, labels, recon, kw, out, args.seed)
+    for side in ("left", "top"):
+        r = results["inpainting"][side]
+        true_acc = r["true_class"]["judge_agrees_with_conditioning_class"]
+        print(f"inpaint {side}: judge = conditioning class {true_acc:.3f}"
+              f" (class+1: {r['other_class']['judge_agrees_with_conditioning_class']:.3f}; null class, no guidance:"
+              f" original class {r['null_class_no_guidance']['judge_agrees_with_original_class']:.3f})")
+    results["outpainting"] = run_outpainting(model, tok, judge, codes, labels, kw, out, args.seed)
+    print("outpaint 2x wider:", json.dumps({k: v for k, v in results["outpainting"].items() if k != "canvas"}))
+    results["extrapolation"] = run_extrapolation(model, tok, judge, kw, out, args.seed, args.extrapolate_per_class)
+    print("extrapolate:", json.dumps(results["extrapolation"]))
+    if not args.skip_probe:
+        results["linear_probe"] = run_probe(model, encode_batched(tok, train_x), train_y, encode_batched(tok, test_x),
+                                            test_y, out, args.probe_orders)
+        for mode in ("bidirectional", "raster"):
+            accs = {la: round(v["test_accuracy"], 3) for la, v in results["linear_probe"][mode]["per_layer"].items()}
+            print(f"probe {mode}: test accuracy per layer {accs}")
+    results["seconds"] = time.perf_counter() - t0
+    atomic_write_json(out / "editing.json", results)
+    print(f"wrote {out}/editing.json and figures in {results['seconds']:.0f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
