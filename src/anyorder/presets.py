@@ -53,12 +53,12 @@ PRESETS: dict[str, Preset] = {
                          "guidance_scale": 4.0, "steps": 88},
                         "llamagen-vq", 256, "RandAR-XL, 0.7B"),
     # small models for the bundled 28x28 digits (7x7 code grid)
-    "rar_demo": Preset("rar", {"dim": 192, "depth": 4, "n_head": 4, "mlp_hidden": 768, "seq_len": 49,
+    "rar_demo": Preset("rar", {"dim": 128, "depth": 4, "n_head": 4, "mlp_hidden": 512, "seq_len": 49,
                                "codebook_size": 128, "num_classes": 10, "pos_extra": 2, "timestep_extra": 2},
                        {"temperature": 1.0, "guidance_scale": 3.0, "guidance_power": 0.0},
                        "demo-vq", 28, "RAR for the bundled digits"),
-    "randar_demo": Preset("randar", {"dim": 192, "depth": 4, "n_head": 4, "seq_len": 49, "codebook_size": 128,
-                                     "num_classes": 10, "multiple_of": 64},
+    "randar_demo": Preset("randar", {"dim": 128, "depth": 4, "n_head": 4, "seq_len": 49, "codebook_size": 128,
+                                     "num_classes": 10, "multiple_of": 32},
                           {"temperature": 1.0, "guidance_start": 1.0, "guidance_scale": 3.0, "steps": 49},
                           "demo-vq", 28, "RandAR for the bundled digits"),
 }
