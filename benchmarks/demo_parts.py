@@ -1,6 +1,6 @@
 """Train the demo's VQ tokenizer and digit classifier at the recommended settings and print their quality.
 
-Usage: ``python benchmarks/demo_parts.py [--threads 2] [--vq-steps 1000] [--clf-steps 600] [--out DIR]``
+Usage: ``python benchmarks/demo_parts.py [--threads 2] [--vq-steps 1500] [--clf-steps 800] [--out DIR]``
 
 Prints wall time (and process CPU time, which is less sensitive to other load on the machine), VQ
 test reconstruction MSE, codebook usage, classifier test accuracy, classifier accuracy on VQ
@@ -36,13 +36,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--vq-steps", type=int, default=1000)
+    p.add_argument("--vq-steps", type=int, default=1500)
     p.add_argument("--vq-batch", type=int, default=128)
     p.add_argument("--vq-lr", type=float, default=2e-3)
     p.add_argument("--codebook-size", type=int, default=128)
     p.add_argument("--code-dim", type=int, default=32)
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--clf-steps", type=int, default=600)
+    p.add_argument("--clf-steps", type=int, default=800)
     p.add_argument("--clf-batch", type=int, default=128)
     p.add_argument("--clf-lr", type=float, default=2e-3)
     p.add_argument("--skip-vq", action="store_true")

@@ -16,7 +16,8 @@ Needs a trained demo run directory (``anyorder demo --model randar``: ``model/``
 3. Resolution extrapolation to 14x14 tokens (56x56 pixels), with and without spatial guidance; judged
    after 2x average pooling.
 4. Linear probe (multinomial logistic regression, L-BFGS, L2 picked on a validation split) on the pooled
-   features of every layer: RandAR's bidirectional features (two passes) vs. the raster single pass.
+   features of every layer: RandAR's bidirectional features (two passes) vs. the raster single pass
+   (``--probe-token-slots`` adds both read at the image-token instead of the instruction slots).
 """
 
 from __future__ import annotations
@@ -206,26 +207,32 @@ def run_extrapolation(model, tok, judge, kw, out: Path, seed: int, per_class: in
 
 
 def pooled_features(model, codes: torch.Tensor, layers: list[int], mode: str, num_orders: int, seed: int,
-                    chunk: int = 500) -> dict[int, torch.Tensor]:
+                    read: str = "instruction", chunk: int = 500) -> dict[int, torch.Tensor]:
     """Pooled features per layer, chunk by chunk (the per-token features of all digits would not fit)."""
     parts: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
     for k, i in enumerate(range(0, len(codes), chunk)):
         feats = E.features_by_layer(model, codes[i : i + chunk], layers=layers, mode=mode, num_orders=num_orders,
-                                    seed=seed + k)
+                                    seed=seed + k, read=read)
         for la in layers:
             parts[la].append(feats[la][1])
     return {la: torch.cat(v) for la, v in parts.items()}
 
 
-def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_orders: int) -> dict[str, Any]:
+def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_orders: int,
+              token_slots: bool = False) -> dict[str, Any]:
     layers = list(range(1, model.config.depth + 1))
-    res: dict[str, Any] = {"default_layer": E.default_feature_layer(model.config.depth), "layers": layers}
-    for mode, n_ord in (("bidirectional", num_orders), ("raster", 1)):
+    res: dict[str, Any] = {"default_layer": E.default_feature_layer(model.config.depth), "layers": layers,
+                           "features": "pooled over positions, null class, read at the position-instruction slots"}
+    runs = [("bidirectional", "bidirectional", num_orders, "instruction"), ("raster", "raster", 1, "instruction")]
+    if token_slots:
+        runs += [("bidirectional_token_slots", "bidirectional", num_orders, "token"),
+                 ("raster_token_slots", "raster", 1, "token")]
+    for name, mode, n_ord, read in runs:
         t = time.perf_counter()
-        tr = pooled_features(model, train_codes, layers, mode, n_ord, seed=0)
-        te = pooled_features(model, test_codes, layers, mode, n_ord, seed=10_000)
+        tr = pooled_features(model, train_codes, layers, mode, n_ord, seed=0, read=read)
+        te = pooled_features(model, test_codes, layers, mode, n_ord, seed=10_000, read=read)
         secs = time.perf_counter() - t
-        res[mode] = {"num_orders": n_ord, "feature_seconds": secs,
+        res[name] = {"num_orders": n_ord, "read": read, "feature_seconds": secs,
                      "per_layer": {la: linear_probe(tr[la], train_y, te[la], test_y) for la in layers}}
     import matplotlib
 
@@ -233,9 +240,11 @@ def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_or
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for mode, style in (("bidirectional", "o-"), ("raster", "s--")):
-        ax.plot(layers, [res[mode]["per_layer"][la]["test_accuracy"] for la in layers], style,
-                label=f"{mode} ({'two passes' if mode == 'bidirectional' else 'one raster pass'})")
+    labels = {"bidirectional": "bidirectional (two passes)", "raster": "raster (one pass)",
+              "bidirectional_token_slots": "bidirectional, image-token slots",
+              "raster_token_slots": "raster, image-token slots"}
+    for (name, *_), style in zip(runs, ("o-", "s--", "o:", "s:")):
+        ax.plot(layers, [res[name]["per_layer"][la]["test_accuracy"] for la in layers], style, label=labels[name])
     ax.set_xlabel("layer (blocks applied)")
     ax.set_ylabel("linear-probe test accuracy")
     ax.set_title("Pooled RandAR features on digits (null class)", fontsize=10)
@@ -256,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extrapolate-per-class", type=int, default=5)
     ap.add_argument("--probe-orders", type=int, default=1, help="random order pairs averaged for the features")
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--probe-token-slots", action="store_true",
+                    help="also probe features read at the image-token slots (an ablation; doubles the probe time)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
@@ -300,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     print("extrapolate:", json.dumps(results["extrapolation"]))
     if not args.skip_probe:
         results["linear_probe"] = run_probe(model, encode_batched(tok, train_x), train_y, encode_batched(tok, test_x),
-                                            test_y, out, args.probe_orders)
-        for mode in ("bidirectional", "raster"):
-            accs = {la: round(v["test_accuracy"], 3) for la, v in results["linear_probe"][mode]["per_layer"].items()}
-            print(f"probe {mode}: test accuracy per layer {accs}")
+                                            test_y, out, args.probe_orders, args.probe_token_slots)
+        for name, v in results["linear_probe"].items():
+            if isinstance(v, dict) and "per_layer" in v:
+                accs = {la: round(r["test_accuracy"], 3) for la, r in v["per_layer"].items()}
+                print(f"probe {name}: test accuracy per layer {accs}")
     results["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "editing.json", results)
     print(f"wrote {out}/editing.json and figures in {results['seconds']:.0f}s")

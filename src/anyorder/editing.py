@@ -10,8 +10,8 @@ in one fixed scan order, so these functions refuse it (:func:`require_randar`).
   than the trained grid uses a RoPE table for the canvas (true positions, or NTK-mixed per axis).
 - :func:`extrapolate`: RandAR's zero-shot resolution extrapolation (low-res image first, on the
   stride-``factor`` sub-grid, then the rest with the NTK-mixed table and optional spatial guidance).
-- :func:`features`: bidirectional token features from the causal model (the image is fed twice;
-  the second pass sees the whole image) and the raster-order single-pass baseline.
+- :func:`features`: bidirectional per-position features from the causal model (the image is fed
+  twice; the second pass sees the whole image) and the raster-order single-pass baseline.
 - Masks: :func:`mask_from_image` (pixel mask -> token mask, validated), :func:`half_mask`,
   :func:`box_mask`. Token masks are ``True`` where tokens are *regenerated*.
 
@@ -335,8 +335,9 @@ def _feed_context(model: Any, state: Any, emb: Tensor, num_queries: int) -> Tens
     fed = torch.stack([emb[:, :-1], instr[:, 1:P]], dim=2).flatten(1, 2)
     x = torch.cat([fed, emb[:, -1:], instr[:, P : P + m]], dim=1)
     idx = torch.cat([torch.arange(1, 2 * P, device=dev) // 2, torch.arange(P, P + m, device=dev)])
-    slots = torch.arange(2, 2 + x.shape[1], device=dev)
-    return model.transformer(x, rope=rope[:, idx], input_pos=slots)[:, -m:]
+    stop = 2 + x.shape[1]
+    slots = torch.arange(2, stop, device=dev)
+    return model.transformer(x, rope=rope[:, idx], input_pos=slots, kv_len=stop, last=m)[:, -m:]
 
 
 def _decode_with_context(model: Any, classes: Tensor, orders: Tensor, prefix: Tensor | None, plan: list[int],
@@ -619,24 +620,28 @@ def default_feature_layer(depth: int) -> int:
     return max(1, round(2 * depth / 3))
 
 
-def _hidden(model: Any, codes: Tensor, classes: Tensor, passes: list[Tensor], layers: list[int]) -> list[Tensor]:
-    """Residual streams after ``layers`` blocks at the image-token slots of the *last* pass, raster order.
+def _hidden(model: Any, codes: Tensor, classes: Tensor, passes: list[Tensor], layers: list[int],
+            read: str = "instruction") -> list[Tensor]:
+    """Residual streams after ``layers`` blocks at the slots of the *last* pass, raster order.
 
     ``passes``: one order per pass (``[B, T]`` each); the image is fed once per pass, pass after pass,
-    in one causal sequence ``[class, instr, tok, ...]``."""
+    in one causal sequence ``[class, instr, tok, ...]``. ``read``: the position-instruction slots
+    (``instr_k`` at ``1 + 2k``) or the image-token slots (``tok_k`` at ``2 + 2k``)."""
     T = codes.shape[1]
     gen = torch.cat([orders_lib.permute(codes, o) for o in passes], dim=1)
     allo = torch.cat(passes, dim=1)
     L = allo.shape[1]
     _, hidden = model.forward(gen, classes, allo, hidden_layers=tuple(sorted({la - 1 for la in layers})))
     by_layer = dict(zip(sorted(set(layers)), hidden))
-    return [orders_lib.unpermute(by_layer[la][:, 2 + 2 * (L - T) :: 2][:, :T], passes[-1]) for la in layers]
+    first = (1 if read == "instruction" else 2) + 2 * (L - T)
+    return [orders_lib.unpermute(by_layer[la][:, first::2][:, :T], passes[-1]) for la in layers]
 
 
 @torch.no_grad()
 def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Sequence[int] | None = None,
                       mode: str = "bidirectional", num_orders: int = 1, orders: Tensor | None = None,
-                      seed: int | None = 0, batch_size: int = 256) -> dict[int, tuple[Tensor, Tensor]]:
+                      seed: int | None = 0, batch_size: int = 256,
+                      read: str = "instruction") -> dict[int, tuple[Tensor, Tensor]]:
     """:func:`features` for several layers at once: ``{layer: (per_token, pooled)}``."""
     require_randar(model, "feature extraction")
     depth = model.config.depth
@@ -646,6 +651,8 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
             raise ValueError(f"layer must be in 1..{depth} (blocks applied), got {la}")
     if mode not in ("bidirectional", "raster"):
         raise ValueError(f"mode must be 'bidirectional' or 'raster', got {mode!r}")
+    if read not in ("instruction", "token"):
+        raise ValueError(f"read must be 'instruction' or 'token', got {read!r}")
     if num_orders < 1:
         raise ValueError(f"num_orders must be >= 1, got {num_orders}")
     codes = _codes(model, codes, tuple(model.grid))
@@ -671,7 +678,7 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
                 passes = [orders_lib.random_orders(B, T, generator=gen, device=model.device) for _ in range(2)]
             for i in range(0, B, batch_size):
                 sl = slice(i, i + batch_size)
-                hs = _hidden(model, flat[sl], cls[sl], [p[sl] for p in passes], layers)
+                hs = _hidden(model, flat[sl], cls[sl], [p[sl] for p in passes], layers, read)
                 for s, h in zip(sums, hs):
                     s[sl] += h.float()
     return {la: (s / n_runs, (s / n_runs).mean(dim=1)) for la, s in zip(layers, sums)}
@@ -679,24 +686,27 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
 
 @torch.no_grad()
 def features(model: Any, codes: Tensor, classes: Any = None, layer: int | None = None, mode: str = "bidirectional",
-             num_orders: int = 1, orders: Tensor | None = None, seed: int | None = 0,
-             batch_size: int = 256) -> tuple[Tensor, Tensor]:
-    """Token features ``[B, T, D]`` (raster order) and their mean ``[B, D]`` from a RandAR model.
+             num_orders: int = 1, orders: Tensor | None = None, seed: int | None = 0, batch_size: int = 256,
+             read: str = "instruction") -> tuple[Tensor, Tensor]:
+    """Per-position features ``[B, T, D]`` (raster order) and their mean ``[B, D]`` from a RandAR model.
 
-    ``mode="bidirectional"`` (RandAR's bidirectional encoding with a causal model): the image's
-    tokens are fed *twice* in one causal sequence, ``[class, instr, tok] * T`` for the first pass and
-    again for the second; the second pass's image-token slots attend to the whole image of the first
-    pass, so every token's feature depends on all tokens, before and after it in any order. A random
-    order is drawn for each pass (RandAR was trained on random orders; the instruction tokens say
-    where each token is); ``num_orders`` such pairs are averaged. ``orders`` fixes one order used for
-    both passes instead.
-    ``mode="raster"``: the baseline — one pass in raster order, so a token's feature only sees the
-    tokens at raster positions up to its own.
+    ``mode="bidirectional"`` (bidirectional encoding with the causal model): the image's tokens are
+    fed *twice* in one causal sequence, ``[class, (instr, tok) x T, (instr, tok) x T]``; every slot of
+    the second pass attends to the whole image of the first pass, so each position's feature depends
+    on all tokens, before and after it in any order. A random order is drawn for each pass (RandAR is
+    trained on random orders; the instruction tokens say where each token is) and ``num_orders`` such
+    pairs are averaged; ``orders`` (``[T]`` or ``[B, T]``) fixes one order for both passes instead.
+    ``mode="raster"``: the baseline — one pass in raster order, so a position's feature only sees the
+    tokens before it in raster order.
 
+    ``read``: which slot of the (last) pass gives position ``p``'s feature — ``"instruction"``
+    (default): the position-instruction token of ``p``, i.e. the model's query "what is at ``p``?",
+    the slot RandAR is trained to predict from; ``"token"``: the image token at ``p``. On the digits
+    demo the instruction slots probe clearly better (see ``benchmarks/editing_digits.py``).
     ``layer``: the residual stream after that many blocks (1-based; default
-    :func:`default_feature_layer`, a middle-to-late layer). ``classes``: condition (default: the null
-    class, i.e. unconditional features).
+    :func:`default_feature_layer`, a middle-to-late layer). ``classes``: the condition (default: the
+    null class, i.e. unconditional features).
     """
     require_randar(model, "feature extraction")
     la = default_feature_layer(model.config.depth) if layer is None else int(layer)
-    return features_by_layer(model, codes, classes, [la], mode, num_orders, orders, seed, batch_size)[la]
+    return features_by_layer(model, codes, classes, [la], mode, num_orders, orders, seed, batch_size, read)[la]

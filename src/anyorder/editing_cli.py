@@ -131,8 +131,10 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
             raise ValueError("give either --side (with --amount) or --left/--right/--top/--bottom, not both")
         along = gw if args.side in ("left", "right") else gh
         amount = args.amount if args.amount is not None else (math.ceil(along / 2) if args.within else along)
-        if amount < 1 or (args.within and amount >= along):
-            raise ValueError(f"--amount must be in 1..{along - 1 if args.within else 'any'} tokens, got {amount}")
+        if amount < 1:
+            raise ValueError(f"--amount must be a positive number of tokens, got {amount}")
+        if args.within and amount >= along:
+            raise ValueError(f"--within keeps part of the image: --amount must be < {along} tokens, got {amount}")
         pads[args.side] = amount
         if args.within:  # keep the opposite part of the image, regenerate `amount` tokens on this side
             if args.side == "left":
@@ -210,7 +212,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     layer = args.layer or default_feature_layer(model.config.depth)
     cls = None if args.cls is None else _class(args, model)
     per_token, pooled = features(model, codes, cls, layer=layer, mode=args.mode, num_orders=args.num_orders,
-                                 seed=args.seed)
+                                 seed=args.seed, read=args.read)
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise ValueError(f"--out must be a .safetensors file, got {args.out}")
@@ -218,7 +220,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     save_state_dict(out, {"per_token": per_token, "pooled": pooled, "codes": codes})
     atomic_write_json(out.with_suffix(".json"), {
         "command": "features", "model": args.model, "images": args.image, "layer": layer, "mode": args.mode,
-        "num_orders": args.num_orders, "class": cls, "seed": args.seed,
+        "read": args.read, "num_orders": args.num_orders, "class": cls, "seed": args.seed,
         "per_token_shape": list(per_token.shape), "pooled_shape": list(pooled.shape)})
     print(f"wrote {out} (per_token {tuple(per_token.shape)}, pooled {tuple(pooled.shape)})")
     return 0
@@ -296,6 +298,8 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--layer", type=int, default=None, help="blocks applied (default: about 2/3 of the depth)")
     p.add_argument("--mode", choices=["bidirectional", "raster"], default="bidirectional")
     p.add_argument("--num-orders", type=int, default=1, help="random order pairs to average (bidirectional)")
+    p.add_argument("--read", choices=["instruction", "token"], default="instruction",
+                   help="read each position at its position-instruction slot (default) or its image-token slot")
     p.add_argument("--class", dest="cls", help="condition (default: the null class)")
     p.add_argument("--out", default="features.safetensors")
     p.set_defaults(func=cmd_features)

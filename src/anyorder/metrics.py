@@ -10,11 +10,13 @@ real subset of the *same size* (see ``benchmarks/demo_parts.py``), not only agai
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +146,17 @@ class DigitClassifier(nn.Module):
         return model.to(device).eval()
 
 
+@contextlib.contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch inside a forked RNG state so the caller's global RNG is left untouched."""
+    devices: list[int] = []
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
 def _random_shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
     """Translate each image by an integer offset in ``[-max_shift, max_shift]`` (zero fill)."""
     if max_shift <= 0:
@@ -184,28 +197,28 @@ def train_digit_classifier(
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
         raise ValueError(f"labels must lie in [0, {cfg.num_classes})")
     device = torch.device(device)
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = DigitClassifier(cfg).to(device).train()
-    data, targets = images.float().to(device), labels.long().to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))) * 0.95 + 0.05
-    )
-    n = data.shape[0]
-    start = time.perf_counter()
-    loss = torch.zeros(())
-    bar = tqdm(range(steps), desc="train classifier", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
-        x = _random_shift(data[idx], max_shift, gen)
-        loss = F.cross_entropy(model(x), targets[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if progress and (step % 50 == 0 or step == steps - 1):
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+    with _seeded(seed, device):
+        gen = torch.Generator().manual_seed(seed)
+        model = DigitClassifier(cfg).to(device).train()
+        data, targets = images.float().to(device), labels.long().to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))) * 0.95 + 0.05
+        )
+        n = data.shape[0]
+        start = time.perf_counter()
+        loss = torch.zeros(())
+        bar = tqdm(range(steps), desc="train classifier", disable=not progress, dynamic_ncols=True)
+        for step in bar:
+            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
+            x = _random_shift(data[idx], max_shift, gen)
+            loss = F.cross_entropy(model(x), targets[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress and (step % 50 == 0 or step == steps - 1):
+                bar.set_postfix(loss=f"{loss.item():.4f}")
     model.eval()
     stats = {
         "steps": float(steps),

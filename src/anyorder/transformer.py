@@ -91,17 +91,10 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: Tensor | None = None, input_pos: Tensor | None = None,
                 kv_len: int | None = None) -> Tensor:
         B, L, _ = x.shape
-        H, D = self.n_head, self.head_dim
-        qkv = self.qkv(x)
-        if rope is not None and isinstance(self.q_norm, nn.Identity):  # rotate q and k in one call
-            qk = apply_rope(qkv[..., : 2 * H * D].view(B, L, 2 * H, D), rope)
-            q, k = qk.view(B, L, 2, H, D).unbind(2)
-            v = qkv[..., 2 * H * D :].view(B, L, H, D)
-        else:
-            q, k, v = qkv.view(B, L, 3, H, D).unbind(2)  # [B, L, H, D]
-            q, k = self.q_norm(q), self.k_norm(k)
-            if rope is not None:
-                q, k = apply_rope(q, rope), apply_rope(k, rope)
+        q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # [B, L, H, D]
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v, kv_len)
@@ -183,8 +176,9 @@ class Transformer(nn.Module):
                 hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
                 last: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
-        ``kv_len`` (one past the highest slot written, a host int) limits attention to the filled part of
-        the cache. ``last`` computes the output head for the last ``last`` positions only.
+        ``kv_len`` (a host int: one past the highest slot written, with ``input_pos`` the ``L`` slots just
+        below it) limits attention to the filled part of the cache. ``last`` computes the output head for
+        the last ``last`` positions only.
         ``hidden_layers`` additionally returns the residual stream after those blocks (0-based)."""
         hidden: list[Tensor] = []
         for i, blk in enumerate(self.blocks):
