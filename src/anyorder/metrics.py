@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anyorder.io import atomic_write_json, check_state_dict, load_state_dict, save_state_dict
+from anyorder.io import PretrainedMixin
 
 __all__ = [
     "DigitClassifierConfig",
@@ -38,8 +36,6 @@ __all__ = [
     "judge",
 ]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -73,12 +69,15 @@ class DigitClassifierConfig:
         return dataclasses.asdict(self)
 
 
-class DigitClassifier(nn.Module):
+class DigitClassifier(PretrainedMixin, nn.Module):
     """Small CNN: 3 conv blocks -> ``feature_dim`` embedding -> class logits.
 
     :meth:`features` returns the penultimate embedding (pre-activation, so no dead ReLU dimensions
     in the covariance); :meth:`forward` returns logits.
     """
+
+    model_type = "digit_classifier"
+    config_class = DigitClassifierConfig
 
     def __init__(self, config: DigitClassifierConfig | None = None) -> None:
         super().__init__()
@@ -114,36 +113,6 @@ class DigitClassifier(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """Class logits ``[B, num_classes]``."""
         return self.head(self.dropout(F.relu(self.features(images))))
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_state_dict(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
-        atomic_write_json(directory / CONFIG_NAME, {"model_type": "digit_classifier", **self.config.to_dict()})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DigitClassifier:
-        """Load a classifier written by :meth:`save_pretrained` (in eval mode)."""
-        directory = Path(directory)
-        cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"config not found: {cfg_path}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise ValueError(f"{cfg_path}: expected a JSON object")
-        model_type = raw.pop("model_type", "digit_classifier")
-        if model_type != "digit_classifier":
-            raise ValueError(f"{cfg_path}: model_type is {model_type!r}, expected 'digit_classifier'")
-        model = cls(DigitClassifierConfig.from_dict(raw))
-        weights = directory / WEIGHTS_NAME
-        state = load_state_dict(weights, map_location="cpu")
-        check_state_dict(model.state_dict(), state, str(weights))
-        model.load_state_dict(state)
-        return model.to(device).eval()
 
 
 @contextlib.contextmanager

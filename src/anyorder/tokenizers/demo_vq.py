@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anyorder.io import atomic_write_json, check_state_dict, load_state_dict, save_state_dict
+from anyorder.io import PretrainedMixin
 from anyorder.tokenizers.base import ImageTokenizer
 
 __all__ = [
@@ -34,8 +32,6 @@ __all__ = [
     "codebook_usage",
 ]
 
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -150,12 +146,15 @@ class EMAQuantizer(nn.Module):
         return q, commit, idx.view(b, h, w)
 
 
-class DemoVQ(ImageTokenizer):
+class DemoVQ(PretrainedMixin, ImageTokenizer):
     """Small conv VQ-VAE: images ``[B, C, H, W]`` in ``[0, 1]`` <-> codes ``[B, H/ds, W/ds]``.
 
     Encoder: 2x2 pixel-unshuffle, conv, stride-2 convs, residual block, 1x1 to ``code_dim``; EMA
     quantiser; mirrored decoder ending in a pixel-shuffle and a sigmoid (in :meth:`decode`).
     """
+
+    model_type = "demo_vq"
+    config_class = DemoVQConfig
 
     def __init__(self, config: DemoVQConfig | None = None) -> None:
         super().__init__()
@@ -221,36 +220,6 @@ class DemoVQ(ImageTokenizer):
     @torch.no_grad()
     def reconstruct(self, images: Tensor) -> Tensor:
         return self.decode(self.encode(images))
-
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_state_dict(directory / WEIGHTS_NAME, self.state_dict(), metadata={"format": "pt"})
-        atomic_write_json(directory / CONFIG_NAME, {"model_type": "demo_vq", **self.config.to_dict()})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> DemoVQ:
-        """Load a model written by :meth:`save_pretrained` (in eval mode)."""
-        directory = Path(directory)
-        cfg_path = directory / CONFIG_NAME
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"config not found: {cfg_path}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise ValueError(f"{cfg_path}: expected a JSON object")
-        model_type = raw.pop("model_type", "demo_vq")
-        if model_type != "demo_vq":
-            raise ValueError(f"{cfg_path}: model_type is {model_type!r}, expected 'demo_vq'")
-        model = cls(DemoVQConfig.from_dict(raw))
-        weights = directory / WEIGHTS_NAME
-        state = load_state_dict(weights, map_location="cpu")
-        check_state_dict(model.state_dict(), state, str(weights))
-        model.load_state_dict(state)
-        return model.to(device).eval()
 
 
 @contextlib.contextmanager
