@@ -551,6 +551,11 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
        random ``spatial_mask_ratio`` of the low-res token embeddings zeroed (formula in the module
        docstring); both guidances follow the linear schedule over all ``G*G`` tokens.
 
+    ``ntk_boundary`` defaults to the official 2. On the 7x7-token digits demo, 0 (every pair
+    interpolated) gives coherent 2x digits while 2 tiles the canvas with fragments (see
+    ``benchmarks/editing_digits.py``): with so few positions the extrapolated high frequencies are
+    far out of distribution.
+
     ``order="random"``: no low-resolution stage; all ``G*G`` tokens are generated in one random order
     with the mixed table (so spatial guidance, which needs the low-res context, is not available). The
     official "random" mode maps the first tokens of a random large-grid order to low-res positions by
