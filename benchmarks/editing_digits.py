@@ -16,8 +16,10 @@ Needs a trained demo run directory (``anyorder demo --model randar``: ``model/``
 3. Resolution extrapolation to 14x14 tokens (56x56 pixels), with and without spatial guidance, for the
    official ``ntk_boundary=2`` and for 0 (all frequency pairs interpolated); judged after 2x average pooling.
 4. Linear probe (multinomial logistic regression, L-BFGS, L2 picked on a validation split) on the pooled
-   features of every layer: RandAR's bidirectional features (two passes) vs. the raster single pass
-   (``--probe-token-slots`` adds both read at the image-token instead of the instruction slots).
+   features of every layer: RandAR's bidirectional features (two passes) vs. the raster single pass,
+   pooled over all positions and over the top two rows of positions only (where the raster features
+   have not seen the rest of the digit). ``--probe-token-slots`` adds both read at the image-token
+   instead of the instruction slots.
 """
 
 from __future__ import annotations
@@ -211,22 +213,28 @@ def run_extrapolation(model, tok, judge, kw, out: Path, seed: int, per_class: in
 
 
 def pooled_features(model, codes: torch.Tensor, layers: list[int], mode: str, num_orders: int, seed: int,
-                    read: str = "instruction", chunk: int = 500) -> dict[int, torch.Tensor]:
-    """Pooled features per layer, chunk by chunk (the per-token features of all digits would not fit)."""
-    parts: dict[int, list[torch.Tensor]] = {la: [] for la in layers}
+                    read: str = "instruction", chunk: int = 500) -> dict[str, dict[int, torch.Tensor]]:
+    """Per layer: the mean feature over all positions (``"all"``) and over the top two rows of positions
+    only (``"top_rows"``), chunk by chunk (the per-token features of all digits would not fit)."""
+    gw = model.grid[1]
+    parts: dict[str, dict[int, list[torch.Tensor]]] = {k: {la: [] for la in layers} for k in ("all", "top_rows")}
     for k, i in enumerate(range(0, len(codes), chunk)):
         feats = E.features_by_layer(model, codes[i : i + chunk], layers=layers, mode=mode, num_orders=num_orders,
                                     seed=seed + k, read=read)
         for la in layers:
-            parts[la].append(feats[la][1])
-    return {la: torch.cat(v) for la, v in parts.items()}
+            parts["all"][la].append(feats[la][1])
+            parts["top_rows"][la].append(feats[la][0][:, : 2 * gw].mean(1))
+    return {k: {la: torch.cat(v) for la, v in d.items()} for k, d in parts.items()}
 
 
 def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_orders: int,
               token_slots: bool = False) -> dict[str, Any]:
     layers = list(range(1, model.config.depth + 1))
-    res: dict[str, Any] = {"default_layer": E.default_feature_layer(model.config.depth), "layers": layers,
-                           "features": "pooled over positions, null class, read at the position-instruction slots"}
+    res: dict[str, Any] = {
+        "default_layer": E.default_feature_layer(model.config.depth), "layers": layers,
+        "features": "null class, read at the position-instruction slots; 'per_layer': mean over all positions, "
+                    "'top_rows_per_layer': mean over the positions of the top two token rows only (raster "
+                    "features there have seen only those rows, bidirectional ones the whole digit)"}
     runs = [("bidirectional", "bidirectional", num_orders, "instruction"), ("raster", "raster", 1, "instruction")]
     if token_slots:
         runs += [("bidirectional_token_slots", "bidirectional", num_orders, "token"),
@@ -237,22 +245,26 @@ def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_or
         te = pooled_features(model, test_codes, layers, mode, n_ord, seed=10_000, read=read)
         secs = time.perf_counter() - t
         res[name] = {"num_orders": n_ord, "read": read, "feature_seconds": secs,
-                     "per_layer": {la: linear_probe(tr[la], train_y, te[la], test_y) for la in layers}}
+                     "per_layer": {la: linear_probe(tr["all"][la], train_y, te["all"][la], test_y) for la in layers},
+                     "top_rows_per_layer": {la: linear_probe(tr["top_rows"][la], train_y, te["top_rows"][la], test_y)
+                                            for la in layers}}
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.4))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     labels = {"bidirectional": "bidirectional (two passes)", "raster": "raster (one pass)",
               "bidirectional_token_slots": "bidirectional, image-token slots",
               "raster_token_slots": "raster, image-token slots"}
-    for (name, *_), style in zip(runs, ("o-", "s--", "o:", "s:")):
-        ax.plot(layers, [res[name]["per_layer"][la]["test_accuracy"] for la in layers], style, label=labels[name])
-    ax.set_xlabel("layer (blocks applied)")
-    ax.set_ylabel("linear-probe test accuracy")
-    ax.set_title("Pooled RandAR features on digits (null class)", fontsize=10)
-    ax.legend(fontsize=8)
+    for ax, key, title in zip(axes, ("per_layer", "top_rows_per_layer"),
+                              ("mean over all positions", "mean over the top two rows of positions")):
+        for (name, *_), style in zip(runs, ("o-", "s--", "o:", "s:")):
+            ax.plot(layers, [res[name][key][la]["test_accuracy"] for la in layers], style, label=labels[name])
+        ax.set_xlabel("layer (blocks applied)")
+        ax.set_ylabel("linear-probe test accuracy")
+        ax.set_title(f"RandAR digit features: {title}", fontsize=10)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "probe_layers.png", dpi=110)
     plt.close(fig)
@@ -321,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                                             test_y, out, args.probe_orders, args.probe_token_slots)
         for name, v in results["linear_probe"].items():
             if isinstance(v, dict) and "per_layer" in v:
-                accs = {la: round(r["test_accuracy"], 3) for la, r in v["per_layer"].items()}
-                print(f"probe {name}: test accuracy per layer {accs}")
+                for key in ("per_layer", "top_rows_per_layer"):
+                    accs = {la: round(r["test_accuracy"], 3) for la, r in v[key].items()}
+                    print(f"probe {name} {key}: test accuracy {accs}")
     results["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "editing.json", results)
     print(f"wrote {out}/editing.json and figures in {results['seconds']:.0f}s")
