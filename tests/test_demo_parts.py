@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from anyorder import data as data_mod
+from anyorder.config import config_from_dict
 from anyorder.data import load_mnist, stratified_split
 from anyorder.metrics import (
     DigitClassifier,
@@ -123,7 +124,7 @@ def test_vq_save_load_identical(small_vq, mnist, tmp_path) -> None:
 
 def test_vq_unknown_config_key(small_vq, tmp_path) -> None:
     with pytest.raises(ValueError, match="bogus_key"):
-        DemoVQConfig.from_dict({"codebook_size": 64, "bogus_key": 1})
+        config_from_dict(DemoVQConfig, {"codebook_size": 64, "bogus_key": 1})
     small_vq.save_pretrained(tmp_path / "vq")
     cfg_path = tmp_path / "vq" / "config.json"
     cfg = json.loads(cfg_path.read_text())
@@ -177,4 +178,4 @@ def test_classifier_learns_and_roundtrips(mnist, tmp_path) -> None:
     assert set(res) >= {"accuracy", "frechet_distance"}
     assert 0.0 <= res["accuracy"] <= 1.0 and res["frechet_distance"] >= 0.0
     with pytest.raises(ValueError, match="nope"):
-        DigitClassifierConfig.from_dict({"nope": 1})
+        config_from_dict(DigitClassifierConfig, {"nope": 1})

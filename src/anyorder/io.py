@@ -139,9 +139,9 @@ def check_state_dict(
 
 
 class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` for small modules with a config dataclass that has
-    ``to_dict()`` / ``from_dict()``: a directory with ``model.safetensors`` and ``config.json``
-    (which records ``model_type``)."""
+    """``save_pretrained`` / ``from_pretrained`` for small modules with a config dataclass (validated by
+    :func:`anyorder.config.config_from_dict`: unknown keys are errors): a directory with
+    ``model.safetensors`` and ``config.json`` (which records ``model_type``)."""
 
     model_type: str = ""
     config_class: type = object
@@ -151,7 +151,9 @@ class PretrainedMixin:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_state_dict(directory / "model.safetensors", self.state_dict(), metadata={"format": "pt"})
-        atomic_write_json(directory / "config.json", {"model_type": self.model_type, **self.config.to_dict()})
+        from anyorder.config import config_to_dict
+
+        atomic_write_json(directory / "config.json", {"model_type": self.model_type, **config_to_dict(self.config)})
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
@@ -169,7 +171,9 @@ class PretrainedMixin:
         model_type = raw.pop("model_type", cls.model_type)
         if model_type != cls.model_type:
             raise ValueError(f"{cfg_path}: model_type is {model_type!r}, expected {cls.model_type!r}")
-        model = cls(cls.config_class.from_dict(raw))
+        from anyorder.config import config_from_dict
+
+        model = cls(config_from_dict(cls.config_class, raw, prefix=f"{cfg_path}: "))
         weights = directory / "model.safetensors"
         state = load_state_dict(weights, map_location="cpu")
         check_state_dict(model.state_dict(), state, str(weights))

@@ -11,13 +11,11 @@ real subset of the *same size* (see ``benchmarks/demo_parts.py``), not only agai
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -54,19 +52,6 @@ class DigitClassifierConfig:
         if min(self.in_channels, self.num_classes, self.width, self.feature_dim) < 1:
             raise ValueError(f"invalid sizes in {self}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DigitClassifierConfig:
-        """Build from a dict; unknown keys raise :class:`ValueError` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown DigitClassifierConfig key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})"
-            )
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class DigitClassifier(PretrainedMixin, nn.Module):

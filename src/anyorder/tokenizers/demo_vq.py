@@ -9,12 +9,10 @@ commitment loss.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,17 +58,6 @@ class DemoVQConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> DemoVQConfig:
-        """Build from a dict; unknown keys raise :class:`ValueError` naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown DemoVQConfig key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class _ResBlock(nn.Module):
