@@ -13,7 +13,7 @@ from anyorder import editing as E
 from anyorder import orders as orders_lib
 from anyorder.checkpoints import build_model, save_pretrained
 from anyorder.rope import rope_2d, rope_2d_mixed
-from anyorder.sampling import decode, generate
+from anyorder.sampling import GuidanceRows, decode, generate
 from anyorder.schedules import GuidanceSchedule, parallel_decoding_schedule
 
 CFG = {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 16,
@@ -74,8 +74,8 @@ def test_known_first_orders_is_a_stable_partition():
     assert E.known_first_orders(orders, unknown).tolist() == [[2, 1, 3, 0], [0, 1, 2, 3]]
 
 
-def test_context_loop_matches_sampling_decode(model, codes):
-    """The editing decode loop (own table / spatial guidance) is the shared loop when neither is used."""
+def test_decode_with_the_trained_table_is_the_default(model, codes):
+    """Passing the model's own RoPE table to the shared loop changes nothing."""
     B, T, P = 3, 16, 6
     orders = orders_lib.random_orders(B, T, generator=torch.Generator().manual_seed(0))
     prefix = orders_lib.permute(codes.reshape(B, T), orders)[:, :P]
@@ -84,9 +84,48 @@ def test_context_loop_matches_sampling_decode(model, codes):
     cls = torch.tensor([0, 1, 2])
     with torch.no_grad():
         ref = decode(model, cls, orders, plan, g, generator=torch.Generator().manual_seed(5), prefix=prefix)
-        out = E._decode_with_context(model, cls, orders, prefix, plan, g, table=rope_2d(4, 16),
-                                     generator=torch.Generator().manual_seed(5))
+        out = decode(model, cls, orders, plan, g, generator=torch.Generator().manual_seed(5), prefix=prefix,
+                     table=rope_2d(4, 16))
     assert torch.equal(out, ref)
+
+
+@pytest.mark.parametrize("class_scale", [1.0, 3.0])
+def test_spatial_guidance_with_nothing_dropped_is_class_guidance_alone(model, codes, class_scale):
+    """With no context token dropped the spatially-unconditional row equals its conditional one, so the
+    three-row mix reduces to plain class guidance (and the two-row spatial mix to no guidance)."""
+    B, T, P = 3, 16, 5
+    orders = orders_lib.random_orders(B, T, generator=torch.Generator().manual_seed(1))
+    prefix = orders_lib.permute(codes.reshape(B, T), orders)[:, :P]
+    plan = parallel_decoding_schedule(5, T - P)
+    g = GuidanceSchedule("linear", class_scale, start=1.0)
+    cls = torch.tensor([0, 1, 2])
+    with torch.no_grad():
+        ref = decode(model, cls, orders, plan, g, top_k=1, prefix=prefix)
+        out = decode(model, cls, orders, plan, g, top_k=1, prefix=prefix,
+                     spatial=GuidanceSchedule("linear", 4.0, start=1.0), drop=torch.zeros(B, P))
+    assert torch.equal(out, ref)
+    # the dropped row is fed the prefix's embeddings with the dropped ones zeroed, the others as they are
+    drop = torch.zeros(B, P)
+    drop[:, 1] = 1
+    rows = GuidanceRows(g, GuidanceSchedule("linear", 4.0, start=1.0), drop)
+    with torch.no_grad():
+        fed, emb = rows.context(model, prefix), model.tok_embeddings(prefix)
+    assert fed.shape == (len(rows) * B, P, emb.shape[-1])
+    torch.testing.assert_close(fed[:B], emb, rtol=0, atol=0)
+    assert fed[-B:, 1].abs().sum() == 0 and torch.equal(fed[-B:, 0], emb[:, 0])
+
+
+def test_guidance_rows_mix_as_documented():
+    c, us, u = torch.full((1, 1, 2), 3.0), torch.full((1, 1, 2), 1.0), torch.full((1, 1, 2), 0.5)
+    const = lambda s: GuidanceSchedule("linear", s, start=s)  # noqa: E731
+    both = GuidanceRows(const(2.0), const(4.0), torch.zeros(1, 1))
+    assert len(both) == 3
+    torch.testing.assert_close(both.combine(torch.cat([c, us, u]), 0, 10), 0.5 + 2 * (3 - 1) + 4 * (1 - 0.5) + 0 * c)
+    spatial = GuidanceRows(const(1.0), const(4.0), torch.zeros(1, 1))
+    assert len(spatial) == 2 and spatial.classes(torch.tensor([7]), 9).tolist() == [7, 7]
+    torch.testing.assert_close(spatial.combine(torch.cat([c, u]), 0, 10), 0.5 + 4 * (3 - 0.5) + 0 * c)
+    assert both.classes(torch.tensor([7]), 9).tolist() == [7, 9, 9]
+    assert len(GuidanceRows(const(1.0))) == 1 and len(GuidanceRows(const(2.0), const(3.0), None)) == 2
 
 
 # ---- outpainting ----------------------------------------------------------------------------------------

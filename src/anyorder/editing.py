@@ -17,12 +17,12 @@ in one fixed scan order, so these functions refuse it (:func:`require_randar`).
 
 Guidance. Class guidance is RandAR's linear schedule from ``guidance_start`` to ``guidance_scale``
 over the fraction of all tokens decoded so far (known tokens count as decoded, as in the official
-resolution-extrapolation code). Spatial guidance (extrapolation) adds a third batch copy whose
-low-resolution context has a random ``spatial_mask_ratio`` of its token embeddings zeroed; with
-``c`` = (class, full context), ``u_s`` = (null class, full context), ``u`` = (null class, dropped
-context) the logits are ``u + s_c * (c - u_s) + s_s * (u_s - u)`` (the official combination; both
-scales on their own linear schedule). With only one of the two guidances on, two copies suffice:
-``u_s + s_c * (c - u_s)`` or ``c_d + s_s * (c - c_d)`` with ``c_d`` = (class, dropped context).
+resolution-extrapolation code). Spatial guidance (extrapolation) adds a batch copy whose
+low-resolution context has a random ``spatial_mask_ratio`` of its token embeddings zeroed; the rows
+and their mix (the official ``u + s_c (c - u_s) + s_s (u_s - u)`` with both on) are
+:class:`anyorder.sampling.GuidanceRows`. Every decode here is the shared loop
+:func:`anyorder.sampling.decode` (known tokens as its teacher-forced prefix, a RoPE table for a
+larger canvas).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from anyorder import orders as orders_lib
 from anyorder.rope import rope_2d, rope_2d_mixed
-from anyorder.sampling import decode, generate, sample_logits
+from anyorder.sampling import decode, generate
 from anyorder.schedules import GuidanceSchedule, parallel_decoding_schedule
 
 __all__ = [
@@ -322,90 +322,6 @@ def inpaint(model: Any, codes: Tensor, mask: Any, classes: Any, guidance_scale: 
     return (out, orders) if return_orders else out
 
 
-# ---- decoding with a context (own RoPE table, optional spatial guidance) -----------------------------------
-def _feed_context(model: Any, state: Any, emb: Tensor, num_queries: int) -> Tensor:
-    """Feed the context's token *embeddings* ``emb [B, P, D]`` (generation order) after the prefill of
-    ``[class, instr_0]``, plus ``num_queries`` next queries; returns their logits.
-
-    This is what :meth:`RandAR.decode_one_step` does for ``new_tokens = prefix`` right after the
-    prefill (slots from 2 on: ``[tok_0, instr_1, tok_1, ..., tok_{P-1}, instr_P .. instr_{P+m-1}]``),
-    except that embeddings are given, so some can be zeroed (spatial guidance)."""
-    instr, rope = state.extra["instr"], state.extra["rope"]
-    P, m, dev = emb.shape[1], num_queries, emb.device
-    fed = torch.stack([emb[:, :-1], instr[:, 1:P]], dim=2).flatten(1, 2)
-    x = torch.cat([fed, emb[:, -1:], instr[:, P : P + m]], dim=1)
-    idx = torch.cat([torch.arange(1, 2 * P, device=dev) // 2, torch.arange(P, P + m, device=dev)])
-    stop = 2 + x.shape[1]
-    slots = torch.arange(2, stop, device=dev)
-    return model.transformer(x, rope=rope[:, idx], input_pos=slots, kv_len=stop, last=m)[:, -m:]
-
-
-def _decode_with_context(model: Any, classes: Tensor, orders: Tensor, prefix: Tensor | None, plan: list[int],
-                         guidance: GuidanceSchedule, table: Tensor | None = None,
-                         spatial: GuidanceSchedule | None = None, drop: Tensor | None = None,
-                         temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                         generator: torch.Generator | None = None) -> Tensor:
-    """A decode loop like :func:`anyorder.sampling.decode` (same cache layout, same numbers when
-    ``table`` is None and spatial guidance is off) that also takes a RoPE ``table`` for another
-    grid and combines up to three guidance rows (see the module docstring). ``drop [B, P]`` marks
-    the context tokens whose embeddings the spatially-unconditional rows zero. Returns ``[B, T]``
-    tokens in generation order (the prefix included)."""
-    B, T = orders.shape
-    P = 0 if prefix is None else prefix.shape[1]
-    if sum(plan) != T - P or min(plan, default=1) < 1:
-        raise ValueError(f"step plan {plan} must be positive and sum to {T - P}")
-    use_c = guidance.enabled
-    use_s = spatial is not None and spatial.enabled and P > 0 and drop is not None
-    null = torch.full_like(classes, model.null_class)
-    if use_c and use_s:
-        rows = [(classes, False), (null, False), (null, True)]
-    elif use_c:
-        rows = [(classes, False), (null, False)]
-    elif use_s:
-        rows = [(classes, False), (classes, True)]
-    else:
-        rows = [(classes, False)]
-    R = len(rows)
-    state = model.start_decoding(torch.cat([r[0] for r in rows]), orders.repeat(R, 1), table)
-    out = torch.empty(B, T, dtype=torch.long, device=orders.device)
-    try:
-        emb = None
-        if P:
-            out[:, :P] = prefix
-            model.decode_one_step(state, None, 1)  # [class, instr_0] at slots 0, 1
-            base = model.tok_embeddings(prefix)
-            keep = [torch.ones_like(base[..., :1]) if not d else (1.0 - drop.to(base.dtype))[..., None]
-                    for _, d in rows]
-            emb = torch.cat([base * k for k in keep])
-            state.done = P
-        done, new = P, None
-        for n in plan:
-            if emb is not None:
-                logits = _feed_context(model, state, emb, n)
-                emb = None
-            else:
-                logits = model.decode_one_step(state, new, n)
-            if R > 1:
-                parts = logits.chunk(R)
-                if use_c and use_s:
-                    c, us, u = parts
-                    logits = u + guidance(done, T) * (c - us) + spatial(done, T) * (us - u)
-                elif use_c:
-                    c, u = parts
-                    logits = u + (c - u) * guidance(done, T)
-                else:
-                    c, cd = parts
-                    logits = cd + (c - cd) * spatial(done, T)
-            tok = sample_logits(logits, temperature, top_k, top_p, generator)
-            out[:, done : done + n] = tok
-            done += n
-            state.done = done
-            new = tok.repeat(R, 1)
-    finally:
-        model.end_decoding()
-    return out
-
-
 # ---- outpainting ------------------------------------------------------------------------------------------
 def outpaint_table(model: Any, canvas: tuple[int, int], rope: str = "extrapolate", ntk_boundary: int = 2) -> Tensor:
     """The RoPE table for a ``canvas = (H, W)`` token grid.
@@ -481,9 +397,8 @@ def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int 
     prefix = orders_lib.permute(flat, orders)[:, :P] if P else None
     table = outpaint_table(model, (H, W), rope, ntk_boundary)
     with _eval_mode(model):
-        gen = _decode_with_context(model, cls, orders, prefix, _plan(steps, T - P), _guidance(guidance_scale,
-                                   guidance_start), table, temperature=temperature, top_k=top_k, top_p=top_p,
-                                   generator=generator)
+        gen = decode(model, cls, orders, _plan(steps, T - P), _guidance(guidance_scale, guidance_start),
+                     temperature, top_k, top_p, generator, prefix=prefix, table=table)
     out = torch.where(unk, orders_lib.unpermute(gen, orders), flat).view(B, H, W)
     return (out, unknown) if return_mask else out
 
@@ -595,8 +510,8 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
             if low_res is not None:
                 raise ValueError("low_res codes are used by order='hierarchical' only")
             orders = orders_lib.random_orders(B, T, generator=generator, device=model.device)
-            gen = _decode_with_context(model, cls, orders, None, _plan(steps, T), guidance, table,
-                                       temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            gen = decode(model, cls, orders, _plan(steps, T), guidance, temperature, top_k, top_p, generator,
+                         table=table)
             out = orders_lib.unpermute(gen, orders).view(B, H, W)
             return (out, None) if return_low_res else out
         orders = hierarchical_orders(B, (H, W), factor, generator, model.device)
@@ -613,8 +528,8 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
             k = int(P * spatial_mask_ratio)
             pick = torch.rand(B, P, generator=generator, device=model.device).argsort(dim=1)[:, :k]
             drop = torch.zeros(B, P, device=model.device).scatter_(1, pick, 1.0)
-        gen = _decode_with_context(model, cls, orders, prefix, _plan(steps, T - P), guidance, table, spatial, drop,
-                                   temperature, top_k, top_p, generator)
+        gen = decode(model, cls, orders, _plan(steps, T - P), guidance, temperature, top_k, top_p, generator,
+                     prefix=prefix, table=table, spatial=spatial, drop=drop)
     out = orders_lib.unpermute(gen, orders).view(B, H, W)
     return (out, low_res) if return_low_res else out
 

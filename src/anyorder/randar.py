@@ -173,6 +173,8 @@ class RandAR(AnyOrderModel):
         })
 
     def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
+        """Feed ``new_tokens`` — ids ``[B, n]``, or their embeddings ``[B, n, dim]`` (spatial guidance
+        zeroes some) — and return logits ``[B, num_queries, V]`` for the next queries."""
         ex, done, m = state.extra, state.done, num_queries
         instr, rope = ex["instr"], ex["rope"]
         B, T = state.orders.shape
@@ -186,7 +188,7 @@ class RandAR(AnyOrderModel):
         else:  # [tok_a, instr_{a+1}, tok_{a+1}, ..., tok_{done-1}, instr_done .. instr_{done+m-1}]
             a = done - n
             start = 2 + 2 * a
-            tok = self.tok_embeddings(new_tokens)
+            tok = new_tokens if new_tokens.is_floating_point() else self.tok_embeddings(new_tokens)
             fed = interleave(tok[:, :-1], instr[:, a + 1 : done])
             x = torch.cat([fed, tok[:, -1:], instr[:, done : done + m]], dim=1)
             # the fed tokens sit at their own slots (2 + 2a .. 2 * done); the queries at the provisional

@@ -16,7 +16,7 @@ from torch import Tensor
 from anyorder import orders as orders_lib
 from anyorder.schedules import GuidanceSchedule, parallel_decoding_schedule
 
-__all__ = ["sample_logits", "generate", "decode"]
+__all__ = ["sample_logits", "generate", "decode", "GuidanceRows"]
 
 
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
@@ -44,44 +44,112 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
     return torch.multinomial(probs, 1, generator=generator).view(shape)
 
 
+class GuidanceRows:
+    """Which conditions the batch is repeated under, and how their logits are mixed.
+
+    Class guidance repeats the batch under the null class; spatial guidance (RandAR's resolution
+    extrapolation) repeats it with part of the teacher-forced context's token embeddings zeroed
+    (``drop [B, P]``, 1 = zeroed). With ``c`` = (class, full context), ``u_s`` = (null class, full
+    context), ``u`` = (null class, dropped context), ``c_d`` = (class, dropped context):
+
+    ============================  ==========================  ===========================================
+    on                            rows                        logits
+    ============================  ==========================  ===========================================
+    neither                       ``c``                       ``c``
+    class guidance                ``c, u_s``                  ``u_s + s_c (c - u_s)``
+    spatial guidance              ``c, c_d``                  ``c_d + s_s (c - c_d)``
+    both                          ``c, u_s, u``               ``u + s_c (c - u_s) + s_s (u_s - u)``
+    ============================  ==========================  ===========================================
+
+    (the last is the official combination). Each scale follows its own schedule over the fraction of
+    all ``T`` tokens decoded so far.
+    """
+
+    def __init__(self, guidance: GuidanceSchedule, spatial: GuidanceSchedule | None = None,
+                 drop: Tensor | None = None) -> None:
+        self.guidance, self.spatial, self.drop = guidance, spatial, drop
+        self.use_c = guidance.enabled
+        self.use_s = spatial is not None and spatial.enabled and drop is not None
+        # (null class?, context dropped?) per row
+        self.rows = [(False, False)] + ([(True, False)] if self.use_c else []) + (
+            [(self.use_c, True)] if self.use_s else [])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def classes(self, classes: Tensor, null_class: int) -> Tensor:
+        null = torch.full_like(classes, null_class)
+        return torch.cat([null if is_null else classes for is_null, _ in self.rows])
+
+    def context(self, model, prefix: Tensor) -> Tensor:
+        """What to feed for the teacher-forced ``prefix [B, P]``: its ids repeated per row, or — when a
+        row drops context — the token embeddings ``[R*B, P, D]`` with the dropped ones zeroed."""
+        if not self.use_s:
+            return prefix.repeat(len(self), 1)
+        emb = model.tok_embeddings(prefix)
+        keep = (1.0 - self.drop.to(emb.dtype))[..., None]
+        return torch.cat([emb * keep if dropped else emb for _, dropped in self.rows])
+
+    def combine(self, logits: Tensor, done: int, total: int) -> Tensor:
+        if len(self) == 1:
+            return logits
+        parts = logits.chunk(len(self))
+        if self.use_c and self.use_s:
+            c, us, u = parts
+            return u + self.guidance(done, total) * (c - us) + self.spatial(done, total) * (us - u)
+        if self.use_c:
+            c, u = parts
+            return u + (c - u) * self.guidance(done, total)
+        c, cd = parts
+        return cd + (c - cd) * self.spatial(done, total)
+
+
 def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: GuidanceSchedule,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None, prefix: Tensor | None = None,
-           step_callback=None) -> Tensor:
+           step_callback=None, table: Tensor | None = None, spatial: GuidanceSchedule | None = None,
+           drop: Tensor | None = None) -> Tensor:
     """The shared decode loop. Returns tokens ``[B, T]`` in *generation order*.
 
+    Each step is one :meth:`~anyorder.base.AnyOrderModel.decode_one_step`: feed what was sampled
+    last, read logits for the next ``plan[i]`` positions, mix the guidance rows
+    (:class:`GuidanceRows`), sample.
+
     ``prefix [B, P]`` (generation order) is teacher-forced first — fed through the cache in one step —
-    and returned unchanged (inpainting / outpainting); ``plan`` then covers the remaining ``T - P``.
+    and returned unchanged (inpainting / outpainting / extrapolation); ``plan`` then covers the
+    remaining ``T - P``. ``table``: a RoPE table for another grid (RandAR editing on a larger canvas).
+    ``spatial`` + ``drop [B, P]``: spatial guidance against a copy of the prefix with the ``drop``
+    tokens' embeddings zeroed (RandAR's resolution extrapolation).
     """
     B, T = orders.shape
     P = 0 if prefix is None else prefix.shape[1]
     if sum(plan) != T - P or min(plan, default=1) < 1:
         raise ValueError(f"step plan {plan} must be positive and sum to {T - P}")
-    cfg = guidance.enabled
-    classes = model.check_classes(classes)
-    if cfg:
-        classes = torch.cat([classes, torch.full_like(classes, model.null_class)])
-        orders = torch.cat([orders, orders])
-    state = model.start_decoding(classes, orders)
+    if drop is not None and tuple(drop.shape) != (B, P):
+        raise ValueError(f"drop must be [{B}, {P}] (one flag per prefix token), got {tuple(drop.shape)}")
+    rows = GuidanceRows(guidance, spatial, drop if P else None)
+    if (table is not None or rows.use_s) and model.family != "randar":
+        raise ValueError("a RoPE table for another grid and spatial guidance need a RandAR model")
+    R = len(rows)
+    classes = rows.classes(model.check_classes(classes), model.null_class)
+    extra = {} if table is None else {"table": table}
+    state = model.start_decoding(classes, orders.repeat(R, 1), **extra)
     out = torch.empty(B, T, dtype=torch.long, device=orders.device)
     new: Tensor | None = None
-    if P:  # teacher-force the known tokens through the cache in one pass; their logits are not used
-        out[:, :P] = prefix
-        model.decode_one_step(state, None, 1)
-        new = torch.cat([prefix, prefix]) if cfg else prefix
-        state.done = P
     try:
+        if P:  # teacher-force the known tokens through the cache in one pass; their logits are not used
+            out[:, :P] = prefix
+            model.decode_one_step(state, None, 1)
+            new = rows.context(model, prefix)
+            state.done = P
         done = P
         for n in plan:
-            logits = model.decode_one_step(state, new, n)  # [B(*2), n, V]
-            if cfg:
-                c, u = logits.chunk(2)
-                logits = u + (c - u) * guidance(done, T)
+            logits = rows.combine(model.decode_one_step(state, new, n), done, T)  # [B, n, V]
             tok = sample_logits(logits, temperature, top_k, top_p, generator)
             out[:, done : done + n] = tok
             done += n
             state.done = done
-            new = torch.cat([tok, tok]) if cfg else tok
+            new = tok.repeat(R, 1)
             if step_callback is not None:
                 step_callback(done)
     finally:
