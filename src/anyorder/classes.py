@@ -8,8 +8,8 @@ from importlib import resources
 
 @lru_cache(maxsize=1)
 def imagenet_classes() -> list[str]:
-    """The 1000 ImageNet class names (index order), from ``data/imagenet_classes.txt``."""
-    f = resources.files("anyorder") / "data" / "imagenet_classes.txt"
+    """The 1000 ImageNet class names (index order), from ``resources/imagenet_classes.txt``."""
+    f = resources.files("anyorder") / "resources" / "imagenet_classes.txt"
     if not f.is_file():
         return []
     return [line.strip() for line in f.read_text().splitlines() if line.strip()]

@@ -10,11 +10,7 @@ real subset of the *same size* (see ``benchmarks/demo_parts.py``), not only agai
 
 from __future__ import annotations
 
-import contextlib
-import math
-import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anyorder.fitting import fit, seeded
 from anyorder.io import PretrainedMixin
 
 __all__ = [
@@ -100,17 +97,6 @@ class DigitClassifier(PretrainedMixin, nn.Module):
         return self.head(self.dropout(F.relu(self.features(images))))
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch inside a forked RNG state so the caller's global RNG is left untouched."""
-    devices: list[int] = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 def _random_shift(x: Tensor, max_shift: int, gen: torch.Generator) -> Tensor:
     """Translate each image by an integer offset in ``[-max_shift, max_shift]`` (zero fill)."""
     if max_shift <= 0:
@@ -143,41 +129,28 @@ def train_digit_classifier(
 
     Returns the classifier in eval mode and stats (final loss, train accuracy, seconds).
     """
-    from tqdm.auto import tqdm
-
     cfg = config or DigitClassifierConfig(in_channels=images.shape[1], image_size=images.shape[-1])
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= cfg.num_classes):
         raise ValueError(f"labels must lie in [0, {cfg.num_classes})")
     device = torch.device(device)
-    with _seeded(seed, device):
+    with seeded(seed, device):
         gen = torch.Generator().manual_seed(seed)
         model = DigitClassifier(cfg).to(device).train()
         data, targets = images.float().to(device), labels.long().to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))) * 0.95 + 0.05
-        )
-        n = data.shape[0]
-        start = time.perf_counter()
-        loss = torch.zeros(())
-        bar = tqdm(range(steps), desc="train classifier", disable=not progress, dynamic_ncols=True)
-        for step in bar:
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
-            x = _random_shift(data[idx], max_shift, gen)
-            loss = F.cross_entropy(model(x), targets[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress and (step % 50 == 0 or step == steps - 1):
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+
+        def step_loss(idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+            loss = F.cross_entropy(model(_random_shift(data[idx], max_shift, gen)), targets[idx])
+            return loss, {"loss": loss}
+
+        shown, seconds = fit(model, step_loss, data.shape[0], steps, batch_size, lr, gen, device,
+                             "train classifier", progress)
     model.eval()
     stats = {
         "steps": float(steps),
-        "seconds": time.perf_counter() - start,
-        "final_loss": float(loss.detach()),
+        "seconds": seconds,
+        "final_loss": float(shown["loss"]),
         "train_accuracy": class_accuracy(model, data[:2000], targets[:2000]),
     }
     return model, stats

@@ -8,16 +8,14 @@ commitment loss.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anyorder.fitting import fit, seeded
 from anyorder.io import PretrainedMixin
 from anyorder.tokenizers.base import ImageTokenizer
 
@@ -209,17 +207,6 @@ class DemoVQ(PretrainedMixin, ImageTokenizer):
         return self.decode(self.encode(images))
 
 
-@contextlib.contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch inside a forked RNG state so the caller's global RNG is left untouched."""
-    devices: list[int] = []
-    if device.type == "cuda":
-        devices = [device.index if device.index is not None else torch.cuda.current_device()]
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
 @torch.no_grad()
 def reconstruction_error(model: DemoVQ, images: Tensor, batch_size: int = 500) -> float:
     """Mean squared error (pixels in [0, 1]) between ``images`` and their VQ reconstructions."""
@@ -261,42 +248,29 @@ def train_demo_vq(
     cosine learning-rate decay. Returns the model (eval mode) and stats: final losses, training-set
     reconstruction MSE, codebook usage on the training set and wall time.
     """
-    from tqdm.auto import tqdm
-
     cfg = config or DemoVQConfig()
     if train_images.ndim != 4 or train_images.shape[1] != cfg.in_channels:
         raise ValueError(f"train_images must be [N, {cfg.in_channels}, H, W], got {tuple(train_images.shape)}")
     device = torch.device(device)
-    with _seeded(seed, device):
+    with seeded(seed, device):
         gen = torch.Generator().manual_seed(seed)
         model = DemoVQ(cfg).to(device).train()
         data = train_images.float().to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))) * 0.95 + 0.05
-        )
-        n = data.shape[0]
-        start = time.perf_counter()
-        rec = commit = torch.zeros(())
-        bar = tqdm(range(steps), desc="train VQ", disable=not progress, dynamic_ncols=True)
-        for step in bar:
-            idx = torch.randint(0, n, (min(batch_size, n),), generator=gen).to(device)
+
+        def step_loss(idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
             x = data[idx]
             logits, commit, _ = model(x)
             rec = F.binary_cross_entropy_with_logits(logits, x)
-            loss = rec + cfg.commitment * commit
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress and (step % 50 == 0 or step == steps - 1):
-                bar.set_postfix(bce=f"{rec.item():.4f}", commit=f"{commit.item():.4f}")
+            return rec + cfg.commitment * commit, {"bce": rec, "commit": commit}
+
+        shown, seconds = fit(model, step_loss, data.shape[0], steps, batch_size, lr, gen, device, "train VQ",
+                             progress)
     model.eval()
     stats = {
         "steps": float(steps),
-        "seconds": time.perf_counter() - start,
-        "final_bce": float(rec.detach()),
-        "final_commitment": float(commit.detach()),
+        "seconds": seconds,
+        "final_bce": float(shown["bce"]),
+        "final_commitment": float(shown["commit"]),
         "train_mse": reconstruction_error(model, data[:2000]),
         "codebook_usage": codebook_usage(model, data),
     }
