@@ -15,8 +15,9 @@ Needs a trained demo run directory (``anyorder demo --model randar``: ``model/``
    the trained grid (keep the left 3 columns, generate 4).
 3. Resolution extrapolation to 14x14 tokens (56x56 pixels), with and without spatial guidance, for the
    official ``ntk_boundary=2`` and for 0 (all frequency pairs interpolated); judged after 2x average pooling.
-4. Linear probe (multinomial logistic regression, L-BFGS, L2 picked on a validation split) on the pooled
-   features of every layer: RandAR's bidirectional features (two passes) vs. the raster single pass,
+4. Linear probe (multinomial logistic regression, L-BFGS, L2 picked on a validation split; 5-fold
+   cross-validation over all 5,000 digits) on the pooled features of every layer: RandAR's bidirectional
+   features (two passes, averaged over ``--probe-orders`` random order pairs) vs. the raster single pass,
    pooled over all positions and over the top two rows of positions only (where the raster features
    have not seen the rest of the digit). ``--probe-token-slots`` adds both read at the image-token
    instead of the instruction slots.
@@ -227,26 +228,41 @@ def pooled_features(model, codes: torch.Tensor, layers: list[int], mode: str, nu
     return {k: {la: torch.cat(v) for la, v in d.items()} for k, d in parts.items()}
 
 
-def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_orders: int,
-              token_slots: bool = False) -> dict[str, Any]:
+def cross_validated_probe(x: torch.Tensor, y: torch.Tensor, folds: int = 5) -> dict[str, float]:
+    """:func:`linear_probe` in ``folds``-fold cross-validation (fixed random folds): mean and spread of the
+    held-out accuracy. Every digit is tested once, so the estimate is ~sqrt(folds) times steadier than
+    one train/test split."""
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    accs = []
+    for i in range(folds):
+        test = perm[i::folds]
+        train = torch.cat([perm[j::folds] for j in range(folds) if j != i])
+        accs.append(linear_probe(x[train], y[train], x[test], y[test])["test_accuracy"])
+    acc = torch.tensor(accs)
+    return {"accuracy": float(acc.mean()), "fold_std": float(acc.std()), "folds": folds}
+
+
+def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_orders: int,
+              token_slots: bool = False, folds: int = 5) -> dict[str, Any]:
+    """Linear probes (``folds``-fold cross-validation over ``codes``) on pooled features of every layer."""
     layers = list(range(1, model.config.depth + 1))
     res: dict[str, Any] = {
-        "default_layer": E.default_feature_layer(model.config.depth), "layers": layers,
+        "default_layer": E.default_feature_layer(model.config.depth), "layers": layers, "digits": len(labels),
         "features": "null class, read at the position-instruction slots; 'per_layer': mean over all positions, "
                     "'top_rows_per_layer': mean over the positions of the top two token rows only (raster "
-                    "features there have seen only those rows, bidirectional ones the whole digit)"}
+                    "features there have seen only those rows, bidirectional ones the whole digit)",
+        "probe": f"multinomial logistic regression on standardised features, {folds}-fold cross-validation"}
     runs = [("bidirectional", "bidirectional", num_orders, "instruction"), ("raster", "raster", 1, "instruction")]
     if token_slots:
         runs += [("bidirectional_token_slots", "bidirectional", num_orders, "token"),
                  ("raster_token_slots", "raster", 1, "token")]
     for name, mode, n_ord, read in runs:
         t = time.perf_counter()
-        tr = pooled_features(model, train_codes, layers, mode, n_ord, seed=0, read=read)
-        te = pooled_features(model, test_codes, layers, mode, n_ord, seed=10_000, read=read)
+        feats = pooled_features(model, codes, layers, mode, n_ord, seed=0, read=read)
         secs = time.perf_counter() - t
         res[name] = {"num_orders": n_ord, "read": read, "feature_seconds": secs,
-                     "per_layer": {la: linear_probe(tr["all"][la], train_y, te["all"][la], test_y) for la in layers},
-                     "top_rows_per_layer": {la: linear_probe(tr["top_rows"][la], train_y, te["top_rows"][la], test_y)
+                     "per_layer": {la: cross_validated_probe(feats["all"][la], labels, folds) for la in layers},
+                     "top_rows_per_layer": {la: cross_validated_probe(feats["top_rows"][la], labels, folds)
                                             for la in layers}}
     import matplotlib
 
@@ -254,15 +270,18 @@ def run_probe(model, train_codes, train_y, test_codes, test_y, out: Path, num_or
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    labels = {"bidirectional": "bidirectional (two passes)", "raster": "raster (one pass)",
-              "bidirectional_token_slots": "bidirectional, image-token slots",
-              "raster_token_slots": "raster, image-token slots"}
+    names = {"bidirectional": f"bidirectional (two passes, {num_orders} order pair(s))", "raster": "raster (one pass)",
+             "bidirectional_token_slots": "bidirectional, image-token slots",
+             "raster_token_slots": "raster, image-token slots"}
     for ax, key, title in zip(axes, ("per_layer", "top_rows_per_layer"),
                               ("mean over all positions", "mean over the top two rows of positions")):
         for (name, *_), style in zip(runs, ("o-", "s--", "o:", "s:")):
-            ax.plot(layers, [res[name][key][la]["test_accuracy"] for la in layers], style, label=labels[name])
+            acc = [res[name][key][la]["accuracy"] for la in layers]
+            err = [res[name][key][la]["fold_std"] for la in layers]
+            ax.errorbar(layers, acc, yerr=err, fmt=style, capsize=3, label=names[name])
+        ax.set_xticks(layers)
         ax.set_xlabel("layer (blocks applied)")
-        ax.set_ylabel("linear-probe test accuracy")
+        ax.set_ylabel(f"linear-probe accuracy ({folds}-fold CV)")
         ax.set_title(f"RandAR digit features: {title}", fontsize=10)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -281,8 +300,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extrapolate-per-class", type=int, default=5)
     ap.add_argument("--ntk-boundaries", default="2,0",
                     help="comma-separated ntk_boundary values to try (2 is the official default)")
-    ap.add_argument("--probe-orders", type=int, default=1, help="random order pairs averaged for the features")
+    ap.add_argument("--probe-orders", type=int, default=8, help="random order pairs averaged for the features")
+    ap.add_argument("--probe-folds", type=int, default=5, help="cross-validation folds of the linear probe")
     ap.add_argument("--skip-probe", action="store_true")
+    ap.add_argument("--probe-only", action="store_true", help="run the linear probe only (editing.json keeps the "
+                    "other sections of an earlier run in --out)")
     ap.add_argument("--probe-token-slots", action="store_true",
                     help="also probe features read at the image-token slots (an ablation; doubles the probe time)")
     ap.add_argument("--seed", type=int, default=0)
@@ -316,26 +338,31 @@ def main(argv: list[str] | None = None) -> int:
         "judge_accuracy_on_reconstructions": float((judge_predictions(judge, recon) == labels).float().mean()),
     }
     print(f"{len(idx)} test digits; judge on reconstructions {results['judge_accuracy_on_reconstructions']:.3f}")
-    results["inpainting"] = run_inpainting(model, tok, judge, codes, labels, recon, kw, out, args.seed)
-    for side in ("left", "top"):
-        r = results["inpainting"][side]
-        true_acc = r["true_class"]["judge_agrees_with_conditioning_class"]
-        print(f"inpaint {side}: judge = conditioning class {true_acc:.3f}"
-              f" (class+1: {r['other_class']['judge_agrees_with_conditioning_class']:.3f}; null class, no guidance:"
-              f" original class {r['null_class_no_guidance']['judge_agrees_with_original_class']:.3f})")
-    results["outpainting"] = run_outpainting(model, tok, judge, codes, labels, kw, out, args.seed)
-    print("outpaint 2x wider:", json.dumps({k: v for k, v in results["outpainting"].items() if k != "canvas"}))
-    results["extrapolation"] = run_extrapolation(model, tok, judge, kw, out, args.seed, args.extrapolate_per_class,
-                                                 tuple(int(x) for x in args.ntk_boundaries.split(",")))
-    print("extrapolate:", json.dumps(results["extrapolation"]))
+    if args.probe_only and (out / "editing.json").is_file():
+        earlier = json.loads((out / "editing.json").read_text())
+        results.update({k: earlier[k] for k in ("inpainting", "outpainting", "extrapolation") if k in earlier})
+    if not args.probe_only:
+        results["inpainting"] = run_inpainting(model, tok, judge, codes, labels, recon, kw, out, args.seed)
+        for side in ("left", "top"):
+            r = results["inpainting"][side]
+            true_acc = r["true_class"]["judge_agrees_with_conditioning_class"]
+            print(f"inpaint {side}: judge = conditioning class {true_acc:.3f}"
+                  f" (class+1: {r['other_class']['judge_agrees_with_conditioning_class']:.3f}; null class, no guidance:"
+                  f" original class {r['null_class_no_guidance']['judge_agrees_with_original_class']:.3f})")
+        results["outpainting"] = run_outpainting(model, tok, judge, codes, labels, kw, out, args.seed)
+        print("outpaint 2x wider:", json.dumps({k: v for k, v in results["outpainting"].items() if k != "canvas"}))
+        results["extrapolation"] = run_extrapolation(model, tok, judge, kw, out, args.seed, args.extrapolate_per_class,
+                                                     tuple(int(x) for x in args.ntk_boundaries.split(",")))
+        print("extrapolate:", json.dumps(results["extrapolation"]))
     if not args.skip_probe:
-        results["linear_probe"] = run_probe(model, encode_batched(tok, train_x), train_y, encode_batched(tok, test_x),
-                                            test_y, out, args.probe_orders, args.probe_token_slots)
+        results["linear_probe"] = run_probe(model, encode_batched(tok, torch.cat([train_x, test_x])),
+                                            torch.cat([train_y, test_y]), out, args.probe_orders,
+                                            args.probe_token_slots, args.probe_folds)
         for name, v in results["linear_probe"].items():
             if isinstance(v, dict) and "per_layer" in v:
                 for key in ("per_layer", "top_rows_per_layer"):
-                    accs = {la: round(r["test_accuracy"], 3) for la, r in v[key].items()}
-                    print(f"probe {name} {key}: test accuracy {accs}")
+                    accs = {la: round(r["accuracy"], 4) for la, r in v[key].items()}
+                    print(f"probe {name} {key}: cross-validated accuracy {accs}")
     results["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "editing.json", results)
     print(f"wrote {out}/editing.json and figures in {results['seconds']:.0f}s")
