@@ -84,7 +84,7 @@ def sample_inputs(model: RAR | RandAR, batch: int = 3) -> tuple[torch.Tensor, to
 
 
 def test_imagenet_class_file_is_package_data() -> None:
-    f = resources.files("anyorder") / "data" / "imagenet_classes.txt"
+    f = resources.files("anyorder") / "resources" / "imagenet_classes.txt"
     assert f.is_file()
     lines = f.read_text().splitlines()
     assert len(lines) == 1000 and all(line.strip() == line and line for line in lines)
