@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.data.source == "mnist":
         run_demo(cfg, progress=not args.quiet, fresh=args.fresh)
         return 0
-    init_distributed()
+    rank, world = init_distributed()
     data = load_state_dict(cfg.data.source)
     for key in ("codes", "labels"):
         if key not in data:
@@ -62,9 +62,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(md, device=device)
     if args.fresh:
         (Path(cfg.out_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
-    train(model, codes, labels, cfg.train, cfg.out_dir, progress=not args.quiet)
-    save_pretrained(model, Path(cfg.out_dir) / "model")
-    print(f"saved {Path(cfg.out_dir) / 'model'}")
+    try:
+        train(model, codes, labels, cfg.train, cfg.out_dir, progress=not args.quiet)
+        if rank == 0:  # DDP keeps the replicas identical: one writer
+            save_pretrained(model, Path(cfg.out_dir) / "model")
+            print(f"saved {Path(cfg.out_dir) / 'model'}")
+    finally:
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     return 0
 
 

@@ -87,6 +87,13 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
+def _finite_on_all_ranks(loss: Tensor, world: int) -> bool:
+    ok = torch.isfinite(loss.detach()).to(torch.int32).reshape(1)
+    if world > 1:  # every rank must take the same branch (the checkpoint write is collective)
+        dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+    return bool(ok.item())
+
+
 def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig, out_dir: str | Path,
           resume: bool = True, progress: bool = True,
           step_callback: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
@@ -117,8 +124,15 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt_path}: does not fit this model config ({e})") from e
         opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
         step, history = int(state["step"]), list(state.get("history", []))
+        gens = state.get("generators", [state["generator"]])
+        if len(gens) == world:  # each rank continues its own data stream
+            gen.set_state(gens[rank])
+        else:  # another world size than the checkpoint's: a fresh, distinct stream per rank
+            gen.manual_seed(cfg.seed + 1000 * rank + 7919 * step)
+            if rank == 0:
+                tqdm.write(f"{ckpt_path} was written by {len(gens)} process(es), this run has {world}: "
+                           "the data order is reseeded")
         if rank == 0:
             tqdm.write(f"resumed from {ckpt_path} at step {step}")
 
@@ -132,10 +146,15 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
     class_dropout = float(getattr(model.config, "class_dropout", 0.0))
 
     def save(at: int) -> None:
+        """Checkpoint (rank 0 writes; every rank's data-stream state is kept, so resume is exact)."""
+        gens = [gen.get_state()]
+        if world > 1:
+            gens = [torch.empty(0)] * world
+            dist.all_gather_object(gens, gen.get_state())
         if rank != 0:
             return
         atomic_torch_save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gens[0], "generators": gens,
             "step": at, "history": history, "train_config": config_to_dict(cfg),
         })
 
@@ -155,7 +174,7 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
             g["lr"] = lr
         with autocast_context(device, cfg.precision):
             loss = forward(x, y, o)
-        if not torch.isfinite(loss):
+        if not _finite_on_all_ranks(loss, world):
             save(step)
             raise FloatingPointError(f"loss is {loss.item()} at step {step}; last good state saved to {ckpt_path}")
         opt.zero_grad(set_to_none=True)
