@@ -239,7 +239,14 @@ def cross_validated_probe(x: torch.Tensor, y: torch.Tensor, folds: int = 5) -> d
         train = torch.cat([perm[j::folds] for j in range(folds) if j != i])
         accs.append(linear_probe(x[train], y[train], x[test], y[test])["test_accuracy"])
     acc = torch.tensor(accs)
-    return {"accuracy": float(acc.mean()), "fold_std": float(acc.std()), "folds": folds}
+    return {"accuracy": float(acc.mean()), "fold_std": float(acc.std()), "folds": folds, "fold_accuracies": accs}
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
+    """``a - b`` fold by fold (the same folds): mean, std over folds, and in how many folds ``a`` won."""
+    d = torch.tensor(a["fold_accuracies"]) - torch.tensor(b["fold_accuracies"])
+    return {"mean": float(d.mean()), "fold_std": float(d.std()), "folds_better": int((d > 0).sum()),
+            "folds": len(d)}
 
 
 def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_orders: int,
@@ -264,6 +271,9 @@ def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_o
                      "per_layer": {la: cross_validated_probe(feats["all"][la], labels, folds) for la in layers},
                      "top_rows_per_layer": {la: cross_validated_probe(feats["top_rows"][la], labels, folds)
                                             for la in layers}}
+    res["bidirectional_minus_raster"] = {
+        key: {la: paired_difference(res["bidirectional"][key][la], res["raster"][key][la]) for la in layers}
+        for key in ("per_layer", "top_rows_per_layer")}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -363,6 +373,10 @@ def main(argv: list[str] | None = None) -> int:
                 for key in ("per_layer", "top_rows_per_layer"):
                     accs = {la: round(r["accuracy"], 4) for la, r in v[key].items()}
                     print(f"probe {name} {key}: cross-validated accuracy {accs}")
+        for key, per in results["linear_probe"]["bidirectional_minus_raster"].items():
+            print(f"probe bidirectional - raster, {key}: " + ", ".join(
+                f"layer {la}: {d['mean']:+.4f} ± {d['fold_std']:.4f} ({d['folds_better']}/{d['folds']} folds)"
+                for la, d in per.items()))
     results["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "editing.json", results)
     print(f"wrote {out}/editing.json and figures in {results['seconds']:.0f}s")

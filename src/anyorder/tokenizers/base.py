@@ -26,5 +26,14 @@ class ImageTokenizer(nn.Module):
     def decode(self, codes: Tensor) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
 
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Tensor:
+        """``decode(encode(images))``, images in ``[0, 1]``."""
+        return self.decode(self.encode(images))
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Reconstruction (the demo VQ's ``forward`` returns its training outputs instead)."""
+        return self.reconstruct(images)
+
     def grid_size(self, image_size: int) -> int:
         return image_size // self.downsample

@@ -202,10 +202,6 @@ class DemoVQ(PretrainedMixin, ImageTokenizer):
         q = F.embedding(codes, self.quantizer.embed).permute(0, 3, 1, 2)
         return torch.sigmoid(self.decoder(q))
 
-    @torch.no_grad()
-    def reconstruct(self, images: Tensor) -> Tensor:
-        return self.decode(self.encode(images))
-
 
 @torch.no_grad()
 def reconstruction_error(model: DemoVQ, images: Tensor, batch_size: int = 500) -> float:

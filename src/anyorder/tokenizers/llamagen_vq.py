@@ -348,8 +348,3 @@ class LlamaGenVQ(ImageTokenizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``[B, h, w]`` -> images ``[B, C, H, W]`` in ``[0, 1]``."""
         return self.decode_codes(codes, clamp=True)
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        """Reconstruction of images in ``[0, 1]``."""
-        return self.decode(self.encode(images))

@@ -303,8 +303,3 @@ class MaskGITVQGAN(ImageTokenizer):
     def decode(self, codes: Tensor) -> Tensor:
         """Codes ``[B, h, w]`` -> images ``[B, C, H, W]`` clamped to ``[0, 1]`` (as the official wrapper)."""
         return self.decode_codes(codes, clamp=True)
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        """Reconstruction: ``decode(encode(images))``."""
-        return self.decode(self.encode(images))
