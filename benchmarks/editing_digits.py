@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                                             torch.cat([train_y, test_y]), out, args.probe_orders,
                                             args.probe_token_slots, args.probe_folds)
         for name, v in results["linear_probe"].items():
-            if isinstance(v, dict) and "per_layer" in v:
+            if isinstance(v, dict) and "num_orders" in v:
                 for key in ("per_layer", "top_rows_per_layer"):
                     accs = {la: round(r["accuracy"], 4) for la, r in v[key].items()}
                     print(f"probe {name} {key}: cross-validated accuracy {accs}")
