@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fixture_dir
 from PIL import Image
 
 from anyorder.io import CheckpointError
@@ -27,8 +28,6 @@ from anyorder.tokenizers.official import (
     load_official_tokenizer,
 )
 from anyorder.tokenizers.preprocess import center_crop_arr, load_image, save_image_grid
-
-FIXTURES = Path(__file__).resolve().parents[1].parent / "shared" / "fixtures"
 
 # folder, checkpoint, config, cases
 FAMILIES = {
@@ -52,13 +51,12 @@ def _single_thread():
 
 
 def _fixture(kind: str) -> tuple[Path, Path, dict, dict[str, torch.Tensor]]:
-    """(checkpoint path, config path, config dict, cases) of one family; skips if the fixtures are absent."""
-    if not FIXTURES.is_dir():
-        pytest.skip(f"official-output fixtures not found at {FIXTURES} (expected ../shared/fixtures)")
+    """(checkpoint path, config path, config dict, cases) of one family; absent fixtures skip locally and
+    fail under CI (:func:`conftest.fixture_dir`)."""
     from safetensors.torch import load_file
 
     folder, ckpt, cfg, cases = FAMILIES[kind]
-    root = FIXTURES / folder
+    root = fixture_dir(folder)
     cfg_path = root / cfg
     return root / ckpt, cfg_path, json.loads(cfg_path.read_text()), load_file(str(root / cases))
 
