@@ -134,7 +134,6 @@ def test_vq_unknown_config_key(small_vq, tmp_path) -> None:
         DemoVQ.from_pretrained(tmp_path / "vq")
 
 
-
 def test_vq_training_deterministic_and_leaves_global_rng(mnist) -> None:
     cfg = DemoVQConfig(codebook_size=16, code_dim=4, hidden=8)
     torch.manual_seed(123)

@@ -32,7 +32,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class DigitClassifierConfig:
     """Hyper-parameters of :class:`DigitClassifier`."""
@@ -48,7 +47,6 @@ class DigitClassifierConfig:
             raise ValueError(f"image_size must be divisible by 4, got {self.image_size}")
         if min(self.in_channels, self.num_classes, self.width, self.feature_dim) < 1:
             raise ValueError(f"invalid sizes in {self}")
-
 
 
 class DigitClassifier(PretrainedMixin, nn.Module):

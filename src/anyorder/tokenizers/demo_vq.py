@@ -29,7 +29,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class DemoVQConfig:
     """Hyper-parameters of :class:`DemoVQ` (``downsample``: a power of two >= 2 dividing ``image_size``)."""
@@ -55,7 +54,6 @@ class DemoVQConfig:
             raise ValueError(f"invalid sizes in {self}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-
 
 
 class _ResBlock(nn.Module):
