@@ -125,7 +125,7 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
             raise CheckpointError(f"{ckpt_path}: does not fit this model config ({e})") from e
         opt.load_state_dict(state["optimizer"])
         step, history = int(state["step"]), list(state.get("history", []))
-        gens = state.get("generators", [state["generator"]])
+        gens = state.get("generators") or [state["generator"]]  # ("generator": checkpoints before DDP streams)
         if len(gens) == world:  # each rank continues its own data stream
             gen.set_state(gens[rank])
         else:  # another world size than the checkpoint's: a fresh, distinct stream per rank
@@ -154,7 +154,7 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
         if rank != 0:
             return
         atomic_torch_save(ckpt_path, {
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gens[0], "generators": gens,
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "generators": gens,
             "step": at, "history": history, "train_config": config_to_dict(cfg),
         })
 
