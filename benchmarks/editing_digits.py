@@ -20,7 +20,10 @@ Needs a trained demo run directory (``anyorder demo --model randar``: ``model/``
    features (two passes, averaged over ``--probe-orders`` random order pairs) vs. the raster single pass,
    pooled over all positions and over the top two rows of positions only (where the raster features
    have not seen the rest of the digit). ``--probe-token-slots`` adds both read at the image-token
-   instead of the instruction slots.
+   instead of the instruction slots. ``--raster-run DIR`` adds the paper's other baseline: a RandAR of
+   the same size trained in raster order only (``anyorder demo --model randar --out DIR model.order=raster
+   train.anneal_start=0 train.anneal_end=0 tokenizer.path=RUN/tokenizer``), read in raster order. The
+   same probe on the raw pixels is reported as the input-level reference.
 """
 
 from __future__ import annotations
@@ -250,8 +253,12 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, float]:
 
 
 def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_orders: int,
-              token_slots: bool = False, folds: int = 5) -> dict[str, Any]:
-    """Linear probes (``folds``-fold cross-validation over ``codes``) on pooled features of every layer."""
+              token_slots: bool = False, folds: int = 5, raster_model: Any = None,
+              pixels: torch.Tensor | None = None) -> dict[str, Any]:
+    """Linear probes (``folds``-fold cross-validation over ``codes``) on pooled features of every layer.
+
+    ``raster_model``: a raster-order-trained counterpart of ``model`` (same tokenizer, same grid), probed
+    on its raster features as ``"raster_trained_model"``. ``pixels``: the digits, probed as they are."""
     layers = list(range(1, model.config.depth + 1))
     res: dict[str, Any] = {
         "default_layer": E.default_feature_layer(model.config.depth), "layers": layers, "digits": len(labels),
@@ -259,13 +266,21 @@ def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_o
                     "'top_rows_per_layer': mean over the positions of the top two token rows only (raster "
                     "features there have seen only those rows, bidirectional ones the whole digit)",
         "probe": f"multinomial logistic regression on standardised features, {folds}-fold cross-validation"}
+    if pixels is not None:
+        res["pixels"] = cross_validated_probe(pixels.reshape(len(pixels), -1).float(), labels, folds)
     runs = [("bidirectional", "bidirectional", num_orders, "instruction"), ("raster", "raster", 1, "instruction")]
+    if raster_model is not None:
+        if tuple(raster_model.grid) != tuple(model.grid) or raster_model.config.depth != model.config.depth:
+            raise ValueError(f"the raster-trained model must match the RandAR's grid and depth: {raster_model.grid}"
+                             f" x {raster_model.config.depth} vs {model.grid} x {model.config.depth}")
+        runs.append(("raster_trained_model", "raster", 1, "instruction"))
     if token_slots:
         runs += [("bidirectional_token_slots", "bidirectional", num_orders, "token"),
                  ("raster_token_slots", "raster", 1, "token")]
     for name, mode, n_ord, read in runs:
         t = time.perf_counter()
-        feats = pooled_features(model, codes, layers, mode, n_ord, seed=0, read=read)
+        source = raster_model if name == "raster_trained_model" else model
+        feats = pooled_features(source, codes, layers, mode, n_ord, seed=0, read=read)
         secs = time.perf_counter() - t
         res[name] = {"num_orders": n_ord, "read": read, "feature_seconds": secs,
                      "per_layer": {la: cross_validated_probe(feats["all"][la], labels, folds) for la in layers},
@@ -274,6 +289,10 @@ def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_o
     res["bidirectional_minus_raster"] = {
         key: {la: paired_difference(res["bidirectional"][key][la], res["raster"][key][la]) for la in layers}
         for key in ("per_layer", "top_rows_per_layer")}
+    if raster_model is not None:
+        res["bidirectional_minus_raster_trained_model"] = {
+            key: {la: paired_difference(res["bidirectional"][key][la], res["raster_trained_model"][key][la])
+                  for la in layers} for key in ("per_layer", "top_rows_per_layer")}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -281,14 +300,17 @@ def run_probe(model, codes: torch.Tensor, labels: torch.Tensor, out: Path, num_o
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     names = {"bidirectional": f"bidirectional (two passes, {num_orders} order pair(s))", "raster": "raster (one pass)",
+             "raster_trained_model": "raster-trained model, raster",
              "bidirectional_token_slots": "bidirectional, image-token slots",
              "raster_token_slots": "raster, image-token slots"}
     for ax, key, title in zip(axes, ("per_layer", "top_rows_per_layer"),
                               ("mean over all positions", "mean over the top two rows of positions")):
-        for (name, *_), style in zip(runs, ("o-", "s--", "o:", "s:")):
+        for (name, *_), style in zip(runs, ("o-", "s--", "^-.", "o:", "s:")):
             acc = [res[name][key][la]["accuracy"] for la in layers]
             err = [res[name][key][la]["fold_std"] for la in layers]
             ax.errorbar(layers, acc, yerr=err, fmt=style, capsize=3, label=names[name])
+        if pixels is not None and key == "per_layer":
+            ax.axhline(res["pixels"]["accuracy"], color="gray", lw=1, ls=":", label="raw pixels (same probe)")
         ax.set_xticks(layers)
         ax.set_xlabel("layer (blocks applied)")
         ax.set_ylabel(f"linear-probe accuracy ({folds}-fold CV)")
@@ -315,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-probe", action="store_true")
     ap.add_argument("--probe-only", action="store_true", help="run the linear probe only (editing.json keeps the "
                     "other sections of an earlier run in --out)")
+    ap.add_argument("--raster-run", default=None,
+                    help="a demo RandAR run trained in raster order only (model.order=raster, r=0), probed as the "
+                         "raster-trained baseline")
     ap.add_argument("--probe-token-slots", action="store_true",
                     help="also probe features read at the image-token slots (an ablation; doubles the probe time)")
     ap.add_argument("--seed", type=int, default=0)
@@ -365,18 +390,29 @@ def main(argv: list[str] | None = None) -> int:
                                                      tuple(int(x) for x in args.ntk_boundaries.split(",")))
         print("extrapolate:", json.dumps(results["extrapolation"]))
     if not args.skip_probe:
-        results["linear_probe"] = run_probe(model, encode_batched(tok, torch.cat([train_x, test_x])),
-                                            torch.cat([train_y, test_y]), out, args.probe_orders,
-                                            args.probe_token_slots, args.probe_folds)
+        raster_model = None
+        if args.raster_run:
+            raster_model, raster_tok = load_demo_model(args.raster_run)
+            if raster_tok.state_dict().keys() != tok.state_dict().keys() or any(
+                    not torch.equal(a, b) for a, b in zip(raster_tok.state_dict().values(), tok.state_dict().values())):
+                print(f"error: {args.raster_run} was trained with another tokenizer than {run}", file=sys.stderr)
+                return 2
+            raster_model.eval()
+        all_x = torch.cat([train_x, test_x])
+        results["linear_probe"] = run_probe(model, encode_batched(tok, all_x), torch.cat([train_y, test_y]), out,
+                                            args.probe_orders, args.probe_token_slots, args.probe_folds,
+                                            raster_model, all_x)
         for name, v in results["linear_probe"].items():
             if isinstance(v, dict) and "num_orders" in v:
                 for key in ("per_layer", "top_rows_per_layer"):
                     accs = {la: round(r["accuracy"], 4) for la, r in v[key].items()}
                     print(f"probe {name} {key}: cross-validated accuracy {accs}")
-        for key, per in results["linear_probe"]["bidirectional_minus_raster"].items():
-            print(f"probe bidirectional - raster, {key}: " + ", ".join(
-                f"layer {la}: {d['mean']:+.4f} ± {d['fold_std']:.4f} ({d['folds_better']}/{d['folds']} folds)"
-                for la, d in per.items()))
+        print(f"probe on raw pixels: {results['linear_probe']['pixels']['accuracy']:.4f}")
+        for diff in ("bidirectional_minus_raster", "bidirectional_minus_raster_trained_model"):
+            for key, per in results["linear_probe"].get(diff, {}).items():
+                print(f"probe {diff}, {key}: " + ", ".join(
+                    f"layer {la}: {d['mean']:+.4f} ± {d['fold_std']:.4f} ({d['folds_better']}/{d['folds']} folds)"
+                    for la, d in per.items()))
     results["seconds"] = time.perf_counter() - t0
     atomic_write_json(out / "editing.json", results)
     print(f"wrote {out}/editing.json and figures in {results['seconds']:.0f}s")

@@ -161,6 +161,17 @@ def test_a_seed_gives_identical_samples(family, rar, randar):
     assert a.shape == (4, 4, 4) and a.min() >= 0 and a.max() < model.codebook_size
 
 
+@torch.no_grad()
+def test_randar_trained_into_a_scan_order_samples_in_that_order():
+    """A RandAR configured with a scan ``order`` (annealed into it, like RAR) decodes in that order by
+    default, not in random orders it was not trained to end in."""
+    model = _randomise(build_model({**RANDAR_TINY, "order": "raster"}))
+    codes, orders = model.generate(torch.tensor([0, 1]), top_k=1, return_orders=True)
+    assert torch.equal(orders.cpu(), scan_order("raster", 4).expand(2, -1))
+    logits = model.logits(codes.flatten(1), torch.tensor([0, 1]), orders)
+    assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
+
+
 def test_random_orders_per_sample_are_permutations(randar):
     _, orders = randar.generate(torch.tensor([0, 1, 2]), seed=0, return_orders=True)
     assert is_permutation(orders) and not torch.equal(orders[0], orders[1])

@@ -70,6 +70,14 @@ def test_a_crash_mid_training_resumes_from_the_last_checkpoint(family, tmp_path)
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=k)
 
 
+def test_resuming_a_finished_run_reports_its_last_loss(tmp_path):
+    codes, labels = _data()
+    torch.manual_seed(0)
+    done = train(build_model(TINY["randar"]), codes, labels, _cfg(), tmp_path, progress=False)
+    again = train(build_model(TINY["randar"]), codes, labels, _cfg(), tmp_path, progress=False)
+    assert again["steps"] == 6 and again["final_loss"] == done["final_loss"] == done["history"][-1]["loss"]
+
+
 def test_resume_with_a_checkpoint_of_another_config_is_a_clear_error(tmp_path):
     codes, labels = _data()
     train(build_model(TINY["rar"]), codes, labels, _cfg(steps=2), tmp_path, progress=False)

@@ -12,6 +12,7 @@ resumes (the generator from its last checkpoint).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from pathlib import Path
@@ -218,6 +219,14 @@ def steps_sweep(model, tok, judge, test_feats, cfg: RunConfig, plot_path: Path, 
 
 
 def load_demo_model(run_dir: str | Path, device: str = "cpu"):
-    """The generator and tokenizer a demo run saved."""
+    """The generator and tokenizer a demo run saved (the run's own ``tokenizer/``, or the one it was
+    trained with when ``tokenizer.path`` pointed elsewhere: recorded in the model's ``config.json``)."""
     run_dir = Path(run_dir)
-    return from_pretrained(run_dir / "model", device=device), DemoVQ.from_pretrained(run_dir / "tokenizer", device)
+    tok_dir = run_dir / "tokenizer"
+    if not tok_dir.is_dir():
+        cfg_path = run_dir / "model" / "config.json"
+        recorded = json.loads(cfg_path.read_text()).get("extra", {}).get("tokenizer") if cfg_path.is_file() else None
+        if not recorded:
+            raise FileNotFoundError(f"{tok_dir} not found and {cfg_path} records no tokenizer")
+        tok_dir = Path(recorded)
+    return from_pretrained(run_dir / "model", device=device), DemoVQ.from_pretrained(tok_dir, device)

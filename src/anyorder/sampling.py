@@ -167,7 +167,8 @@ def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, s
     - RAR: one token per step in the model's final scan order; guidance on RAR's pow-cosine
       schedule (``guidance_scale``, ``guidance_power``; power 0 is constant).
     - RandAR: ``steps`` (default: ``T``, one token per step) on the cosine parallel-decoding
-      schedule; a random order per sample unless ``orders`` is given; linear guidance from
+      schedule; a random order per sample unless ``orders`` is given (a model configured with a scan
+      ``order``, i.e. trained to anneal into it, decodes in that order); linear guidance from
       ``guidance_start`` to ``guidance_scale``.
     A ``seed`` makes the result reproducible (orders and samples).
     """
@@ -186,6 +187,8 @@ def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, s
     else:
         plan = parallel_decoding_schedule(steps or T, T)
         guidance = GuidanceSchedule("linear", guidance_scale, start=guidance_start)
+        if orders is None and model.config.order != "random":
+            orders = model.default_order().expand(B, -1)  # trained to anneal into a scan order
         if orders is None:
             orders = orders_lib.random_orders(B, T, generator=generator, device=dev)
     orders = torch.as_tensor(orders, device=dev).long()

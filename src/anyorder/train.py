@@ -161,7 +161,8 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {model.family}", disable=not progress or rank != 0)
-    loss_val = float("nan")
+    # resuming a finished run trains no step: report the loss the checkpoint's history last recorded
+    loss_val = float(history[-1]["loss"]) if history and "loss" in history[-1] else float("nan")
     while step < cfg.steps:
         idx = torch.randint(0, codes.shape[0], (local_batch,), generator=gen)
         x, y = codes[idx.to(device)], labels[idx.to(device)]
