@@ -347,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    for sub in ("model", "tokenizer", "judge"):
+    for sub in ("model", "judge"):  # the tokenizer: RUN/tokenizer or the path the model's config recorded
         if not (run / sub).is_dir():
             print(f"error: {run / sub} not found: train the demo first (anyorder demo --model randar)", file=sys.stderr)
             return 2
