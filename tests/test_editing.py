@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -276,6 +277,15 @@ def test_rar_refused_by_the_api(rar, codes):
                  lambda: E.extrapolate(rar, [0]), lambda: E.features(rar, codes)):
         with pytest.raises(ValueError, match="needs a RandAR model.*fixed scan order"):
             call()
+
+
+def test_a_randar_trained_into_a_scan_order_is_warned_about(codes):
+    scan = build_model({**CFG, "order": "raster"}).eval()
+    with pytest.warns(UserWarning, match="'raster' scan order; inpainting decodes in random orders"):
+        E.inpaint(scan, codes, E.half_mask(4), 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        E.features(scan, codes, mode="raster")  # reading features is fine
 
 
 # ---- features -------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,13 +65,18 @@ MASK_RULES = ("any", "majority", "all")
 
 # ---- helpers ------------------------------------------------------------------------------------------
 def require_randar(model: Any, what: str = "zero-shot editing") -> None:
-    """Raise a clear :class:`ValueError` unless ``model`` is a RandAR generator."""
+    """Raise a clear :class:`ValueError` unless ``model`` is a RandAR generator; warn when it was trained to
+    end in a scan order (editing decodes in random orders)."""
     family = getattr(model, "family", None)
     if family != "randar":
         raise ValueError(
             f"{what} needs a RandAR model, got family {family!r}: RAR generates its tokens in one fixed scan order, "
             "so it cannot condition on known tokens at arbitrary positions (use a RandAR model)"
         )
+    order = getattr(getattr(model, "config", None), "order", "random")
+    if order != "random" and what != "feature extraction":
+        warnings.warn(f"this RandAR was configured to anneal into the {order!r} scan order; {what} decodes in "
+                      "random orders, which such a model may not have been trained on", stacklevel=3)
 
 
 def _pair(x: int | Sequence[int], name: str = "grid") -> tuple[int, int]:
