@@ -64,9 +64,9 @@ MASK_RULES = ("any", "majority", "all")
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
-def require_randar(model: Any, what: str = "zero-shot editing") -> None:
-    """Raise a clear :class:`ValueError` unless ``model`` is a RandAR generator; warn when it was trained to
-    end in a scan order (editing decodes in random orders)."""
+def require_randar(model: Any, what: str = "zero-shot editing", random_orders: bool = True) -> None:
+    """Raise a clear :class:`ValueError` unless ``model`` is a RandAR generator. With ``random_orders``
+    (the caller runs the model in random orders), warn when it was trained to end in a scan order."""
     family = getattr(model, "family", None)
     if family != "randar":
         raise ValueError(
@@ -74,8 +74,8 @@ def require_randar(model: Any, what: str = "zero-shot editing") -> None:
             "so it cannot condition on known tokens at arbitrary positions (use a RandAR model)"
         )
     order = getattr(getattr(model, "config", None), "order", "random")
-    if order != "random" and what != "feature extraction":
-        warnings.warn(f"this RandAR was configured to anneal into the {order!r} scan order; {what} decodes in "
+    if order != "random" and random_orders:
+        warnings.warn(f"this RandAR was configured to anneal into the {order!r} scan order; {what} runs it in "
                       "random orders, which such a model may not have been trained on", stacklevel=3)
 
 
@@ -569,7 +569,7 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
                       seed: int | None = 0, batch_size: int = 256,
                       read: str = "instruction") -> dict[int, tuple[Tensor, Tensor]]:
     """:func:`features` for several layers at once: ``{layer: (per_token, pooled)}``."""
-    require_randar(model, "feature extraction")
+    require_randar(model, "bidirectional feature extraction", random_orders=mode == "bidirectional" and orders is None)
     depth = model.config.depth
     layers = [default_feature_layer(depth)] if layers is None else [int(la) for la in layers]
     for la in layers:
@@ -636,6 +636,6 @@ def features(model: Any, codes: Tensor, classes: Any = None, layer: int | None =
     :func:`default_feature_layer`, a middle-to-late layer). ``classes``: the condition (default: the
     null class, i.e. unconditional features).
     """
-    require_randar(model, "feature extraction")
+    require_randar(model, "feature extraction", random_orders=False)  # features_by_layer warns if needed
     la = default_feature_layer(model.config.depth) if layer is None else int(layer)
     return features_by_layer(model, codes, classes, [la], mode, num_orders, orders, seed, batch_size, read)[la]
