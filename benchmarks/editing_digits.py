@@ -354,7 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else run / "editing"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    model, tok = load_demo_model(run)
+    try:
+        model, tok = load_demo_model(run)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model.eval()
     tok.eval()
     E.require_randar(model, "this benchmark")
@@ -392,7 +396,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_probe:
         raster_model = None
         if args.raster_run:
-            raster_model, raster_tok = load_demo_model(args.raster_run)
+            try:
+                raster_model, raster_tok = load_demo_model(args.raster_run)
+            except FileNotFoundError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            if getattr(raster_model.config, "order", None) != "raster":
+                print(f"error: {args.raster_run} is not a raster-trained RandAR (model.order="
+                      f"{getattr(raster_model.config, 'order', None)!r}); train it with model.order=raster "
+                      "train.anneal_start=0 train.anneal_end=0", file=sys.stderr)
+                return 2
             if raster_tok.state_dict().keys() != tok.state_dict().keys() or any(
                     not torch.equal(a, b) for a, b in zip(raster_tok.state_dict().values(), tok.state_dict().values())):
                 print(f"error: {args.raster_run} was trained with another tokenizer than {run}", file=sys.stderr)

@@ -34,17 +34,20 @@ def test_demo_smoke(family, tmp_path):
     assert main(["sample", "--model", str(tmp_path), "--classes", "12", "--out", str(out)]) == 2
 
 
-def test_a_raster_trained_counterpart_reuses_a_runs_tokenizer(tmp_path):
-    """The probe benchmark's baseline: a RandAR trained in raster order only, on another run's tokenizer."""
+def test_a_raster_trained_counterpart_reuses_a_runs_tokenizer(tmp_path, monkeypatch):
+    """The probe benchmark's baseline: a RandAR trained in raster order only, on another run's tokenizer
+    (given as a relative path), loadable from any working directory and by `anyorder sample`."""
     import torch
 
     from anyorder.demo import load_demo_model
 
+    monkeypatch.chdir(tmp_path)
     base = ["--model", "randar", "--quiet", *TINY, "model.multiple_of=16"]
-    assert main(["demo", "--out", str(tmp_path / "a"), *base]) == 0
-    assert main(["demo", "--out", str(tmp_path / "b"), *base, "model.order=raster", "train.anneal_start=0",
-                 "train.anneal_end=0", f"tokenizer.path={tmp_path / 'a' / 'tokenizer'}"]) == 0
+    assert main(["demo", "--out", "a", *base]) == 0
+    assert main(["demo", "--out", "b", *base, "model.order=raster", "train.anneal_start=0", "train.anneal_end=0",
+                 "tokenizer.path=a/tokenizer"]) == 0
     assert not (tmp_path / "b" / "tokenizer").exists()
+    monkeypatch.chdir(tmp_path / "b")
     model, tok = load_demo_model(tmp_path / "b")
     _, tok_a = load_demo_model(tmp_path / "a")
     assert all(torch.equal(x, y) for x, y in zip(tok.state_dict().values(), tok_a.state_dict().values()))
@@ -52,6 +55,7 @@ def test_a_raster_trained_counterpart_reuses_a_runs_tokenizer(tmp_path):
     assert {h["r"] for h in log["history"]} == {0.0}
     _, orders = model.generate(torch.tensor([0, 1]), seed=0, return_orders=True)
     assert torch.equal(orders, torch.arange(model.seq_len).expand(2, -1))
+    assert main(["sample", "--model", str(tmp_path / "b"), "--classes", "1", "--out", str(tmp_path / "g.png")]) == 0
 
 
 def test_demo_rejects_unknown_override(tmp_path, capsys):

@@ -281,13 +281,15 @@ def test_rar_refused_by_the_api(rar, codes):
 
 def test_a_randar_trained_into_a_scan_order_is_warned_about(codes):
     scan = build_model({**CFG, "order": "raster"}).eval()
-    with pytest.warns(UserWarning, match="'raster' scan order; inpainting runs it in random orders"):
+    with pytest.warns(UserWarning, match="'raster' scan order; inpainting runs it in random orders") as rec:
         E.inpaint(scan, codes, E.half_mask(4), 0)
+    assert len(rec) == 1 and rec[0].filename == __file__  # reported at the caller's line
     with pytest.warns(UserWarning, match="bidirectional feature extraction runs it in random orders"):
         E.features(scan, codes)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        E.features(scan, codes, mode="raster")  # its own order: no warning
+        E.features(scan, codes, mode="raster")  # its own (raster) order: no warning
+        E.inpaint(build_model(CFG).eval(), codes, E.half_mask(4), 0)  # a random-order RandAR: no warning
 
 
 # ---- features -------------------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ TINY = {
     "rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
             "codebook_size": 16, "num_classes": 3, "pos_extra": 2, "timestep_extra": 2},
     "randar": {"family": "randar", "dim": 32, "depth": 1, "n_head": 2, "seq_len": 16, "codebook_size": 16,
-               "num_classes": 3, "multiple_of": 16},
+               "num_classes": 3, "multiple_of": 16, "order": "raster"},  # annealed into raster, like RAR
 }
 
 
@@ -108,3 +110,32 @@ def test_bad_training_inputs_are_named(tmp_path):
         train(model, codes + 100, labels, _cfg(), tmp_path, progress=False)
     with pytest.raises(ValueError, match="tokens per image"):
         train(model, codes[:, :2], labels, _cfg(), tmp_path, progress=False)
+
+
+def test_a_randar_order_must_agree_with_the_annealing(tmp_path):
+    """model.order records the order training ends in (and decoding starts from)."""
+    codes, labels = _data()
+    scan = build_model(TINY["randar"])
+    with pytest.raises(ValueError, match="model.order='raster'.*anneal_end=-1 keeps every order random"):
+        train(scan, codes, labels, _cfg(anneal_end=-1), tmp_path / "a", progress=False)
+    random_order = build_model({**TINY["randar"], "order": "random"})
+    with pytest.warns(UserWarning, match="anneals this RandAR into raster order.*set model.order=raster"):
+        train(random_order, codes, labels, _cfg(steps=1), tmp_path / "b", progress=False)
+
+
+def test_resuming_reports_no_stale_loss(tmp_path):
+    """A checkpoint between two logged steps (saved at 3, last logged at 2) resumed with nothing left to
+    train reports a NaN final loss, not step 2's loss."""
+    codes, labels = _data()
+
+    def crash(step, _stats):
+        if step == 4:
+            raise KeyboardInterrupt("simulated crash")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(build_model(TINY["rar"]), codes, labels, _cfg(ckpt_every=3, log_every=2), tmp_path, progress=False,
+              step_callback=crash)
+    again = train(build_model(TINY["rar"]), codes, labels, _cfg(steps=3, ckpt_every=3, log_every=2), tmp_path,
+                  progress=False)
+    assert again["steps"] == 3 and again["history"][-1]["step"] == 2
+    assert math.isnan(again["final_loss"])

@@ -118,10 +118,15 @@ def load_tokenizer(spec: str | None, model_path: str, device: str):
     from anyorder.tokenizers.demo_vq import DemoVQ
 
     if spec is None:
+        from anyorder.demo import recorded_tokenizer
+
         run = Path(model_path)
         for cand in (run / "tokenizer", run.parent / "tokenizer"):
             if (cand / "config.json").is_file():
                 return DemoVQ.from_pretrained(cand, device=device)
+        recorded = recorded_tokenizer(run / "model" if (run / "model").is_dir() else run)
+        if recorded is not None:  # a run trained on another run's tokenizer (tokenizer.path=...)
+            return DemoVQ.from_pretrained(recorded, device=device)
         raise ValueError("no tokenizer given: pass --tokenizer FILE_OR_DIR")
     p = Path(spec)
     if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file():

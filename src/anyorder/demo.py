@@ -144,7 +144,7 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
         ckpt = out / "checkpoints" / "last.pt"
         ckpt.unlink(missing_ok=True)
     summary = train(model, codes, train_y.to(device), cfg.train, out, progress=progress)
-    save_pretrained(model, out / "model", extra={"tokenizer": str(tok_dir)})
+    save_pretrained(model, out / "model", extra={"tokenizer": str(tok_dir.resolve())})
     timings["train_s"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in model.parameters())
 
@@ -224,9 +224,25 @@ def load_demo_model(run_dir: str | Path, device: str = "cpu"):
     run_dir = Path(run_dir)
     tok_dir = run_dir / "tokenizer"
     if not tok_dir.is_dir():
-        cfg_path = run_dir / "model" / "config.json"
-        recorded = json.loads(cfg_path.read_text()).get("extra", {}).get("tokenizer") if cfg_path.is_file() else None
-        if not recorded:
-            raise FileNotFoundError(f"{tok_dir} not found and {cfg_path} records no tokenizer")
-        tok_dir = Path(recorded)
+        tok_dir = recorded_tokenizer(run_dir / "model")
+        if tok_dir is None:
+            raise FileNotFoundError(f"{run_dir / 'tokenizer'} not found and {run_dir / 'model' / 'config.json'} "
+                                    "records no tokenizer")
     return from_pretrained(run_dir / "model", device=device), DemoVQ.from_pretrained(tok_dir, device)
+
+
+def recorded_tokenizer(model_dir: str | Path) -> Path | None:
+    """The tokenizer directory a demo model's ``config.json`` recorded (``extra.tokenizer``), or ``None``.
+
+    A relative record (older runs) is tried against the working directory, then the run directory; a
+    record that exists nowhere is an error that names the file it came from."""
+    cfg_path = Path(model_dir) / "config.json"
+    if not cfg_path.is_file():
+        return None
+    recorded = json.loads(cfg_path.read_text()).get("extra", {}).get("tokenizer")
+    if not recorded:
+        return None
+    for cand in (Path(recorded), Path(model_dir).parent / recorded):
+        if (cand / "config.json").is_file():
+            return cand
+    raise FileNotFoundError(f"{cfg_path} records the tokenizer {recorded!r}, which has no config.json here")

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -76,7 +77,17 @@ def require_randar(model: Any, what: str = "zero-shot editing", random_orders: b
     order = getattr(getattr(model, "config", None), "order", "random")
     if order != "random" and random_orders:
         warnings.warn(f"this RandAR was configured to anneal into the {order!r} scan order; {what} runs it in "
-                      "random orders, which such a model may not have been trained on", stacklevel=3)
+                      "random orders, which such a model may not have been trained on",
+                      stacklevel=_outside_stacklevel())
+
+
+def _outside_stacklevel() -> int:
+    """``stacklevel`` of the first frame outside this package and torch (decorators add frames)."""
+    inside = (os.path.dirname(__file__), os.path.dirname(torch.__file__))
+    frame, level = sys._getframe(2), 2  # 1: the caller of warnings.warn
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _pair(x: int | Sequence[int], name: str = "grid") -> tuple[int, int]:
@@ -569,7 +580,7 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
                       seed: int | None = 0, batch_size: int = 256,
                       read: str = "instruction") -> dict[int, tuple[Tensor, Tensor]]:
     """:func:`features` for several layers at once: ``{layer: (per_token, pooled)}``."""
-    require_randar(model, "bidirectional feature extraction", random_orders=mode == "bidirectional" and orders is None)
+    require_randar(model, f"{mode} feature extraction", random_orders=mode == "bidirectional" and orders is None)
     depth = model.config.depth
     layers = [default_feature_layer(depth)] if layers is None else [int(la) for la in layers]
     for la in layers:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,23 @@ def permutation_ratio(step: int, cfg: TrainConfig) -> float:
     return anneal_ratio(step, cfg.anneal_start, cfg.anneal_end)
 
 
+def check_order_schedule(model: AnyOrderModel, cfg: TrainConfig) -> None:
+    """A RandAR's ``order`` records the order training ends in, which is the order it decodes in by
+    default: a scan order needs annealing into it (``anneal_end >= 0``); ``"random"`` with annealing ends
+    in raster order while the model would decode in random orders (warned)."""
+    if model.family != "randar":
+        return
+    order = model.config.order
+    if order != "random" and cfg.anneal_end < 0:
+        raise ValueError(f"model.order={order!r} means training anneals into the {order!r} scan order, but "
+                         f"train.anneal_end={cfg.anneal_end} keeps every order random: set train.anneal_start/"
+                         "anneal_end (>= 0) or model.order=random")
+    if order == "random" and cfg.anneal_end >= 0:
+        warnings.warn(f"train.anneal_end={cfg.anneal_end} anneals this RandAR into raster order, but with "
+                      "model.order='random' it will decode in random orders: set model.order=raster to record "
+                      "the order it ends in", stacklevel=3)
+
+
 def _dist_info() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
@@ -106,6 +124,7 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
     device = model.device
     out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / LAST_CKPT
+    check_order_schedule(model, cfg)
     codes = model.check_codes(codes).to(device)
     labels = model.check_classes(labels, allow_null=False).to(device)
     if codes.shape[0] != labels.shape[0]:
@@ -161,8 +180,9 @@ def train(model: AnyOrderModel, codes: Tensor, labels: Tensor, cfg: TrainConfig,
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {model.family}", disable=not progress or rank != 0)
-    # resuming a finished run trains no step: report the loss the checkpoint's history last recorded
-    loss_val = float(history[-1]["loss"]) if history and "loss" in history[-1] else float("nan")
+    # resuming a finished run trains no step: report the loss its history recorded at that step
+    last = history[-1] if history else {}
+    loss_val = float(last["loss"]) if last.get("step") == step and "loss" in last else float("nan")
     while step < cfg.steps:
         idx = torch.randint(0, codes.shape[0], (local_batch,), generator=gen)
         x, y = codes[idx.to(device)], labels[idx.to(device)]
