@@ -62,15 +62,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = build_model(md, device=device)
     if args.fresh:
         (Path(cfg.out_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
+    import torch.distributed as dist
+
     try:
         train(model, codes, labels, cfg.train, cfg.out_dir, progress=not args.quiet)
         if rank == 0:  # DDP keeps the replicas identical: one writer
             save_pretrained(model, Path(cfg.out_dir) / "model")
             print(f"saved {Path(cfg.out_dir) / 'model'}")
+        if world > 1:  # tear down together: gloo can abort a rank that exits while its peer is still writing
+            dist.barrier()
     finally:
         if world > 1:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
     return 0
 
