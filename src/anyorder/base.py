@@ -64,6 +64,10 @@ class AnyOrderModel(nn.Module):
         """The scan order used for sampling (and the non-random branch of training)."""
         return orders_lib.scan_order(getattr(self.config, "order", "raster"), *self.grid).to(self.device)
 
+    def sampling_orders(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        """The orders ``[batch, T]`` sampling decodes in when the caller gives none: the scan order."""
+        return self.default_order().expand(batch, -1)
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device

@@ -116,6 +116,13 @@ class RandAR(AnyOrderModel):
         order = "raster" if self.config.order == "random" else self.config.order
         return orders_lib.scan_order(order, *self.grid).to(self.device)
 
+    def sampling_orders(self, batch: int, generator: torch.Generator | None = None) -> Tensor:
+        """A random order per sample, as RandAR is trained; a model configured with a scan ``order``
+        (trained to anneal into it) decodes in that order."""
+        if self.config.order != "random":
+            return super().sampling_orders(batch, generator)
+        return orders_lib.random_orders(batch, self.seq_len, generator=generator, device=self.device)
+
     # ---- position instruction tokens ------------------------------------------------------------
     def rope_rows(self, orders: Tensor, table: Tensor | None = None) -> Tensor:
         """RoPE rows ``[B, T, head_dim/2, 2]`` of the raster positions ``orders`` (table row 1 + p)."""

@@ -170,6 +170,7 @@ def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, s
       schedule; a random order per sample unless ``orders`` is given (a model configured with a scan
       ``order``, i.e. trained to anneal into it, decodes in that order); linear guidance from
       ``guidance_start`` to ``guidance_scale``.
+    Without ``orders``, the model's :meth:`~anyorder.base.AnyOrderModel.sampling_orders` are used.
     A ``seed`` makes the result reproducible (orders and samples).
     """
     dev = model.device
@@ -182,15 +183,11 @@ def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, s
         if steps not in (None, T):
             raise ValueError(f"RAR decodes one token per step: steps must be {T}, got {steps}")
         guidance = GuidanceSchedule("pow_cosine", guidance_scale, guidance_power)
-        if orders is None:
-            orders = model.default_order().expand(B, -1)
     else:
         plan = parallel_decoding_schedule(steps or T, T)
         guidance = GuidanceSchedule("linear", guidance_scale, start=guidance_start)
-        if orders is None and model.config.order != "random":
-            orders = model.default_order().expand(B, -1)  # trained to anneal into a scan order
-        if orders is None:
-            orders = orders_lib.random_orders(B, T, generator=generator, device=dev)
+    if orders is None:
+        orders = model.sampling_orders(B, generator)
     orders = torch.as_tensor(orders, device=dev).long()
     if orders.dim() == 1:
         orders = orders.expand(B, -1)
