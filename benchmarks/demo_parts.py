@@ -16,9 +16,11 @@ import time
 
 import torch
 
-from anyorder.data import load_mnist
-from anyorder.metrics import class_accuracy, extract_features, frechet_distance, train_digit_classifier
-from anyorder.tokenizers.demo_vq import DemoVQConfig, codebook_usage, reconstruction_error, train_demo_vq
+from anyorder.data.mnist import load_mnist
+from anyorder.evaluation.judge import class_accuracy, extract_features, frechet_distance
+from anyorder.hub import save_pretrained
+from anyorder.tokenizers.demo_vq import DemoVQConfig, codebook_usage, reconstruction_error
+from anyorder.training.small_models import train_demo_vq, train_digit_classifier
 
 
 def per_class_subset(labels: torch.Tensor, per_class: int, seed: int) -> torch.Tensor:
@@ -92,9 +94,9 @@ def main() -> None:
         print(f"  classifier accuracy on recon(test)   {class_accuracy(clf, recon, test_y):.4f}")
         print(f"  Frechet(recon(test) vs test)         {frechet_distance(extract_features(clf, recon), f_test):.3f}")
         if args.out:
-            vq.save_pretrained(f"{args.out}/vq")
+            save_pretrained(vq, f"{args.out}/vq")
     if args.out:
-        clf.save_pretrained(f"{args.out}/classifier")
+        save_pretrained(clf, f"{args.out}/classifier")
     print(f"total wall {time.perf_counter() - t0:.1f}s, cpu {time.process_time() - c0:.1f}s")
 
 

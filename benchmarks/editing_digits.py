@@ -39,10 +39,11 @@ import torch
 import torch.nn.functional as F
 
 from anyorder import editing as E
-from anyorder.data import load_mnist
-from anyorder.demo import decode_batched, encode_batched, load_demo_model
+from anyorder.data.mnist import load_mnist
+from anyorder.demo.run import decode_batched, encode_batched, load_demo_model
+from anyorder.hub import load_module
 from anyorder.io import atomic_write_json
-from anyorder.metrics import DigitClassifier
+from anyorder.models.digit_judge import DigitClassifier
 
 
 # ---- helpers --------------------------------------------------------------------------------------------
@@ -362,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     model.eval()
     tok.eval()
     E.require_randar(model, "this benchmark")
-    judge = DigitClassifier.from_pretrained(run / "judge").eval()
+    judge = load_module(run / "judge", expected=DigitClassifier).eval()
     train_x, train_y, test_x, test_y = load_mnist(0.1, 0)
     kw = {"guidance_scale": args.guidance_scale, "guidance_start": 1.0, "temperature": 1.0, "steps": args.steps}
 

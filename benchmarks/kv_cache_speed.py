@@ -36,10 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reference_samplers import official_style_rar_generate  # noqa: E402
 
-from anyorder.orders import permute  # noqa: E402
-from anyorder.rar import RAR, RARConfig  # noqa: E402
-from anyorder.sampling import sample_logits  # noqa: E402
-from anyorder.schedules import GuidanceSchedule  # noqa: E402
+from anyorder.models.rar import RAR, RARConfig  # noqa: E402
+from anyorder.nn.orders import permute  # noqa: E402
+from anyorder.sampling import generate, sample_logits  # noqa: E402
+from anyorder.sampling.schedules import GuidanceSchedule  # noqa: E402
 
 FULL = {"dim": 256, "depth": 4, "n_head": 4, "seq_len": 256, "codebook_size": 1024, "num_classes": 1000,
         "batch": 8}
@@ -149,7 +149,7 @@ def main() -> None:
 
     # 1. same greedy ids from all three (the official greedy setting: temperature 1e-6)
     t = 1e-6
-    ours_ids = permute(model.generate(classes, guidance_scale=g, guidance_power=pw, temperature=t).flatten(1),
+    ours_ids = permute(generate(model, classes, guidance_scale=g, guidance_power=pw, temperature=t).flatten(1),
                        order.expand(B, -1))
     ref_ids = official_style_rar_generate(model, classes, g, pw, temperature=t)
     assert torch.equal(ours_ids, ref_ids), "reference sampler disagrees with ours (greedy)"
@@ -163,7 +163,7 @@ def main() -> None:
         return torch.Generator().manual_seed(seed)
 
     fns = {
-        "ours": lambda: model.generate(classes, guidance_scale=g, guidance_power=pw, generator=gen(1)),
+        "ours": lambda: generate(model, classes, guidance_scale=g, guidance_power=pw, generator=gen(1)),
         "reference": lambda: official_style_rar_generate(model, classes, g, pw, generator=gen(1)),
         "uncached": lambda: uncached_generate(model, classes, g, pw, generator=gen(1)),
     }

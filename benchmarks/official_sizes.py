@@ -91,11 +91,11 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
     """Build ``model_name`` with random weights and time sampling ``batch`` images (this process)."""
     import torch
 
-    from anyorder import orders as orders_lib
-    from anyorder.checkpoints import build_model
-    from anyorder.presets import get_preset
+    from anyorder.hub import build_model
+    from anyorder.models.presets import get_preset
+    from anyorder.nn import orders as orders_lib
     from anyorder.sampling import decode
-    from anyorder.schedules import GuidanceSchedule, parallel_decoding_schedule
+    from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

@@ -32,9 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kv_cache_speed import common_args, environment, markdown_table, measure, median, randomise, ratio  # noqa: E402
 from reference_samplers import official_style_randar_generate  # noqa: E402
 
-from anyorder.orders import random_orders, unpermute  # noqa: E402
-from anyorder.randar import RandAR, RandARConfig  # noqa: E402
-from anyorder.schedules import parallel_decoding_schedule  # noqa: E402
+from anyorder.models.randar import RandAR, RandARConfig  # noqa: E402
+from anyorder.nn.orders import random_orders, unpermute  # noqa: E402
+from anyorder.sampling.generate import generate
+from anyorder.sampling.schedules import parallel_decoding_schedule  # noqa: E402
 
 FULL = {"dim": 256, "depth": 4, "n_head": 4, "seq_len": 256, "num_classes": 1000, "batch": 8}
 QUICK = {"dim": 128, "depth": 2, "n_head": 4, "seq_len": 64, "num_classes": 10, "batch": 4}
@@ -94,7 +95,7 @@ def main() -> None:
           f"positions fed per sequence: {rows_per_step}", flush=True)
 
     def ours(steps: int, **kw) -> torch.Tensor:
-        return model.generate(classes, orders=orders, steps=steps, guidance_scale=gs, **kw).flatten(1)  # raster
+        return generate(model, classes, orders=orders, steps=steps, guidance_scale=gs, **kw).flatten(1)  # raster
 
     def reference(steps: int, **kw) -> torch.Tensor:
         return unpermute(official_style_randar_generate(model, classes, orders, steps, 1.0, gs, **kw), orders)

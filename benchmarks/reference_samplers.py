@@ -1,7 +1,7 @@
 """Samplers that mimic the *per-step behaviour* of the official RAR and RandAR implementations.
 
 They exist only as timing baselines for ``kv_cache_speed.py`` and ``parallel_decoding_speed.py``. They
-run on the weights of an :class:`anyorder.rar.RAR` / :class:`anyorder.randar.RandAR` (so both sides do
+run on the weights of an :class:`anyorder.models.rar.RAR` / :class:`anyorder.models.randar.RandAR` (so both sides do
 the same arithmetic) but follow what the official ``generate`` loops do at every step, written here
 from a description of those loops (not copied):
 
@@ -34,9 +34,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anyorder.rope import apply_rope
-from anyorder.schedules import parallel_decoding_schedule
-from anyorder.transformer import modulate
+from anyorder.nn.rope import apply_rope
+from anyorder.nn.transformer import modulate
+from anyorder.sampling.schedules import parallel_decoding_schedule
 
 __all__ = ["official_style_rar_generate", "official_style_randar_generate", "official_style_sample"]
 
@@ -266,8 +266,8 @@ def check_against_official_fixtures(root: str = "../shared/fixtures") -> None:
 
     from safetensors.torch import load_file
 
-    from anyorder.checkpoints import load_official
-    from anyorder.orders import unpermute
+    from anyorder.hub import load_official
+    from anyorder.nn.orders import unpermute
 
     d = Path(root) / "rar"
     model = load_official(d / "checkpoint.bin", d / "config.json").eval()

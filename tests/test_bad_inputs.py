@@ -7,9 +7,10 @@ import os
 import pytest
 import torch
 
-from anyorder.checkpoints import build_model, load_official, save_pretrained
-from anyorder.config import load_run_config
+from anyorder.hub import build_model, load_official, save_pretrained
 from anyorder.io import CheckpointError, load_state_dict, save_state_dict
+from anyorder.sampling.generate import generate
+from anyorder.training.config import load_run_config
 
 TINY = {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
         "codebook_size": 16, "num_classes": 3, "pos_extra": 2, "timestep_extra": 2}
@@ -44,7 +45,7 @@ def test_dotted_overrides_and_yaml_files(tmp_path):
 def test_class_id_out_of_range():
     model = build_model(TINY)
     with pytest.raises(ValueError, match="class id 9 out of range"):
-        model.generate(torch.tensor([0, 9]))
+        generate(model, torch.tensor([0, 9]))
     with pytest.raises(ValueError, match="class id -1 out of range"):
         model.logits(torch.zeros(1, 16, dtype=torch.long), torch.tensor([-1]))
 

@@ -18,14 +18,14 @@ import torch
 from conftest import fixture_dir
 from safetensors.torch import load_file
 
-from anyorder import checkpoints
-from anyorder.checkpoints import build_model, from_pretrained, load_official, save_pretrained
-from anyorder.classes import class_index, imagenet_classes
+from anyorder import hub as checkpoints
+from anyorder.data.classes import class_index, imagenet_classes
+from anyorder.hub import build_model, from_pretrained, load_official, save_pretrained
 from anyorder.io import CheckpointError, load_state_dict
-from anyorder.orders import random_orders
-from anyorder.presets import PRESETS
-from anyorder.randar import RandAR
-from anyorder.rar import RAR
+from anyorder.models.presets import PRESETS
+from anyorder.models.randar import RandAR
+from anyorder.models.rar import RAR
+from anyorder.nn.orders import random_orders
 
 TINY: dict[str, dict[str, Any]] = {
     "rar": {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
@@ -390,5 +390,5 @@ def test_unknown_config_keys_are_named(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown model family 'gpt'"):
         from_pretrained(out)
     (out / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="invalid JSON"):
         from_pretrained(out)

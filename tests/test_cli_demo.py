@@ -7,6 +7,7 @@ import json
 import pytest
 
 from anyorder.cli import main
+from anyorder.sampling.generate import generate
 
 TINY = ["data.max_per_class=20", "tokenizer.hidden=16", "tokenizer.steps=20", "judge.steps=20", "train.steps=6",
         "train.batch_size=8", "train.ckpt_every=3", "train.warmup_steps=1", "model.dim=32", "model.depth=1",
@@ -39,7 +40,7 @@ def test_a_raster_trained_counterpart_reuses_a_runs_tokenizer(tmp_path, monkeypa
     (given as a relative path), loadable from any working directory and by `anyorder sample`."""
     import torch
 
-    from anyorder.demo import load_demo_model
+    from anyorder.demo.run import load_demo_model
 
     monkeypatch.chdir(tmp_path)
     base = ["--model", "randar", "--quiet", *TINY, "model.multiple_of=16"]
@@ -53,7 +54,7 @@ def test_a_raster_trained_counterpart_reuses_a_runs_tokenizer(tmp_path, monkeypa
     assert all(torch.equal(x, y) for x, y in zip(tok.state_dict().values(), tok_a.state_dict().values()))
     log = json.loads((tmp_path / "b" / "train_log.json").read_text())
     assert {h["r"] for h in log["history"]} == {0.0}
-    _, orders = model.generate(torch.tensor([0, 1]), seed=0, return_orders=True)
+    _, orders = generate(model, torch.tensor([0, 1]), seed=0, return_orders=True)
     assert torch.equal(orders, torch.arange(model.seq_len).expand(2, -1))
     assert main(["sample", "--model", str(tmp_path / "b"), "--classes", "1", "--out", str(tmp_path / "g.png")]) == 0
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anyorder.checkpoints import build_model
-from anyorder.orders import is_permutation, permute, random_orders, scan_order
-from anyorder.randar import deinterleave, interleave
-from anyorder.sampling import sample_logits
+from anyorder.hub import build_model
+from anyorder.models.randar import deinterleave, interleave
+from anyorder.nn.orders import is_permutation, permute, random_orders, scan_order
+from anyorder.sampling import generate, sample_logits
 
 RAR_TINY = {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
             "codebook_size": 24, "num_classes": 5, "pos_extra": 4, "timestep_extra": 4}
@@ -77,8 +77,8 @@ def test_merged_position_embeddings_give_the_same_outputs(rar):
     assert merged.target_aware_pos_embed is None
     assert merged.pos_embed.shape[1] == rar.seq_len + 2
     torch.testing.assert_close(merged.logits(codes, classes), rar.logits(codes, classes), atol=1e-5, rtol=1e-4)
-    a = rar.generate(classes, guidance_scale=2.0, guidance_power=1.0, seed=3)
-    b = merged.generate(classes, guidance_scale=2.0, guidance_power=1.0, seed=3)
+    a = generate(rar, classes, guidance_scale=2.0, guidance_power=1.0, seed=3)
+    b = generate(merged, classes, guidance_scale=2.0, guidance_power=1.0, seed=3)
     assert torch.equal(a, b)
     with pytest.raises(ValueError, match="merged"):
         merged.logits(codes, classes, random_orders(codes.shape[0], rar.seq_len))
@@ -88,7 +88,7 @@ def test_merged_position_embeddings_give_the_same_outputs(rar):
 def test_rar_samples_in_the_order_annealing_ended_in():
     model = _randomise(build_model({**RAR_TINY, "order": "spiral_in"}))
     assert torch.equal(model.default_order().cpu(), scan_order("spiral_in", 4))
-    codes, orders = model.generate(torch.tensor([0, 1]), temperature=1e-6, return_orders=True)
+    codes, orders = generate(model, torch.tensor([0, 1]), temperature=1e-6, return_orders=True)
     assert torch.equal(orders.cpu(), scan_order("spiral_in", 4).expand(2, -1))
     # greedy in that order: every token is the argmax of the teacher-forced logits in that order
     logits = model.logits(codes.flatten(1), torch.tensor([0, 1]), orders)
@@ -141,7 +141,7 @@ def test_one_token_per_step_reproduces_every_full_sequence_logit(randar):
 @pytest.mark.parametrize("steps", [16, 5])
 def test_an_order_the_caller_supplies_is_honoured(randar, steps):
     _, classes, orders = _data(randar)
-    codes, used = randar.generate(classes, orders=orders, steps=steps, top_k=1, return_orders=True)
+    codes, used = generate(randar, classes, orders=orders, steps=steps, top_k=1, return_orders=True)
     assert torch.equal(used, orders)
     if steps == 16:  # greedy one-by-one: each token is the argmax given the tokens before it in *that* order
         logits = randar.logits(codes.flatten(1), classes, orders)
@@ -154,8 +154,8 @@ def test_a_seed_gives_identical_samples(family, rar, randar):
     model = rar if family == "rar" else randar
     cls = torch.tensor([0, 1, 2, 3])
     kw = {"guidance_scale": 2.0, "seed": 7, "top_p": 0.9} if family == "randar" else {"guidance_scale": 2.0, "seed": 7}
-    a, b = model.generate(cls, **kw), model.generate(cls, **kw)
-    c = model.generate(cls, **{**kw, "seed": 8})
+    a, b = generate(model, cls, **kw), generate(model, cls, **kw)
+    c = generate(model, cls, **{**kw, "seed": 8})
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     assert a.shape == (4, 4, 4) and a.min() >= 0 and a.max() < model.codebook_size
@@ -166,14 +166,14 @@ def test_randar_trained_into_a_scan_order_samples_in_that_order():
     """A RandAR configured with a scan ``order`` (annealed into it, like RAR) decodes in that order by
     default, not in random orders it was not trained to end in."""
     model = _randomise(build_model({**RANDAR_TINY, "order": "raster"}))
-    codes, orders = model.generate(torch.tensor([0, 1]), top_k=1, return_orders=True)
+    codes, orders = generate(model, torch.tensor([0, 1]), top_k=1, return_orders=True)
     assert torch.equal(orders.cpu(), scan_order("raster", 4).expand(2, -1))
     logits = model.logits(codes.flatten(1), torch.tensor([0, 1]), orders)
     assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
 
 
 def test_random_orders_per_sample_are_permutations(randar):
-    _, orders = randar.generate(torch.tensor([0, 1, 2]), seed=0, return_orders=True)
+    _, orders = generate(randar, torch.tensor([0, 1, 2]), seed=0, return_orders=True)
     assert is_permutation(orders) and not torch.equal(orders[0], orders[1])
 
 

@@ -8,25 +8,15 @@ import json
 import pytest
 import torch
 
-from anyorder import data as data_mod
-from anyorder.config import config_from_dict
-from anyorder.data import load_mnist, stratified_split
-from anyorder.metrics import (
-    DigitClassifier,
-    DigitClassifierConfig,
-    class_accuracy,
-    frechet_distance,
-    judge,
-    train_digit_classifier,
-)
+from anyorder.data import mnist as data_mod
+from anyorder.data.mnist import load_mnist, stratified_split
+from anyorder.evaluation.judge import class_accuracy, frechet_distance, judge
+from anyorder.hub import load_module, save_pretrained
+from anyorder.models.digit_judge import DigitClassifier, DigitClassifierConfig
 from anyorder.tokenizers.base import ImageTokenizer
-from anyorder.tokenizers.demo_vq import (
-    DemoVQ,
-    DemoVQConfig,
-    codebook_usage,
-    reconstruction_error,
-    train_demo_vq,
-)
+from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig, codebook_usage, reconstruction_error
+from anyorder.training.config import config_from_dict
+from anyorder.training.small_models import train_demo_vq, train_digit_classifier
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -115,8 +105,8 @@ def test_vq_roundtrip_shapes(small_vq, mnist) -> None:
 
 
 def test_vq_save_load_identical(small_vq, mnist, tmp_path) -> None:
-    small_vq.save_pretrained(tmp_path / "vq")
-    loaded = DemoVQ.from_pretrained(tmp_path / "vq")
+    save_pretrained(small_vq, tmp_path / "vq")
+    loaded = load_module(tmp_path / "vq", expected=DemoVQ)
     x = mnist[2][:16]
     assert torch.equal(small_vq.encode(x), loaded.encode(x))
     assert torch.equal(small_vq.decode(small_vq.encode(x)), loaded.decode(loaded.encode(x)))
@@ -125,13 +115,13 @@ def test_vq_save_load_identical(small_vq, mnist, tmp_path) -> None:
 def test_vq_unknown_config_key(small_vq, tmp_path) -> None:
     with pytest.raises(ValueError, match="bogus_key"):
         config_from_dict(DemoVQConfig, {"codebook_size": 64, "bogus_key": 1})
-    small_vq.save_pretrained(tmp_path / "vq")
+    save_pretrained(small_vq, tmp_path / "vq")
     cfg_path = tmp_path / "vq" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["bogus_key"] = 3
     cfg_path.write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="bogus_key"):
-        DemoVQ.from_pretrained(tmp_path / "vq")
+        load_module(tmp_path / "vq", expected=DemoVQ)
 
 
 def test_vq_training_deterministic_and_leaves_global_rng(mnist) -> None:
@@ -170,8 +160,8 @@ def test_classifier_learns_and_roundtrips(mnist, tmp_path) -> None:
     acc = class_accuracy(clf, te_x, te_y)
     assert acc > 0.6, acc  # chance is 0.1
     assert clf.features(te_x[:5]).shape == (5, 32)
-    clf.save_pretrained(tmp_path / "clf")
-    loaded = DigitClassifier.from_pretrained(tmp_path / "clf")
+    save_pretrained(clf, tmp_path / "clf")
+    loaded = load_module(tmp_path / "clf", expected=DigitClassifier)
     assert torch.equal(loaded(te_x[:8]), clf(te_x[:8]))
     res = judge(clf, te_x[:100], te_y[:100], tr_x[:300])
     assert set(res) >= {"accuracy", "frechet_distance"}

@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from anyorder import editing as E
-from anyorder import orders as orders_lib
-from anyorder.checkpoints import build_model, save_pretrained
-from anyorder.rope import rope_2d, rope_2d_mixed
+from anyorder.hub import build_model, save_pretrained
+from anyorder.nn import orders as orders_lib
+from anyorder.nn.rope import rope_2d, rope_2d_mixed
 from anyorder.sampling import GuidanceRows, decode, generate
-from anyorder.schedules import GuidanceSchedule, parallel_decoding_schedule
+from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule
 
 CFG = {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 16,
        "num_classes": 3, "multiple_of": 16}
@@ -330,7 +330,7 @@ def run_dir(tmp_path_factory, model):
     d = tmp_path_factory.mktemp("run")
     save_pretrained(model, d / "model")
     torch.manual_seed(0)
-    DemoVQ(DemoVQConfig(codebook_size=16, image_size=16, code_dim=8, hidden=16)).save_pretrained(d / "tokenizer")
+    save_pretrained(DemoVQ(DemoVQConfig(codebook_size=16, image_size=16, code_dim=8, hidden=16)), d / "tokenizer")
     img = (np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)
     Image.fromarray(img).save(d / "digit.png")
     mask = np.zeros((16, 16), dtype=np.uint8)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anyorder import orders as O
+from anyorder.nn import orders as O
 
 
 @pytest.mark.parametrize("name", sorted(O.SCAN_ORDERS))

@@ -6,16 +6,10 @@ import math
 
 import pytest
 
-from anyorder.config import TrainConfig
-from anyorder.schedules import (
-    GuidanceSchedule,
-    anneal_ratio,
-    linear_guidance,
-    lr_at,
-    parallel_decoding_schedule,
-    pow_cosine_guidance,
-)
-from anyorder.train import permutation_ratio
+from anyorder.sampling.schedules import GuidanceSchedule, linear_guidance, parallel_decoding_schedule, pow_cosine_guidance
+from anyorder.training.schedules import anneal_ratio, lr_at
+from anyorder.training.config import TrainConfig
+from anyorder.training.loop import permutation_ratio
 
 
 def test_r_is_1_before_start_and_0_after_end():

@@ -18,6 +18,7 @@ from conftest import fixture_dir
 from PIL import Image
 
 from anyorder.io import CheckpointError
+from anyorder.io.images import center_crop_arr, load_image, save_image_grid
 from anyorder.tokenizers.base import ImageTokenizer
 from anyorder.tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from anyorder.tokenizers.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig, SameConv2d
@@ -27,7 +28,6 @@ from anyorder.tokenizers.official import (
     infer_config,
     load_official_tokenizer,
 )
-from anyorder.tokenizers.preprocess import center_crop_arr, load_image, save_image_grid
 
 # folder, checkpoint, config, cases
 FAMILIES = {

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from anyorder.checkpoints import build_model
-from anyorder.config import TrainConfig
+from anyorder.hub import build_model
 from anyorder.io import CheckpointError
-from anyorder.train import LAST_CKPT, make_optimizer, train
+from anyorder.training.config import TrainConfig
+from anyorder.training.loop import LAST_CKPT, make_optimizer, train
 
 TINY = {
     "rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,

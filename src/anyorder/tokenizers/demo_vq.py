@@ -15,15 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anyorder.fitting import fit, seeded
-from anyorder.io import PretrainedMixin
 from anyorder.tokenizers.base import ImageTokenizer
 
 __all__ = [
     "DemoVQConfig",
     "DemoVQ",
     "EMAQuantizer",
-    "train_demo_vq",
     "reconstruction_error",
     "codebook_usage",
 ]
@@ -129,7 +126,7 @@ class EMAQuantizer(nn.Module):
         return q, commit, idx.view(b, h, w)
 
 
-class DemoVQ(PretrainedMixin, ImageTokenizer):
+class DemoVQ(ImageTokenizer):
     """Small conv VQ-VAE: images ``[B, C, H, W]`` in ``[0, 1]`` <-> codes ``[B, H/ds, W/ds]``.
 
     Encoder: 2x2 pixel-unshuffle, conv, stride-2 convs, residual block, 1x1 to ``code_dim``; EMA
@@ -224,48 +221,3 @@ def codebook_usage(model: DemoVQ, images: Tensor, batch_size: int = 500) -> floa
     for i in range(0, images.shape[0], batch_size):
         used[model.encode(images[i : i + batch_size].to(device)).flatten()] = True
     return float(used.float().mean())
-
-
-def train_demo_vq(
-    train_images: Tensor,
-    config: DemoVQConfig | None = None,
-    steps: int = 1500,
-    batch_size: int = 128,
-    lr: float = 2e-3,
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> tuple[DemoVQ, dict[str, float]]:
-    """Train a :class:`DemoVQ` on ``train_images`` ``[N, C, H, W]`` in ``[0, 1]``.
-
-    Loss: binary cross-entropy of the reconstruction + ``commitment`` * commitment MSE; Adam with a
-    cosine learning-rate decay. Returns the model (eval mode) and stats: final losses, training-set
-    reconstruction MSE, codebook usage on the training set and wall time.
-    """
-    cfg = config or DemoVQConfig()
-    if train_images.ndim != 4 or train_images.shape[1] != cfg.in_channels:
-        raise ValueError(f"train_images must be [N, {cfg.in_channels}, H, W], got {tuple(train_images.shape)}")
-    device = torch.device(device)
-    with seeded(seed, device):
-        gen = torch.Generator().manual_seed(seed)
-        model = DemoVQ(cfg).to(device).train()
-        data = train_images.float().to(device)
-
-        def step_loss(idx: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-            x = data[idx]
-            logits, commit, _ = model(x)
-            rec = F.binary_cross_entropy_with_logits(logits, x)
-            return rec + cfg.commitment * commit, {"bce": rec, "commit": commit}
-
-        shown, seconds = fit(model, step_loss, data.shape[0], steps, batch_size, lr, gen, device, "train VQ",
-                             progress)
-    model.eval()
-    stats = {
-        "steps": float(steps),
-        "seconds": seconds,
-        "final_bce": float(shown["bce"]),
-        "final_commitment": float(shown["commit"]),
-        "train_mse": reconstruction_error(model, data[:2000]),
-        "codebook_usage": codebook_usage(model, data),
-    }
-    return model, stats

@@ -27,11 +27,11 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from anyorder import orders as orders_lib
-from anyorder.base import AnyOrderModel
-from anyorder.config import TrainConfig, config_to_dict
 from anyorder.io import CheckpointError, atomic_torch_save, atomic_write_json
-from anyorder.schedules import anneal_ratio, lr_at
+from anyorder.models.base import AnyOrderModel
+from anyorder.nn import orders as orders_lib
+from anyorder.training.config import TrainConfig, config_to_dict
+from anyorder.training.schedules import anneal_ratio, lr_at
 
 __all__ = ["train", "resolve_device", "make_optimizer", "permutation_ratio", "LAST_CKPT"]
 

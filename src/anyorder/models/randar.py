@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anyorder import orders as orders_lib
-from anyorder.base import AnyOrderModel, DecodeState
-from anyorder.rope import apply_rope, rope_2d
-from anyorder.transformer import Transformer, TransformerConfig
+from anyorder.models.base import AnyOrderModel, DecodeState
+from anyorder.nn import orders as orders_lib
+from anyorder.nn.rope import apply_rope, rope_2d
+from anyorder.nn.transformer import Transformer, TransformerConfig
 
 
 def find_multiple(n: int, k: int) -> int:

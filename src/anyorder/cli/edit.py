@@ -16,14 +16,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anyorder.cli.common import load_generator, load_tokenizer, parse_classes
+from anyorder.editing import (
+    MASK_RULES,
+    SIDES,
+    default_feature_layer,
+    extrapolate,
+    features,
+    half_mask,
+    inpaint,
+    mask_from_image,
+    outpaint,
+    require_randar,
+)
+from anyorder.io import atomic_write_json, save_state_dict
+from anyorder.io.images import load_image, save_image_grid
+
 __all__ = ["add_editing_commands"]
 
 
 # ---- loading --------------------------------------------------------------------------------------------
 def _load(args: argparse.Namespace):
-    from anyorder.cli import load_generator, load_tokenizer
-    from anyorder.editing import require_randar
-
     model = load_generator(args.model, args.checkpoint, args.device).eval()
     require_randar(model, f"anyorder {args.command}", random_orders=False)  # the library warns where it applies
     tok = load_tokenizer(args.tokenizer, args.model, args.device).eval()
@@ -37,8 +50,6 @@ def _image_size(model, tok) -> int:
 
 def _load_image(path: str, model, tok) -> Tensor:
     """The image as ``[1, C, S, S]`` in [0, 1] with the tokenizer's channels and the model's image size."""
-    from anyorder.tokenizers.preprocess import load_image
-
     size = _image_size(model, tok)
     img = load_image(path, size)  # [3, S, S] RGB, centre-cropped and resized to S
     if tok.in_channels == 1:
@@ -50,11 +61,9 @@ def _load_image(path: str, model, tok) -> Tensor:
 
 
 def _class(args: argparse.Namespace, model) -> int:
-    from anyorder.cli import _parse_classes
-
     if args.cls is None:
         return model.null_class
-    return _parse_classes([args.cls], model.num_classes)[0]
+    return parse_classes([args.cls], model.num_classes)[0]
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,9 +76,6 @@ def _decode(tok, codes: Tensor) -> Tensor:
 
 
 def _write(out: str, images: Tensor, nrow: int, settings: dict[str, Any]) -> Path:
-    from anyorder.io import atomic_write_json
-    from anyorder.tokenizers.preprocess import save_image_grid
-
     path = Path(out)
     if path.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png file, got {out}")
@@ -90,8 +96,6 @@ def _shade(images: Tensor, token_mask: Tensor, ds: int, value: float = 0.5) -> T
 
 # ---- commands -------------------------------------------------------------------------------------------
 def cmd_inpaint(args: argparse.Namespace) -> int:
-    from anyorder.editing import half_mask, inpaint, mask_from_image
-
     if (args.mask is None) == (args.side is None):
         raise ValueError("give exactly one of --mask MASK.png or --side left|right|top|bottom")
     model, tok = _load(args)
@@ -119,8 +123,6 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
 
 
 def cmd_outpaint(args: argparse.Namespace) -> int:
-    from anyorder.editing import outpaint
-
     model, tok = _load(args)
     gh, gw = model.grid
     image = _load_image(args.image, model, tok)
@@ -172,11 +174,8 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
 
 
 def cmd_extrapolate(args: argparse.Namespace) -> int:
-    from anyorder.cli import _parse_classes
-    from anyorder.editing import extrapolate
-
     model, tok = _load(args)
-    classes = _parse_classes(args.classes, model.num_classes) if args.classes else [model.null_class]
+    classes = parse_classes(args.classes, model.num_classes) if args.classes else [model.null_class]
     classes = [c for c in classes for _ in range(args.per_class)]
     kw = _sampling(args)
     out, low = extrapolate(model, classes, factor=args.factor, ntk_boundary=args.ntk_boundary, order=args.order,
@@ -203,9 +202,6 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
-    from anyorder.editing import default_feature_layer, features
-    from anyorder.io import atomic_write_json, save_state_dict
-
     model, tok = _load(args)
     images = torch.cat([_load_image(p, model, tok) for p in args.image])
     codes = tok.encode(images.to(args.device))
@@ -245,8 +241,6 @@ def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
 
 def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``inpaint``, ``outpaint``, ``extrapolate`` and ``features`` to the ``anyorder`` CLI."""
-    from anyorder.editing import MASK_RULES, SIDES
-
     p = subparsers.add_parser("inpaint", help="RandAR: regenerate a masked region of an image")
     _common(p)
     p.add_argument("--image", required=True, help="input image (PNG/JPEG); centre-cropped to the model's size")

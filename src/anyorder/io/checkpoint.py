@@ -25,7 +25,6 @@ __all__ = [
     "atomic_write_json",
     "atomic_torch_save",
     "check_state_dict",
-    "PretrainedMixin",
 ]
 
 
@@ -136,46 +135,3 @@ def check_state_dict(
             more = f" … and {len(items) - max_report} more" if len(items) > max_report else ""
             lines.append(f"  {len(items)} {title}: " + "; ".join(items[:max_report]) + more)
     raise CheckpointError("\n".join(lines))
-
-
-class PretrainedMixin:
-    """``save_pretrained`` / ``from_pretrained`` for small modules with a config dataclass (validated by
-    :func:`anyorder.config.config_from_dict`: unknown keys are errors): a directory with
-    ``model.safetensors`` and ``config.json`` (which records ``model_type``)."""
-
-    model_type: str = ""
-    config_class: type = object
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``model.safetensors`` and ``config.json`` into ``directory`` (atomically)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_state_dict(directory / "model.safetensors", self.state_dict(), metadata={"format": "pt"})
-        from anyorder.config import config_to_dict
-
-        atomic_write_json(directory / "config.json", {"model_type": self.model_type, **config_to_dict(self.config)})
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: str | torch.device = "cpu"):
-        """Load a module written by :meth:`save_pretrained` (in eval mode); errors name the file."""
-        directory = Path(directory)
-        cfg_path = directory / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"config not found: {cfg_path}")
-        try:
-            raw = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg_path}: invalid JSON ({e})") from e
-        if not isinstance(raw, dict):
-            raise ValueError(f"{cfg_path}: expected a JSON object")
-        model_type = raw.pop("model_type", cls.model_type)
-        if model_type != cls.model_type:
-            raise ValueError(f"{cfg_path}: model_type is {model_type!r}, expected {cls.model_type!r}")
-        from anyorder.config import config_from_dict
-
-        model = cls(config_from_dict(cls.config_class, raw, prefix=f"{cfg_path}: "))
-        weights = directory / "model.safetensors"
-        state = load_state_dict(weights, map_location="cpu")
-        check_state_dict(model.state_dict(), state, str(weights))
-        model.load_state_dict(state)
-        return model.to(device).eval()

@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anyorder import orders as orders_lib
-from anyorder.base import AnyOrderModel, DecodeState
-from anyorder.transformer import Transformer, TransformerConfig
+from anyorder.models.base import AnyOrderModel, DecodeState
+from anyorder.nn import orders as orders_lib
+from anyorder.nn.transformer import Transformer, TransformerConfig
 
 
 @dataclass

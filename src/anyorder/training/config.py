@@ -7,13 +7,16 @@ validates everything into :class:`RunConfig`. Unknown keys anywhere are errors t
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any
 
 import yaml
+
+from anyorder.io.config import apply_overrides, config_from_dict, config_to_dict
+from anyorder.models.presets import get_preset
+from anyorder.models.registry import model_config
 
 __all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "JudgeConfig",
            "load_run_config",
@@ -90,103 +93,13 @@ class RunConfig:
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
 
     def model_dict(self) -> dict[str, Any]:
-        """``{"family": ..., **fields}`` for :func:`anyorder.checkpoints.build_model` (validated there)."""
-        from anyorder.presets import get_preset
-
+        """``{"family": ..., **fields}`` for :func:`anyorder.models.build_model` (validated there)."""
         p = get_preset(self.model_preset)
         return {"family": p.family, **p.model, **self.model}
 
     @property
     def family(self) -> str:
-        from anyorder.presets import get_preset
-
         return get_preset(self.model_preset).family
-
-
-def _coerce(tp: Any, value: Any, key: str) -> Any:
-    origin = getattr(tp, "__origin__", None)
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
-        return config_from_dict(tp, value, prefix=key + ".")
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ValueError(f"config key {key!r} must be true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ValueError(f"config key {key!r} must be an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"config key {key!r} must be a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ValueError(f"config key {key!r} must be a string, got {value!r}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(tp.__args__):
-            raise ValueError(f"config key {key!r} must be a list of {len(tp.__args__)} values, got {value!r}")
-        return tuple(_coerce(t, v, key) for t, v in zip(tp.__args__, value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
-        return dict(value)
-    return value
-
-
-def config_from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a dict, checking every key and type."""
-    hints = get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = [k for k in values if k not in names]
-    if unknown:
-        raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys under "
-                         f"{prefix.rstrip('.') or 'the top level'}: {names}")
-    default = cls()
-    kwargs = {}
-    for name in names:
-        if name in values:
-            kwargs[name] = _coerce(hints[name], values[name], prefix + name)
-        else:
-            kwargs[name] = getattr(default, name)
-    return cls(**kwargs)
-
-
-def config_to_dict(cfg: Any) -> dict[str, Any]:
-    d = dataclasses.asdict(cfg)
-
-    def fix(x: Any) -> Any:
-        if isinstance(x, dict):
-            return {k: fix(v) for k, v in x.items()}
-        if isinstance(x, tuple):
-            return list(x)
-        return x
-
-    return fix(d)
-
-
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` strings (values parsed as YAML) to a nested dict, in place."""
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key.path=value")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else ""
-        except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: cannot parse value ({e})") from e
-        node = values
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[parts[-1]] = value
-    return values
 
 
 def _packaged(name: str) -> Path | None:
@@ -215,8 +128,6 @@ def load_run_config(source: str | Path | None = "demo_rar", overrides: list[str]
             raise ValueError(f"{path}: top level must be a mapping")
     apply_overrides(values, overrides or [])
     cfg = config_from_dict(RunConfig, values)
-    from anyorder.checkpoints import model_config
-
     md = cfg.model_dict()
     model_config(md.pop("family"), md, source="model")  # validates model keys early
     return cfg

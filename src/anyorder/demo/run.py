@@ -21,14 +21,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anyorder.checkpoints import build_model, from_pretrained, save_pretrained
-from anyorder.config import RunConfig, config_to_dict
-from anyorder.data import load_mnist
+from anyorder.data.mnist import load_mnist
+from anyorder.evaluation.judge import class_accuracy, extract_features, frechet_distance
+from anyorder.hub import build_model, from_pretrained, load_module, save_pretrained
 from anyorder.io import atomic_write_json
-from anyorder.metrics import DigitClassifier, class_accuracy, extract_features, frechet_distance, train_digit_classifier
-from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig, reconstruction_error, train_demo_vq
-from anyorder.tokenizers.preprocess import save_image_grid
-from anyorder.train import resolve_device, train
+from anyorder.io.images import save_image_grid
+from anyorder.models.digit_judge import DigitClassifier
+from anyorder.sampling.generate import generate
+from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig, reconstruction_error
+from anyorder.training.config import RunConfig, config_to_dict
+from anyorder.training.loop import resolve_device, train
+from anyorder.training.small_models import train_demo_vq, train_digit_classifier
 
 __all__ = ["run_demo", "encode_batched", "decode_batched", "sample_per_class", "judge_samples"]
 
@@ -46,7 +49,7 @@ def decode_batched(tok, codes: torch.Tensor, batch: int = 500) -> torch.Tensor:
 def sample_per_class(model, per_class: int, num_classes: int, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes ``[per_class * num_classes, h, w]`` ordered class by class, and their labels."""
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    codes = model.generate(labels.to(model.device), **kwargs).cpu()
+    codes = generate(model, labels.to(model.device), **kwargs).cpu()
     return codes, labels
 
 
@@ -96,14 +99,14 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
     t = time.perf_counter()
     tok_dir = Path(cfg.tokenizer.path) if cfg.tokenizer.path else out / "tokenizer"
     if (tok_dir / "config.json").is_file() and not fresh:
-        tok = DemoVQ.from_pretrained(tok_dir, device=device)
+        tok = load_module(tok_dir, device=device, expected=DemoVQ)
         log(f"tokenizer: reusing {tok_dir}")
     else:
         vq_cfg = DemoVQConfig(codebook_size=cfg.tokenizer.codebook_size, hidden=cfg.tokenizer.hidden)
         tok, _ = train_demo_vq(train_x, vq_cfg,
                                steps=cfg.tokenizer.steps, batch_size=cfg.tokenizer.batch_size,
                                lr=cfg.tokenizer.lr, seed=cfg.data.seed, device=device, progress=progress)
-        tok.save_pretrained(tok_dir)
+        save_pretrained(tok, tok_dir)
     tok.eval()
     recon_mse = reconstruction_error(tok, test_x.to(device))
     timings["tokenizer_s"] = time.perf_counter() - t
@@ -112,11 +115,11 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
     t = time.perf_counter()
     judge_dir = out / "judge"
     if (judge_dir / "config.json").is_file() and not fresh:
-        judge = DigitClassifier.from_pretrained(judge_dir, device="cpu")
+        judge = load_module(judge_dir, device="cpu", expected=DigitClassifier)
     else:
         judge, _ = train_digit_classifier(train_x, train_y, steps=cfg.judge.steps, batch_size=cfg.judge.batch_size,
                                           seed=cfg.data.seed, progress=progress)
-        judge.save_pretrained(judge_dir)
+        save_pretrained(judge, judge_dir)
     judge = judge.cpu().eval()
     timings["judge_s"] = time.perf_counter() - t
     test_feats = extract_features(judge, test_x)
@@ -228,7 +231,7 @@ def load_demo_model(run_dir: str | Path, device: str = "cpu"):
         if tok_dir is None:
             raise FileNotFoundError(f"{run_dir / 'tokenizer'} not found and {run_dir / 'model' / 'config.json'} "
                                     "records no tokenizer")
-    return from_pretrained(run_dir / "model", device=device), DemoVQ.from_pretrained(tok_dir, device)
+    return from_pretrained(run_dir / "model", device=device), load_module(tok_dir, device, expected=DemoVQ)
 
 
 def recorded_tokenizer(model_dir: str | Path) -> Path | None:

@@ -12,7 +12,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from anyorder.io import atomic_write_bytes
+from anyorder.io.checkpoint import atomic_write_bytes
 
 __all__ = ["load_image", "center_crop_arr", "save_image_grid", "pil_to_tensor", "tensor_to_pil"]
 

@@ -2,7 +2,7 @@
 
 Both are trained the same way: Adam, a cosine learning-rate decay to 5%, random minibatches drawn
 from a seeded generator, a tqdm bar — and the caller's global RNG left untouched (:func:`seeded`).
-The generators themselves use the real training loop, :mod:`anyorder.train`.
+The generators themselves use the real training loop, :mod:`anyorder.training.loop`.
 """
 
 from __future__ import annotations

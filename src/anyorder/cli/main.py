@@ -13,12 +13,21 @@ from typing import Any
 
 import torch
 
+from anyorder.cli.common import _preset_name, check_tokenizer_fits, load_generator, load_tokenizer, parse_classes
+from anyorder.cli.edit import add_editing_commands
+from anyorder.demo.run import decode_batched, run_demo
+from anyorder.hub import build_model, save_pretrained
+from anyorder.io import atomic_write_json, load_state_dict
+from anyorder.io.images import save_image_grid
+from anyorder.models.presets import PRESETS
+from anyorder.sampling.generate import generate
+from anyorder.training.config import load_run_config
+from anyorder.training.loop import init_distributed, resolve_device, train
+
 __all__ = ["main", "build_parser"]
 
 
 def _run_config(args: argparse.Namespace):
-    from anyorder.config import load_run_config
-
     source = args.config or f"demo_{args.model}"
     overrides = list(args.overrides)
     if args.out:
@@ -32,18 +41,11 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from anyorder.demo import run_demo
-
     run_demo(_run_config(args), progress=not args.quiet, fresh=args.fresh)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from anyorder.checkpoints import build_model, save_pretrained
-    from anyorder.demo import run_demo
-    from anyorder.io import load_state_dict
-    from anyorder.train import init_distributed, resolve_device, train
-
     cfg = _run_config(args)
     if cfg.data.source == "mnist":
         run_demo(cfg, progress=not args.quiet, fresh=args.fresh)
@@ -77,83 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_classes(items: list[str], num_classes: int) -> list[int]:
-    from anyorder.classes import class_index
-
-    return [class_index(c, num_classes) for c in items]
-
-
-def _preset_name(model: str, checkpoint: str | None) -> str | None:
-    """The preset behind ``--model`` / ``--checkpoint``: ``--model rar_b`` or a file named ``rar_b.bin``."""
-    from anyorder.presets import PRESETS
-
-    if model in PRESETS:
-        return model
-    stem = Path(checkpoint).stem if checkpoint else ""
-    return stem if stem in PRESETS else None
-
-
-def load_generator(model: str, checkpoint: str | None, device: str):
-    """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id.
-
-    ``--model rar_b --checkpoint rar_b.bin`` (preset + file), ``--model DIR`` (our or an official
-    folder), ``--model owner/name --checkpoint rar_b.bin`` (hub repo + file name; offline, the error says
-    which file to download and where from).
-    """
-    from anyorder.checkpoints import _looks_like_hub_id, from_pretrained
-    from anyorder.presets import PRESETS
-
-    if checkpoint:
-        if not Path(checkpoint).exists() and not Path(model).exists() and _looks_like_hub_id(model):
-            return from_pretrained(model, filename=checkpoint, device=device)
-        return from_pretrained(checkpoint, preset=model if model in PRESETS else None, device=device)
-    if model in PRESETS:
-        raise ValueError(f"--model {model} is a preset: give its weights with --checkpoint FILE (e.g. {model}.bin)")
-    path = Path(model)
-    if (path / "model").is_dir():  # a demo / train run directory
-        path = path / "model"
-    return from_pretrained(path, device=device)
-
-
-def load_tokenizer(spec: str | None, model_path: str, device: str):
-    """A tokenizer from a file (official MaskGIT-VQGAN / LlamaGen VQ) or a demo tokenizer directory."""
-    from anyorder.tokenizers.demo_vq import DemoVQ
-
-    if spec is None:
-        from anyorder.demo import recorded_tokenizer
-
-        run = Path(model_path)
-        for cand in (run / "tokenizer", run.parent / "tokenizer"):
-            if (cand / "config.json").is_file():
-                return DemoVQ.from_pretrained(cand, device=device)
-        recorded = recorded_tokenizer(run / "model" if (run / "model").is_dir() else run)
-        if recorded is not None:  # a run trained on another run's tokenizer (tokenizer.path=...)
-            return DemoVQ.from_pretrained(recorded, device=device)
-        raise ValueError("no tokenizer given: pass --tokenizer FILE_OR_DIR")
-    p = Path(spec)
-    if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
-        return DemoVQ.from_pretrained(p, device=device)
-    from anyorder.tokenizers.official import load_official_tokenizer
-
-    return load_official_tokenizer(p).to(device)
-
-
-def check_tokenizer_fits(model, tok, source: str) -> None:
-    """The generator's codes must be the tokenizer's codes: same codebook size.
-
-    The code grid needs no check: the tokenizers' decoders are convolutional, so a ``h x w`` grid decodes
-    to an ``h*f x w*f`` image (``f`` the tokenizer's downsampling) whatever grid the tokenizer was built for.
-    """
-    k = getattr(tok, "codebook_size", None)
-    if k is not None and int(k) != model.codebook_size:
-        raise ValueError(f"the generator predicts {model.codebook_size} codes but the tokenizer {source} has a "
-                         f"codebook of {int(k)}: use the tokenizer the generator was trained with "
-                         f"(RAR: MaskGIT-VQGAN, RandAR: LlamaGen VQ)")
-
-
 def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
-    from anyorder.presets import PRESETS
-
     preset = _preset_name(args.model, args.checkpoint)
     defaults = PRESETS[preset].sampling if preset and PRESETS[preset].family == model.family else {}
     kw: dict[str, Any] = {"temperature": args.temperature if args.temperature is not None
@@ -172,23 +98,19 @@ def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from anyorder.demo import decode_batched
-    from anyorder.io import atomic_write_json
-    from anyorder.tokenizers.preprocess import save_image_grid
-
     if args.per_class < 1 or args.batch_size < 1:
         raise ValueError(f"--per-class and --batch-size must be >= 1, got {args.per_class} and {args.batch_size}")
     model = load_generator(args.model, args.checkpoint, args.device).eval()
     if model.family == "rar" and args.steps not in (None, model.seq_len):
         raise ValueError("--steps is for RandAR's parallel decoding; RAR decodes one token per step")
-    classes = _parse_classes(args.classes, model.num_classes) if args.classes else list(range(model.num_classes))
+    classes = parse_classes(args.classes, model.num_classes) if args.classes else list(range(model.num_classes))
     tok = load_tokenizer(args.tokenizer, args.model, args.device)
     check_tokenizer_fits(model, tok, args.tokenizer or args.model)
     classes = [c for c in classes for _ in range(args.per_class)]
     kw = _sampling_args(args, model)
     codes = []
     for i in range(0, len(classes), args.batch_size):
-        codes.append(model.generate(torch.tensor(classes[i : i + args.batch_size]), **kw).cpu())
+        codes.append(generate(model, torch.tensor(classes[i : i + args.batch_size]), **kw).cpu())
     codes = torch.cat(codes)
     images = decode_batched(tok, codes)
     out = Path(args.out)
@@ -240,12 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples.png")
     p.set_defaults(func=cmd_sample)
 
-    try:
-        from anyorder.editing_cli import add_editing_commands
-    except ImportError:
-        pass
-    else:
-        add_editing_commands(sub)
+    add_editing_commands(sub)
     return parser
 
 

@@ -11,53 +11,32 @@ Our format (diffusers/timm style): a directory with ``model.safetensors`` and ``
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
-from anyorder.base import AnyOrderModel
-from anyorder.io import CheckpointError, atomic_write_json, check_state_dict, load_state_dict, save_state_dict
-from anyorder.presets import get_preset
-from anyorder.randar import RandAR
-from anyorder.rar import RAR
+from anyorder.io import (
+    CheckpointError,
+    atomic_write_json,
+    check_state_dict,
+    config_from_dict,
+    config_to_dict,
+    load_state_dict,
+    read_config_file,
+    save_state_dict,
+)
+from anyorder.models.base import AnyOrderModel
+from anyorder.models.presets import PRESETS
+from anyorder.models.randar import RandAR
+from anyorder.models.rar import RAR
+from anyorder.models.registry import FAMILIES, MODULE_TYPES, build_model
 
-FAMILIES: dict[str, type[AnyOrderModel]] = {"rar": RAR, "randar": RandAR}
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
-__all__ = ["build_model", "load_official", "save_pretrained", "from_pretrained", "model_config", "FAMILIES"]
-
-
-def model_config(family: str, values: dict[str, Any], source: str = "config"):
-    """Validate ``values`` into the family's config dataclass; unknown keys are errors."""
-    if family not in FAMILIES:
-        raise ValueError(f"{source}: unknown model family {family!r}; use one of {sorted(FAMILIES)}")
-    cls = FAMILIES[family].config_class
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown {family} config key(s) {unknown}; valid keys: {sorted(names)}")
-    return cls(**values)
-
-
-def build_model(config: dict[str, Any] | str, device: torch.device | str | None = None,
-                source: str = "config") -> AnyOrderModel:
-    """A randomly initialised model from ``{"family": ..., **fields}`` (our ``config.json``; its
-    ``extra`` metadata entry is ignored) or a preset name. ``source`` names the config in errors."""
-    if isinstance(config, str):
-        p = get_preset(config)
-        config = {"family": p.family, **p.model}
-    config = dict(config)
-    config.pop("extra", None)  # save_pretrained(..., extra=...) metadata, not a model field
-    family = config.pop("family", None)
-    if family is None:
-        raise ValueError(f"{source}: model config needs a 'family' key ('rar' or 'randar')")
-    cfg = model_config(family, config, source)  # validates the family and the keys first
-    model = FAMILIES[family](cfg)
-    return model.to(device) if device is not None else model
+__all__ = ["build_model", "load_official", "save_pretrained", "from_pretrained", "load_module", "hub_download"]
 
 
 def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None) -> str:
@@ -72,15 +51,11 @@ def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None) ->
 
 
 def _read_config(config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
+    """Hyper-parameters from a dict or a file: our / the official ``config.json``, or an official YAML
+    (1d-tokenizer's ``configs/.../rar.yaml``, RandAR's ``configs/randar/*.yaml``)."""
     if isinstance(config, dict):
         return config
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(f"config not found: {path}")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    return read_config_file(config)
 
 
 def _load_into(model: AnyOrderModel, sd: dict[str, torch.Tensor], source: str) -> AnyOrderModel:
@@ -115,22 +90,54 @@ def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | 
             model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
     else:
         model = build_model(preset)
-    return _load_into(model, sd, str(checkpoint)).to(device)
+    return _load_into(model, sd, str(checkpoint)).to(device).eval()
 
 
 def _preset_names() -> list[str]:
-    from anyorder.presets import PRESETS
-
     return sorted(PRESETS)
 
 
-def save_pretrained(model: AnyOrderModel, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model.safetensors`` + ``config.json`` (atomically) and return the directory."""
+def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` (atomically) and return the directory.
+
+    Generators record their ``family`` and config fields; the small modules of :data:`MODULE_TYPES`
+    (demo tokenizer, digit judge) their ``model_type`` and config fields. ``extra`` is free-form metadata
+    stored under ``"extra"`` (e.g. the tokenizer a generator was trained with)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_state_dict(directory / WEIGHTS_NAME, model.state_dict(), metadata={"family": model.family})
-    atomic_write_json(directory / CONFIG_NAME, {**model.config_dict(), **({"extra": extra} if extra else {})})
+    if isinstance(model, AnyOrderModel):
+        config, meta = model.config_dict(), {"family": model.family}
+    else:
+        model_type = getattr(model, "model_type", None)
+        if MODULE_TYPES.get(model_type) is not type(model):
+            raise TypeError(f"save_pretrained: {type(model).__name__} is neither a generator nor one of the "
+                            f"registered modules ({', '.join(sorted(MODULE_TYPES))})")
+        config, meta = {"model_type": model_type, **config_to_dict(model.config)}, {"model_type": model_type}
+    save_state_dict(directory / WEIGHTS_NAME, model.state_dict(), metadata={**meta, "format": "pt"})
+    atomic_write_json(directory / CONFIG_NAME, {**config, **({"extra": extra} if extra else {})})
     return directory
+
+
+def load_module(directory: str | os.PathLike, device: torch.device | str = "cpu",
+                expected: type[nn.Module] | None = None) -> nn.Module:
+    """Load a small module (``config.json`` with a ``model_type``) written by :func:`save_pretrained`, in
+    eval mode. ``expected`` checks its class; every error names the file."""
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_NAME
+    raw = read_config_file(cfg_path)
+    raw.pop("extra", None)
+    model_type = raw.pop("model_type", None)
+    if model_type not in MODULE_TYPES:
+        raise ValueError(f"{cfg_path}: model_type is {model_type!r}; expected one of {sorted(MODULE_TYPES)}")
+    cls = MODULE_TYPES[model_type]
+    if expected is not None and cls is not expected:
+        raise ValueError(f"{cfg_path}: holds a {model_type!r}, expected a {expected.__name__}")
+    model = cls(config_from_dict(cls.config_class, raw, prefix=f"{cfg_path}: "))
+    weights = directory / WEIGHTS_NAME
+    state = load_state_dict(weights, map_location="cpu")
+    check_state_dict(model.state_dict(), state, str(weights))
+    model.load_state_dict(state)
+    return model.to(device).eval()
 
 
 def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None,
@@ -143,6 +150,9 @@ def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None
     ``config``, a ``config.json`` beside it, ``preset``, or a preset named like the file (``rar_b.bin``).
     """
     path = Path(name_or_path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file() and config is None and preset is None:
+        if "model_type" in read_config_file(path / CONFIG_NAME):
+            return load_module(path, device)
     if path.is_dir():
         cfg_path = path / CONFIG_NAME
         weights = _weights_in_directory(path)

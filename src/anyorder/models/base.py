@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anyorder import orders as orders_lib
+from anyorder.nn import orders as orders_lib
 
 
 @dataclass
@@ -115,13 +115,6 @@ class AnyOrderModel(nn.Module):
 
     def end_decoding(self) -> None:
         self.transformer.clear_cache()
-
-    @torch.no_grad()
-    def generate(self, classes: Tensor, **kwargs: Any) -> Tensor:
-        """Sample codes ``[B, h, w]`` for ``classes``; see :func:`anyorder.sampling.generate`."""
-        from anyorder.sampling import generate
-
-        return generate(self, classes, **kwargs)
 
     # ---- configs & official formats --------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:

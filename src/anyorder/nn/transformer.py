@@ -9,7 +9,7 @@ One block type with three switches, set by :class:`TransformerConfig`:
   scale and shift.
 
 Attention is causal through ``F.scaled_dot_product_attention``, optionally with qk-norm (RAR) and
-2D RoPE (RandAR), and optionally reads/writes a static :class:`~anyorder.kv_cache.KVCache`.
+2D RoPE (RandAR), and optionally reads/writes a static :class:`~anyorder.nn.kv_cache.KVCache`.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anyorder.kv_cache import KVCache
-from anyorder.rope import apply_rope
+from anyorder.nn.kv_cache import KVCache
+from anyorder.nn.rope import apply_rope
 
 
 @dataclass

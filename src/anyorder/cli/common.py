@@ -1,0 +1,71 @@
+"""What the commands share: loading a generator and a tokenizer, parsing classes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anyorder.data.classes import class_index
+from anyorder.demo.run import recorded_tokenizer
+from anyorder.hub import _looks_like_hub_id, from_pretrained, load_module
+from anyorder.models.presets import PRESETS
+from anyorder.tokenizers.demo_vq import DemoVQ
+from anyorder.tokenizers.official import load_official_tokenizer
+
+__all__ = ["parse_classes", "load_generator", "load_tokenizer", "check_tokenizer_fits"]
+
+
+def parse_classes(items: list[str], num_classes: int) -> list[int]:
+    return [class_index(c, num_classes) for c in items]
+
+def _preset_name(model: str, checkpoint: str | None) -> str | None:
+    """The preset behind ``--model`` / ``--checkpoint``: ``--model rar_b`` or a file named ``rar_b.bin``."""
+    if model in PRESETS:
+        return model
+    stem = Path(checkpoint).stem if checkpoint else ""
+    return stem if stem in PRESETS else None
+
+def load_generator(model: str, checkpoint: str | None, device: str):
+    """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id.
+
+    ``--model rar_b --checkpoint rar_b.bin`` (preset + file), ``--model DIR`` (our or an official
+    folder), ``--model owner/name --checkpoint rar_b.bin`` (hub repo + file name; offline, the error says
+    which file to download and where from).
+    """
+    if checkpoint:
+        if not Path(checkpoint).exists() and not Path(model).exists() and _looks_like_hub_id(model):
+            return from_pretrained(model, filename=checkpoint, device=device)
+        return from_pretrained(checkpoint, preset=model if model in PRESETS else None, device=device)
+    if model in PRESETS:
+        raise ValueError(f"--model {model} is a preset: give its weights with --checkpoint FILE (e.g. {model}.bin)")
+    path = Path(model)
+    if (path / "model").is_dir():  # a demo / train run directory
+        path = path / "model"
+    return from_pretrained(path, device=device)
+
+def load_tokenizer(spec: str | None, model_path: str, device: str):
+    """A tokenizer from a file (official MaskGIT-VQGAN / LlamaGen VQ) or a demo tokenizer directory."""
+    if spec is None:
+        run = Path(model_path)
+        for cand in (run / "tokenizer", run.parent / "tokenizer"):
+            if (cand / "config.json").is_file():
+                return load_module(cand, device=device, expected=DemoVQ)
+        recorded = recorded_tokenizer(run / "model" if (run / "model").is_dir() else run)
+        if recorded is not None:  # a run trained on another run's tokenizer (tokenizer.path=...)
+            return load_module(recorded, device=device, expected=DemoVQ)
+        raise ValueError("no tokenizer given: pass --tokenizer FILE_OR_DIR")
+    p = Path(spec)
+    if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        return load_module(p, device=device, expected=DemoVQ)
+    return load_official_tokenizer(p).to(device)
+
+def check_tokenizer_fits(model, tok, source: str) -> None:
+    """The generator's codes must be the tokenizer's codes: same codebook size.
+
+    The code grid needs no check: the tokenizers' decoders are convolutional, so a ``h x w`` grid decodes
+    to an ``h*f x w*f`` image (``f`` the tokenizer's downsampling) whatever grid the tokenizer was built for.
+    """
+    k = getattr(tok, "codebook_size", None)
+    if k is not None and int(k) != model.codebook_size:
+        raise ValueError(f"the generator predicts {model.codebook_size} codes but the tokenizer {source} has a "
+                         f"codebook of {int(k)}: use the tokenizer the generator was trained with "
+                         f"(RAR: MaskGIT-VQGAN, RandAR: LlamaGen VQ)")

@@ -1,0 +1,1 @@
+"""Applications: the digits demo (tokenizer, judge, generator, samples, metrics)."""

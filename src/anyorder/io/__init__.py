@@ -1,0 +1,16 @@
+"""The bottom layer: safe checkpoint I/O, atomic writes, images, and typed config files."""
+
+from anyorder.io.checkpoint import (
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_json,
+    check_state_dict,
+    load_state_dict,
+    save_state_dict,
+)
+from anyorder.io.config import apply_overrides, config_from_dict, config_to_dict, read_config_file
+
+__all__ = ["CheckpointError", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "check_state_dict",
+           "load_state_dict", "save_state_dict", "apply_overrides", "config_from_dict", "config_to_dict",
+           "read_config_file"]
