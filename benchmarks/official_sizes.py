@@ -122,7 +122,7 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
     stamps: list[float] = []
     cpu_stamps: list[float] = []
 
-    def on_step(done: int) -> None:
+    def on_step(done: int, _tokens: object = None) -> None:
         stamps.append(time.perf_counter())
         cpu_stamps.append(time.process_time())
         if len(stamps) >= run_steps and len(stamps) < total_steps:

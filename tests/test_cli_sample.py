@@ -13,7 +13,8 @@ from conftest import fixture_dir
 from PIL import Image
 
 from anyorder.cli.common import parse_classes as _parse_classes
-from anyorder.cli.main import _sampling_args, build_parser, main
+from anyorder.cli.main import build_parser, main
+from anyorder.cli.sample import _sampling_args
 from anyorder.hub import from_pretrained
 from anyorder.io import load_state_dict
 from anyorder.tokenizers.official import MASKGIT_VQGAN, build_tokenizer, infer_config

@@ -114,6 +114,9 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
     last, read logits for the next ``plan[i]`` positions, mix the guidance rows
     (:class:`GuidanceRows`), sample.
 
+    ``step_callback(done, tokens)`` runs after every step with the number of tokens decoded so far and
+    the ``[B, T]`` output buffer (generation order; ``tokens[:, :done]`` are final).
+
     ``prefix [B, P]`` (generation order) is teacher-forced first — fed through the cache in one step —
     and returned unchanged (inpainting / outpainting / extrapolation); ``plan`` then covers the
     remaining ``T - P``. ``table``: a RoPE table for another grid (RandAR editing on a larger canvas).
@@ -149,8 +152,8 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
             done += n
             state.done = done
             new = tok.repeat(R, 1)
-            if step_callback is not None:
-                step_callback(done)
+            if step_callback is not None:  # e.g. to stream partial images: out[:, :done] is final
+                step_callback(done, out)
     finally:
         model.end_decoding()
     return out
