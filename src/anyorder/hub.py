@@ -29,7 +29,7 @@ from anyorder.io import (
     save_state_dict,
 )
 from anyorder.models.base import AnyOrderModel
-from anyorder.models.presets import PRESETS
+from anyorder.models.presets import PRESETS, get_preset
 from anyorder.models.randar import RandAR
 from anyorder.models.rar import RAR
 from anyorder.models.registry import FAMILIES, MODULE_TYPES, build_model
@@ -42,12 +42,26 @@ __all__ = ["build_model", "load_official", "save_pretrained", "from_pretrained",
 def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None) -> str:
     if "family" in cfg:
         return cfg["family"]
-    flat = cfg.get("model", {}).get("generator", cfg)
+    flat = cfg.get("model", {}).get("generator", cfg) if isinstance(cfg.get("model"), dict) else cfg
     if "hidden_size" in flat or (sd is not None and RAR.is_official_state_dict(sd)):
         return "rar"
-    if "n_layer" in flat or "dim" in flat or (sd is not None and RandAR.is_official_state_dict(sd)):
+    randar = cfg.get("ar_model", {}).get("params", cfg) if isinstance(cfg.get("ar_model"), dict) else cfg
+    if "n_layer" in randar or "dim" in randar or (sd is not None and RandAR.is_official_state_dict(sd)):
         return "randar"
     raise ValueError("cannot tell the model family from the config or checkpoint keys")
+
+
+def _official_sampling(cfg: dict[str, Any], family: str) -> dict[str, Any]:
+    """The sampling settings an official YAML records (1d-tokenizer's generator section holds RAR's
+    ``randomize_temperature`` / ``guidance_scale`` / ``guidance_scale_pow``; RandAR's ``num_inference_steps``)."""
+    if family == "rar":
+        g = cfg.get("model", {}).get("generator", {}) if isinstance(cfg.get("model"), dict) else {}
+        keys = {"randomize_temperature": "temperature", "guidance_scale": "guidance_scale",
+                "guidance_scale_pow": "guidance_power"}
+    else:
+        g = cfg.get("ar_model", {}).get("params", {}) if isinstance(cfg.get("ar_model"), dict) else {}
+        keys = {"num_inference_steps": "steps"}
+    return {ours: g[theirs] for theirs, ours in keys.items() if theirs in g}
 
 
 def _read_config(config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
@@ -81,16 +95,25 @@ def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | 
         else:
             raise CheckpointError(f"{checkpoint}: no hyper-parameters: put its config.json beside it or pass a preset "
                                   f"(one of {', '.join(_preset_names())})")
+    sampling: dict[str, Any] = {}
     if config is not None:
         cfg = _read_config(config)
         family = _official_family(cfg, sd)
         if "family" in cfg:
+            extra = cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}
+            sampling = dict(extra.get("sampling") or {})
             model = build_model(cfg, source="config" if isinstance(config, dict) else str(config))
         else:
             model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
+            sampling = _official_sampling(cfg, family)
+        if not sampling and checkpoint.stem in PRESETS and PRESETS[checkpoint.stem].family == model.family:
+            sampling = dict(PRESETS[checkpoint.stem].sampling)
     else:
         model = build_model(preset)
-    return _load_into(model, sd, str(checkpoint)).to(device).eval()
+        sampling = dict(get_preset(preset).sampling)
+    model = _load_into(model, sd, str(checkpoint)).to(device).eval()
+    model.sampling_defaults = sampling  # what the run / release samples with (anyorder.sampling.model_sampling)
+    return model
 
 
 def _preset_names() -> list[str]:

@@ -11,6 +11,7 @@ import sys
 
 from anyorder.cli.edit import add_editing_commands
 from anyorder.cli.sample import add_sample_command
+from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
 
 __all__ = ["main", "build_parser"]
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(sub)
     add_sample_command(sub)
     add_editing_commands(sub)
+    add_tokenize_command(sub)
     return parser
 
 

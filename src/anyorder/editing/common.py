@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule
+from anyorder.sampling.policy import RandARSampling, sampling_config
 
 __all__ = ['require_randar', 'known_first_orders']
 
@@ -88,20 +88,13 @@ def _codes(model: Any, codes: Tensor, grid: tuple[int, int] | None = None) -> Te
     return codes
 
 
-def _guidance(scale: float, start: float) -> GuidanceSchedule:
-    return GuidanceSchedule("linear", float(scale), start=float(start))
-
-
-def _plan(steps: int | None, total: int) -> list[int]:
-    """The parallel-decoding plan for ``total`` tokens: ``steps`` cosine steps (clamped to ``total``),
-    or one token per step when ``steps`` is None."""
-    if total == 0:
-        return []
-    if steps is None:
-        return [1] * total
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return parallel_decoding_schedule(min(int(steps), total), total)
+def _policy(guidance_scale: float = 1.0, guidance_start: float = 1.0, temperature: float = 1.0, top_k: int = 0,
+            top_p: float = 1.0, steps: int | None = None) -> RandARSampling:
+    """The editing tasks' sampling settings, validated by RandAR's sampling policy (steps ``None``: one token
+    per step; more steps than tokens to generate are clamped)."""
+    return sampling_config("randar", {"guidance_scale": float(guidance_scale), "guidance_start": float(guidance_start),
+                                      "temperature": float(temperature), "top_k": int(top_k), "top_p": float(top_p),
+                                      "steps": int(steps or 0)}, source="editing")
 
 
 class _eval_mode:

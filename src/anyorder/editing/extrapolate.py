@@ -12,8 +12,7 @@ from anyorder.editing.common import (
     _codes,
     _eval_mode,
     _generator,
-    _guidance,
-    _plan,
+    _policy,
     known_first_orders,
     require_randar,
 )
@@ -21,6 +20,7 @@ from anyorder.nn import orders as orders_lib
 from anyorder.nn.rope import rope_2d_mixed
 from anyorder.sampling.decode import decode
 from anyorder.sampling.generate import generate
+from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule_from
 
 __all__ = ['extrapolate', 'hierarchical_orders']
 
@@ -34,6 +34,14 @@ def hierarchical_orders(batch: int, grid: tuple[int, int], factor: int,
     pos = torch.arange(H * W, device=device)
     later = (((pos // W) % factor != 0) | ((pos % W) % factor != 0))[None].expand(batch, -1)
     return known_first_orders(orders_lib.random_orders(batch, H * W, generator=generator, device=device), later)
+
+
+def _extrapolation_plan(steps: int | None, total: int, done: int) -> list[int]:
+    """One token per step (``steps`` None), else the official schedule: the cosine curve over the whole canvas
+    counted from the ``done`` low-resolution tokens already placed (:func:`parallel_decoding_schedule_from`)."""
+    if steps is None:
+        return [1] * (total - done)
+    return parallel_decoding_schedule_from(int(steps), total, done)
 
 
 @torch.no_grad()
@@ -56,8 +64,10 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
        (:func:`anyorder.nn.rope.rope_2d_mixed`: the first ``ntk_boundary`` pairs of each axis use the true
        positions, the rest positions squeezed by ``factor``);
     4. the low-res tokens are fed as context (with their instruction tokens, one pass through the
-       cache), then the remaining tokens are generated, ``steps`` cosine parallel-decoding steps over
-       their count (default one per step);
+       cache), then the remaining tokens are generated (default one per step); with ``steps``, on the
+       official schedule: RandAR's cosine curve over the *whole* ``G*G`` canvas, counted from the low-res
+       tokens already placed, so its first steps decode one token each until the curve passes them
+       (:func:`anyorder.sampling.schedules.parallel_decoding_schedule_from`);
     5. spatial guidance (``spatial_guidance_scale > 1``): a third batch copy sees the context with a
        random ``spatial_mask_ratio`` of the low-res token embeddings zeroed (formula in the module
        docstring); both guidances follow the linear schedule over all ``G*G`` tokens.
@@ -94,11 +104,12 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
         low_res = _codes(model, low_res, (gh, gw))
     B = low_res.shape[0] if low_res is not None else torch.as_tensor(classes).numel()
     cls = _classes(model, classes, B)
-    spatial = _guidance(spatial_guidance_scale, spatial_guidance_start)
+    spatial = GuidanceSchedule("linear", float(spatial_guidance_scale), start=float(spatial_guidance_start))
     cfg = model.config
     table = rope_2d_mixed((H, W), cfg.dim // cfg.n_head, factor, ntk_boundary, cfg.rope_base).to(
         device=model.device, dtype=model.freqs_cis.dtype)
-    guidance = _guidance(guidance_scale, guidance_start)
+    policy = _policy(guidance_scale, guidance_start, temperature, top_k, top_p, steps)
+    guidance = policy.guidance()
     with _eval_mode(model):
         if order == "random":
             if spatial.enabled:
@@ -106,7 +117,7 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
             if low_res is not None:
                 raise ValueError("low_res codes are used by order='hierarchical' only")
             orders = orders_lib.random_orders(B, T, generator=generator, device=model.device)
-            gen = decode(model, cls, orders, _plan(steps, T), guidance, temperature, top_k, top_p, generator,
+            gen = decode(model, cls, orders, policy.plan_clamped(T), guidance, temperature, top_k, top_p, generator,
                          table=table)
             out = orders_lib.unpermute(gen, orders).view(B, H, W)
             return (out, None) if return_low_res else out
@@ -124,7 +135,8 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
             k = int(P * spatial_mask_ratio)
             pick = torch.rand(B, P, generator=generator, device=model.device).argsort(dim=1)[:, :k]
             drop = torch.zeros(B, P, device=model.device).scatter_(1, pick, 1.0)
-        gen = decode(model, cls, orders, _plan(steps, T - P), guidance, temperature, top_k, top_p, generator,
-                     prefix=prefix, table=table, spatial=spatial, drop=drop)
+        plan = _extrapolation_plan(steps, T, P)
+        gen = decode(model, cls, orders, plan, guidance, temperature, top_k, top_p, generator, prefix=prefix,
+                     table=table, spatial=spatial, drop=drop)
     out = orders_lib.unpermute(gen, orders).view(B, H, W)
     return (out, low_res) if return_low_res else out

@@ -12,8 +12,7 @@ from anyorder.editing.common import (
     _codes,
     _eval_mode,
     _generator,
-    _guidance,
-    _plan,
+    _policy,
     known_first_orders,
     require_randar,
 )
@@ -58,7 +57,8 @@ def inpaint(model: Any, codes: Tensor, mask: Any, classes: Any, guidance_scale: 
     if tuple(orders.shape) != (B, T) or not orders_lib.is_permutation(orders):
         raise ValueError(f"orders must be permutations of range({T}) with shape [{B}, {T}]")
     orders = known_first_orders(orders, unknown)
-    guidance = _guidance(guidance_scale, guidance_start)
+    policy = _policy(guidance_scale, guidance_start, temperature, top_k, top_p, steps)
+    guidance = policy.guidance()
     counts = unknown.sum(1)
     out = flat.clone()
     with _eval_mode(model):
@@ -69,7 +69,7 @@ def inpaint(model: Any, codes: Tensor, mask: Any, classes: Any, guidance_scale: 
             o = orders[idx]
             P = T - m
             prefix = orders_lib.permute(flat[idx], o)[:, :P] if P else None
-            gen = decode(model, cls[idx], o, _plan(steps, m), guidance, temperature, top_k, top_p, generator,
+            gen = decode(model, cls[idx], o, policy.plan_clamped(m), guidance, temperature, top_k, top_p, generator,
                          prefix=prefix)
             out[idx] = orders_lib.unpermute(gen, o)
     out = torch.where(unknown, out, flat).view(B, *grid)
@@ -151,7 +151,8 @@ def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int 
     prefix = orders_lib.permute(flat, orders)[:, :P] if P else None
     table = outpaint_table(model, (H, W), rope, ntk_boundary)
     with _eval_mode(model):
-        gen = decode(model, cls, orders, _plan(steps, T - P), _guidance(guidance_scale, guidance_start),
+        policy = _policy(guidance_scale, guidance_start, temperature, top_k, top_p, steps)
+        gen = decode(model, cls, orders, policy.plan_clamped(T - P), policy.guidance(),
                      temperature, top_k, top_p, generator, prefix=prefix, table=table)
     out = torch.where(unk, orders_lib.unpermute(gen, orders), flat).view(B, H, W)
     return (out, unknown) if return_mask else out

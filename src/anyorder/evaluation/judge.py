@@ -16,10 +16,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from anyorder.evaluation.metrics import feature_statistics
+from anyorder.evaluation.metrics import frechet_distance as metrics_frechet_distance
 from anyorder.models.digit_judge import DigitClassifier
 
 __all__ = [
     "class_accuracy",
+    "class_probabilities",
+    "images_from_uint8",
     "extract_features",
     "frechet_distance",
     "judge",
@@ -63,39 +67,44 @@ def class_accuracy(classifier: DigitClassifier, images: Tensor, labels: Tensor, 
 def frechet_distance(feats_a: Tensor | np.ndarray, feats_b: Tensor | np.ndarray, eps: float = 1e-6) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[N, F]`` (the FID formula).
 
-    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` in float64 with ``scipy.linalg.sqrtm``;
-    ``eps * I`` is added to both covariances when the product is singular, and a numerically tiny
-    imaginary part of the square root is dropped.
+    ``|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^{1/2})`` in float64, computed by
+    :func:`anyorder.evaluation.metrics.frechet_distance` (exact for singular covariances; ``eps * I`` is
+    added to both covariances only if an eigen-decomposition fails).
     """
-    from scipy import linalg
-
     a = feats_a.detach().cpu().double().numpy() if isinstance(feats_a, Tensor) else np.asarray(feats_a, np.float64)
     b = feats_b.detach().cpu().double().numpy() if isinstance(feats_b, Tensor) else np.asarray(feats_b, np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"expected feature matrices [N, F] with equal F, got {a.shape} and {b.shape}")
     if a.shape[0] < 2 or b.shape[0] < 2:
         raise ValueError("frechet_distance needs at least 2 samples per set")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sig_a, sig_b = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
-    diff = mu_a - mu_b
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # the demo's ~100-sample sets are knowingly small
         warnings.simplefilter("ignore")
-        covmean = linalg.sqrtm(sig_a @ sig_b)
-    if isinstance(covmean, tuple):  # older scipy with disp=False semantics
-        covmean = covmean[0]
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sig_a.shape[0]) * eps
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            covmean = linalg.sqrtm((sig_a + offset) @ (sig_b + offset))
-    if np.iscomplexobj(covmean):
-        imag = np.max(np.abs(covmean.imag))
-        scale = max(1.0, float(np.max(np.abs(covmean.real))))
-        if imag > 1e-3 * scale:
-            warnings.warn(f"frechet_distance: sqrtm has a large imaginary component ({imag:.3g})", stacklevel=2)
-        covmean = covmean.real
-    value = float(diff @ diff + np.trace(sig_a) + np.trace(sig_b) - 2.0 * np.trace(covmean))
-    return max(value, 0.0)
+        stats_a, stats_b = feature_statistics(a, "first feature set"), feature_statistics(b, "second feature set")
+    return metrics_frechet_distance(stats_a, stats_b, eps=eps)
+
+
+def class_probabilities(classifier: DigitClassifier, images: Tensor, batch_size: int = 500) -> Tensor:
+    """Softmax class probabilities ``[N, num_classes]`` (CPU, float32) of images in ``[0, 1]`` (for the IS)."""
+    return torch.softmax(_batched(classifier, images, "forward", batch_size).float(), dim=1)
+
+
+def images_from_uint8(images: np.ndarray | Tensor, classifier: DigitClassifier) -> Tensor:
+    """ADM-format uint8 ``[N, H, W, 3]`` (or ``[N, H, W, C]``) -> the judge's input ``[N, C_in, H, W]`` in ``[0, 1]``.
+
+    For a one-channel judge the colour channels are averaged (the bundled digits are grey, stored as
+    three equal channels). Raises :class:`ValueError` when the size is not the judge's.
+    """
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    cfg = classifier.config
+    if x.ndim != 4 or tuple(x.shape[1:3]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"the digit judge scores {cfg.image_size}x{cfg.image_size} images, got images of shape "
+                         f"{tuple(x.shape)} ([N, H, W, C])")
+    x = x.float().div(255.0).permute(0, 3, 1, 2)
+    if cfg.in_channels == 1:
+        return x.mean(1, keepdim=True)
+    if x.shape[1] != cfg.in_channels:
+        raise ValueError(f"the digit judge takes {cfg.in_channels} channels, the images have {x.shape[1]}")
+    return x
 
 
 def judge(

@@ -22,21 +22,50 @@ from anyorder.nn import orders as orders_lib
 
 @dataclass
 class DecodeState:
-    """Bookkeeping of one KV-cached decode: orders, classes, how many tokens are decoded so far."""
+    """Bookkeeping of one KV-cached decode: orders, classes, how many tokens are decoded so far.
+
+    ``static``: the step uses the fixed-shape layout of :meth:`AnyOrderModel.step_inputs` (whole cache,
+    precomputed mask, bucketed lengths) that ``torch.compile`` and CUDA graphs need."""
 
     orders: Tensor  # [B, T] (batch already doubled for guidance)
     classes: Tensor  # [B]
     done: int = 0  # tokens decoded (and, after the next step, fed) so far
     extra: dict[str, Any] = field(default_factory=dict)
+    static: bool = False
+
+
+@dataclass
+class StepInputs:
+    """One static decode step's transformer inputs: rows ``x [B, L, D]`` written at cache slots
+    ``input_pos [L]`` (padding rows at a scratch slot nobody reads), adaLN conditions ``c`` (RAR) or RoPE
+    rows ``rope`` (RandAR); the step's queries are the first of the ``last`` final rows (the rest padding).
+    ``L`` and ``last`` come from a few bucket sizes, so a compiled step sees a handful of shapes."""
+
+    x: Tensor
+    input_pos: Tensor
+    last: int
+    c: Tensor | None = None
+    rope: Tensor | None = None
+
+
+def bucket(n: int) -> int:
+    """The padded size of ``n`` rows in a static step: the next power of two (1, 2, 4, 8, ...)."""
+    return 1 << max(0, n - 1).bit_length()
 
 
 class AnyOrderModel(nn.Module):
     family: ClassVar[str] = ""
     config_class: ClassVar[type] = object
+    # value checks of classes and codes (a host sync each); the training loop validates its data once at load
+    # and turns them off for its steps
+    validate_inputs: bool = True
 
     def __init__(self, config: Any) -> None:
         super().__init__()
         self.config = config
+        # the sampling settings the model was made / released with (set by anyorder.hub on load; a plain dict
+        # validated by anyorder.sampling.policy when used)
+        self.sampling_defaults: dict[str, Any] = {}
 
     # ---- shape facts ---------------------------------------------------------------------------
     @property
@@ -74,6 +103,8 @@ class AnyOrderModel(nn.Module):
 
     def check_classes(self, classes: Tensor, allow_null: bool = True) -> Tensor:
         classes = torch.as_tensor(classes, dtype=torch.long, device=self.device).reshape(-1)
+        if not self.validate_inputs:
+            return classes
         hi = self.num_classes if allow_null else self.num_classes - 1
         bad = (classes < 0) | (classes > hi)
         if bad.any():
@@ -87,7 +118,7 @@ class AnyOrderModel(nn.Module):
         codes = codes.reshape(codes.shape[0], -1).long()
         if codes.shape[1] != self.seq_len:
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.grid}), got {codes.shape[1]}")
-        if codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
+        if self.validate_inputs and codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
             raise ValueError(f"token ids must be in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]")
         return codes
 
@@ -105,7 +136,8 @@ class AnyOrderModel(nn.Module):
         return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
 
     # ---- KV-cached decoding --------------------------------------------------------------------
-    def start_decoding(self, classes: Tensor, orders: Tensor) -> DecodeState:
+    def start_decoding(self, classes: Tensor, orders: Tensor, static: bool = False) -> DecodeState:
+        """Set up the cache for ``orders`` (``static``: the fixed-shape layout, see :class:`DecodeState`)."""
         raise NotImplementedError
 
     def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
@@ -113,8 +145,25 @@ class AnyOrderModel(nn.Module):
         ``[B, num_queries, V]`` for the next ``num_queries`` positions of ``state.orders``."""
         raise NotImplementedError
 
-    def end_decoding(self) -> None:
-        self.transformer.clear_cache()
+    def step_inputs(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> StepInputs:
+        """The static step's inputs for the same feed as :meth:`decode_one_step` (no host sync: only
+        host-known counts pick slices; the shapes come from :func:`bucket`)."""
+        raise NotImplementedError
+
+    def static_step(self, inputs: StepInputs) -> Tensor:
+        """The transformer part of a static step: logits ``[B, inputs.last, V]`` (compiled by the decode loop)."""
+        return self.transformer(inputs.x, inputs.c, inputs.rope, input_pos=inputs.input_pos, last=inputs.last)
+
+    def end_decoding(self, keep_cache: bool = False) -> None:
+        """Drop the KV cache (``keep_cache``: keep it for the next generation of the same shape, so a
+        CUDA-graph-compiled step replays on the same buffers)."""
+        if not keep_cache:
+            self.transformer.clear_cache()
+
+    # ---- dtype / device ------------------------------------------------------------------------------
+    def reset_buffers(self) -> None:
+        """Recompute non-persistent buffers (after building on the meta device and loading with
+        ``assign=True``); families with such buffers override this."""
 
     # ---- configs & official formats --------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anyorder.models.base import AnyOrderModel, DecodeState
+from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs, bucket
 from anyorder.nn import orders as orders_lib
 from anyorder.nn.rope import apply_rope, rope_2d
 from anyorder.nn.transformer import Transformer, TransformerConfig
@@ -59,6 +59,7 @@ class RandARConfig:
     attn_dropout: float = 0.0
     class_dropout: float = 0.1
     order: str = "random"  # training order: random per sample, or a scan order to anneal into
+    grad_checkpointing: bool = False  # training only: recompute the blocks' activations in backward
 
     def __post_init__(self) -> None:
         if math.isqrt(self.seq_len) ** 2 != self.seq_len:
@@ -101,8 +102,27 @@ class RandAR(AnyOrderModel):
         self.tok_embeddings = nn.Embedding(c.codebook_size, c.dim)
         self.pos_instruct_embeddings = nn.Parameter(torch.zeros(1, c.dim))
         self.transformer = Transformer(c.transformer_config())
-        self.register_buffer("freqs_cis", rope_2d(self.grid, c.dim // c.n_head, c.rope_base), persistent=False)
+        self.transformer.grad_checkpointing = c.grad_checkpointing
+        self.register_buffer("freqs_cis", self._rope_table(), persistent=False)
         self.init_weights()
+
+    def _rope_table(self, device: torch.device | str | None = None) -> Tensor:
+        c = self.config
+        return rope_2d(self.grid, c.dim // c.n_head, c.rope_base).to(device)
+
+    def reset_buffers(self) -> None:
+        """Recompute the RoPE table (fp32) on the parameters' device, e.g. after a meta-device build."""
+        self.freqs_cis = self._rope_table(self.device)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202 (nn.Module's signature)
+        """``.to(dtype)`` / ``.half()`` / ``.bfloat16()`` cast parameters but keep the RoPE table in fp32 (its
+        angles would lose precision in bf16); device moves apply to it as usual."""
+        table = self.freqs_cis
+        out = super()._apply(fn, recurse)
+        if table.device.type == "meta" or self.freqs_cis.dtype == table.dtype:
+            return out
+        self.freqs_cis = table.to(self.freqs_cis.device)
+        return out
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -164,45 +184,74 @@ class RandAR(AnyOrderModel):
         return self.forward(orders_lib.permute(codes, orders), classes, orders)
 
     # ---- KV-cached (parallel) decoding -----------------------------------------------------------
-    def start_decoding(self, classes: Tensor, orders: Tensor, table: Tensor | None = None) -> DecodeState:
+    def start_decoding(self, classes: Tensor, orders: Tensor, table: Tensor | None = None,
+                       static: bool = False) -> DecodeState:
         """Set up the cache and precompute, once per generation, what the steps only slice: instruction
-        tokens, RoPE rows per generation index and per cache slot, and the slot indices."""
+        tokens, RoPE rows per generation index and per cache slot, and the slot indices. ``static`` adds
+        one scratch slot (``2T + 1``) where the padding rows of a bucketed step are written."""
         B, T = orders.shape
-        self.transformer.setup_cache(B, 2 * T + 1)
+        self.transformer.setup_cache(B, 2 * T + 1 + int(static), reuse=static)
         table = self.freqs_cis if table is None else table
         rope, rope0 = self.rope_rows(orders, table), table[:1].expand(B, -1, -1, -1)
-        return DecodeState(orders=orders, classes=classes, extra={
+        return DecodeState(orders=orders, classes=classes, static=static, extra={
             "cls": self.class_embedding(classes), "instr": self.instruction_tokens(orders, table),
             "rope": rope, "rope0": rope0,
             # slot 0: class; instr_k (slot 1 + 2k) and tok_k (slot 2 + 2k) share row k
             "rope_slots": torch.cat([rope0, rope.repeat_interleave(2, dim=1)], dim=1),
-            "slots": torch.arange(2 * T + 1, device=orders.device),
+            "slots": torch.arange(2 * T + 1 + int(static), device=orders.device),
         })
 
-    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
-        """Feed ``new_tokens`` — ids ``[B, n]``, or their embeddings ``[B, n, dim]`` (spatial guidance
-        zeroes some) — and return logits ``[B, num_queries, V]`` for the next queries."""
+    def _feed(self, state: DecodeState, new_tokens: Tensor | None,
+              num_queries: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
+        """The fed rows (``x``, RoPE ``r``) and the query rows (``q``, ``rq``) of a step; the fed rows start
+        at slot ``start`` and the queries follow them."""
         ex, done, m = state.extra, state.done, num_queries
         instr, rope = ex["instr"], ex["rope"]
-        B, T = state.orders.shape
+        T = state.orders.shape[1]
         if done + m > T:
             raise ValueError(f"{m} queries after {done} decoded tokens exceed the {T} positions")
         n = 0 if new_tokens is None else new_tokens.shape[1]
         if n == 0:  # prefill: [class, instr_0 .. instr_{m-1}]
-            x = torch.cat([ex["cls"], instr[:, :m]], dim=1)
-            r = torch.cat([ex["rope0"], rope[:, :m]], dim=1)
-            start = 0
+            x, r, start = ex["cls"], ex["rope0"], 0
         else:  # [tok_a, instr_{a+1}, tok_{a+1}, ..., tok_{done-1}, instr_done .. instr_{done+m-1}]
             a = done - n
             start = 2 + 2 * a
             tok = new_tokens if new_tokens.is_floating_point() else self.tok_embeddings(new_tokens)
-            fed = interleave(tok[:, :-1], instr[:, a + 1 : done])
-            x = torch.cat([fed, tok[:, -1:], instr[:, done : done + m]], dim=1)
+            x = torch.cat([interleave(tok[:, :-1], instr[:, a + 1 : done]), tok[:, -1:]], dim=1)
             # the fed tokens sit at their own slots (2 + 2a .. 2 * done); the queries at the provisional
             # slots after them, each with the RoPE row of the position it asks for
-            r = torch.cat([ex["rope_slots"][:, start : 2 * done + 1], rope[:, done : done + m]], dim=1)
+            r = ex["rope_slots"][:, start : 2 * done + 1]
+        return x, r, instr[:, done : done + m], rope[:, done : done + m], start
+
+    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
+        """Feed ``new_tokens`` — ids ``[B, n]``, or their embeddings ``[B, n, dim]`` (spatial guidance
+        zeroes some) — and return logits ``[B, num_queries, V]`` for the next queries."""
+        if state.static:
+            return self.static_step(self.step_inputs(state, new_tokens, num_queries))[:, :num_queries]
+        x, r, q, rq, start = self._feed(state, new_tokens, num_queries)
+        x, r = torch.cat([x, q], dim=1), torch.cat([r, rq], dim=1)
         stop = start + x.shape[1]
-        return self.transformer(x, rope=r, input_pos=ex["slots"][start:stop], kv_len=stop, last=m)
+        return self.transformer(x, rope=r, input_pos=state.extra["slots"][start:stop], kv_len=stop,
+                                last=num_queries)
+
+    def step_inputs(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> StepInputs:
+        """``[fed rows, padding, queries, padding]`` with both parts padded to :func:`bucket` sizes, so a
+        whole parallel-decoding generation compiles to a few shapes. Padding rows are zeros written at the
+        scratch slot ``2T + 1`` (no real query sees it; they see everything, so no row is fully masked)."""
+        x, r, q, rq, start = self._feed(state, new_tokens, num_queries)
+        B, F, m = x.shape[0], x.shape[1], num_queries
+        fb, mb = bucket(F), bucket(m)
+        slots = state.extra["slots"]
+        scratch = slots[-1:]
+
+        def pad(t: Tensor, rows: int) -> Tensor:
+            return t if rows == 0 else torch.cat([t, t.new_zeros(B, rows, *t.shape[2:])], dim=1)
+
+        x = torch.cat([pad(x, fb - F), pad(q, mb - m)], dim=1)
+        rope = torch.cat([pad(r, fb - F), pad(rq, mb - m)], dim=1)
+        q0 = start + F
+        pos = torch.cat([slots[start:q0], scratch.expand(fb - F), slots[q0 : q0 + m], scratch.expand(mb - m)])
+        return StepInputs(x=x, rope=rope, input_pos=pos, last=mb)
 
     # ---- official format -------------------------------------------------------------------------
     @classmethod
@@ -222,16 +271,23 @@ class RandAR(AnyOrderModel):
 
     @classmethod
     def config_from_official(cls, official: dict[str, Any]) -> RandARConfig:
-        """From the official hyper-parameters (``config.json`` or the ``model`` section of its YAML)."""
-        g = official.get("model", {}).get("params", official.get("model", official))
-        if not isinstance(g, dict) or "dim" not in g:
-            g = official
+        """From the official hyper-parameters: a flat ``config.json`` or RandAR's YAML
+        (``configs/randar/*.yaml``: ``ar_model.params``)."""
+        g = official
+        for section in ("ar_model", "model"):
+            sub = official.get(section)
+            if isinstance(sub, dict):
+                g = sub.get("params", sub)
+                break
+        if "dim" not in g:
+            raise ValueError("official RandAR config: no 'dim' (expected a flat config.json or ar_model.params)")
         cfg = RandARConfig(
             dim=int(g["dim"]), depth=int(g["n_layer"]), n_head=int(g["n_head"]), seq_len=int(g["block_size"]),
             codebook_size=int(g["vocab_size"]), num_classes=int(g["num_classes"]),
             multiple_of=int(g.get("multiple_of", 256)), rope_base=float(g.get("rope_base", 10000)),
             norm_eps=float(g.get("norm_eps", 1e-5)), class_dropout=float(g.get("class_dropout_prob", 0.1)),
-            mlp_hidden=int(g.get("ffn_hidden", 0) or 0),
+            mlp_hidden=int(g.get("ffn_hidden", 0) or 0), dropout=float(g.get("resid_dropout_p", 0.0)),
+            order="random" if g.get("position_order", "random") == "random" else "raster",
         )
         if int(g.get("cls_token_num", 1)) != 1:
             raise ValueError(f"cls_token_num={g['cls_token_num']} is not supported (class-conditional RandAR uses 1)")

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from anyorder.models.base import AnyOrderModel, DecodeState
+from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs
 from anyorder.nn import orders as orders_lib
 from anyorder.nn.transformer import Transformer, TransformerConfig
 
@@ -45,6 +45,7 @@ class RARConfig:
     pos_extra: int = 1024  # official tables carry T + 1024 position rows
     timestep_extra: int = 100  # and T + 100 timestep rows
     merged_pos_embed: bool = False  # exported: one position table for ``order``
+    grad_checkpointing: bool = False  # training only: recompute the blocks' activations in backward
 
     def __post_init__(self) -> None:
         if math.isqrt(self.seq_len) ** 2 != self.seq_len:
@@ -87,6 +88,7 @@ class RAR(AnyOrderModel):
             self.target_aware_pos_embed = nn.Parameter(torch.zeros(1, T + c.pos_extra, D))
         self.timesteps_embeddings = nn.Parameter(torch.zeros(1, T + c.timestep_extra, D))
         self.transformer = Transformer(c.transformer_config())
+        self.transformer.grad_checkpointing = c.grad_checkpointing
         self.init_weights()
 
     @torch.no_grad()
@@ -123,16 +125,16 @@ class RAR(AnyOrderModel):
         target = torch.cat([zero, ta[2 + orders], zero], dim=1)  # slot 1 + j predicts order[j]
         return own + target
 
-    def _embed(self, gen_ids: Tensor, cond: Tensor, table: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
-        """Input embeddings and adaLN conditions for ``slots`` (a contiguous range of slot indices).
-        ``gen_ids`` are the image tokens for the image slots among them, in order."""
+    def _embed(self, gen_ids: Tensor, cond: Tensor, table: Tensor, slots: slice) -> tuple[Tensor, Tensor]:
+        """Input embeddings and adaLN conditions for ``slots`` (a contiguous range of slot indices, a host
+        ``slice``: no device sync). ``gen_ids`` are the image tokens for the image slots among them, in order."""
         B = cond.shape[0]
         cond_emb = self.embeddings(cond)[:, None]  # [B, 1, D]
         parts = []
-        first = int(slots[0])
+        first = slots.start
         if first == 0:
             parts.append(self.cls_token.expand(B, -1, -1))
-        if first <= 1 <= int(slots[-1]):
+        if first <= 1 <= slots.stop - 1:
             parts.append(cond_emb)
         if gen_ids is not None and gen_ids.shape[1]:
             parts.append(self.embeddings(gen_ids))
@@ -149,8 +151,7 @@ class RAR(AnyOrderModel):
             orders = self.default_order().expand(B, -1)
         cond = self.condition_tokens(classes).expand(B)
         table = self.position_table(orders)
-        slots = torch.arange(L + 2, device=gen_ids.device)
-        x, c = self._embed(gen_ids, cond, table, slots)
+        x, c = self._embed(gen_ids, cond, table, slice(0, L + 2))
         return self.transformer(x, c)[:, 1:]
 
     def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
@@ -160,20 +161,20 @@ class RAR(AnyOrderModel):
         return self.forward(orders_lib.permute(codes, orders), classes, orders)[:, :-1]
 
     # ---- KV-cached decoding ----------------------------------------------------------------------
-    def start_decoding(self, classes: Tensor, orders: Tensor) -> DecodeState:
+    def start_decoding(self, classes: Tensor, orders: Tensor, static: bool = False) -> DecodeState:
         """Set up the cache and precompute, once per generation, everything a step only slices: the merged
         position table, the condition embedding, the per-slot adaLN inputs and the slot indices."""
         B, S = orders.shape[0], self.seq_len + 2
-        self.transformer.setup_cache(B, S)
+        self.transformer.setup_cache(B, S, reuse=static)
         cond = self.condition_tokens(classes)
         cond_emb = self.embeddings(cond)[:, None]  # [B, 1, D]
-        return DecodeState(orders=orders, classes=classes, extra={
+        return DecodeState(orders=orders, classes=classes, static=static, extra={
             "cond": cond, "cond_emb": cond_emb, "table": self.position_table(orders),
             "adaln_in": cond_emb + self.timesteps_embeddings[:, :S],  # [B, T + 2, D]
             "slots": torch.arange(S, device=orders.device),
         })
 
-    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> Tensor:
+    def _feed(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> tuple[Tensor, Tensor, int, int]:
         if num_queries != 1:
             raise ValueError("RAR decodes one token per step (its target-aware embeddings fix the next position)")
         ex = state.extra
@@ -183,9 +184,18 @@ class RAR(AnyOrderModel):
         else:  # tokens with generation index done - n .. done - 1 sit at slots 2 + index
             start, stop = 2 + state.done - new_tokens.shape[1], 2 + state.done
             x = self.embeddings(new_tokens)
-        x = x + ex["table"][:, start:stop]
-        c = ex["adaln_in"][:, start:stop]
-        return self.transformer(x, c, input_pos=ex["slots"][start:stop], kv_len=stop, last=1)
+        return x + ex["table"][:, start:stop], ex["adaln_in"][:, start:stop], start, stop
+
+    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> Tensor:
+        if state.static:
+            return self.static_step(self.step_inputs(state, new_tokens, num_queries))
+        x, c, start, stop = self._feed(state, new_tokens, num_queries)
+        return self.transformer(x, c, input_pos=state.extra["slots"][start:stop], kv_len=stop, last=1)
+
+    def step_inputs(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> StepInputs:
+        """One token in, one query out (two rows at the prefill): RAR's step is static without padding."""
+        x, c, start, stop = self._feed(state, new_tokens, num_queries)
+        return StepInputs(x=x, c=c, input_pos=state.extra["slots"][start:stop], last=1)
 
     # ---- export ------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -216,11 +226,23 @@ class RAR(AnyOrderModel):
 
     @classmethod
     def config_from_official(cls, official: dict[str, Any]) -> RARConfig:
-        """From the official hyper-parameters (``config.json`` / ``model.generator`` of the YAML)."""
-        g = official.get("model", {}).get("generator", official)
-        return RARConfig(
-            dim=int(g["hidden_size"]), depth=int(g["num_hidden_layers"]), n_head=int(g["num_attention_heads"]),
-            mlp_hidden=int(g["intermediate_size"]), seq_len=int(g["image_seq_len"]),
-            codebook_size=int(g["codebook_size"]), num_classes=int(g["condition_num_classes"]),
-            dropout=float(g.get("dropout", 0.0)), attn_dropout=float(g.get("attn_drop", 0.0)),
-        )
+        """From the official hyper-parameters: a ``config.json`` (flat) or 1d-tokenizer's YAML
+        (``configs/training/generator/rar.yaml``: ``model.generator`` with ``codebook_size`` under
+        ``model.vq_model``)."""
+        model = official.get("model", {}) if isinstance(official.get("model"), dict) else {}
+        g = model.get("generator", official)
+        vq = model.get("vq_model", {})
+        if "codebook_size" not in g and "codebook_size" not in vq:
+            raise ValueError("official RAR config: no codebook_size (neither in the generator section nor under "
+                             "model.vq_model)")
+        try:
+            return RARConfig(
+                dim=int(g["hidden_size"]), depth=int(g["num_hidden_layers"]), n_head=int(g["num_attention_heads"]),
+                mlp_hidden=int(g["intermediate_size"]), seq_len=int(g["image_seq_len"]),
+                codebook_size=int(g.get("codebook_size", vq.get("codebook_size"))),
+                num_classes=int(g["condition_num_classes"]), dropout=float(g.get("dropout", 0.0)),
+                attn_dropout=float(g.get("attn_drop", 0.0)),
+                class_dropout=float(g.get("class_label_dropout", 0.1)),
+            )
+        except KeyError as e:
+            raise ValueError(f"official RAR config: missing key {e.args[0]!r} in the generator section") from e

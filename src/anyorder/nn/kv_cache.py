@@ -7,7 +7,9 @@ slots of a step's extra queries on the next step.
 
 A step may pass ``kv_len`` — one past the highest slot written so far, a Python int the decode loop
 knows without reading the device — and then attends over the filled prefix ``[:kv_len]`` only instead
-of all ``max_len`` slots (the unwritten tail is masked out anyway; this skips its compute).
+of all ``max_len`` slots (the unwritten tail is masked out anyway; this skips its compute). Without
+``kv_len`` every shape is fixed (the gpt-fast layout that ``torch.compile`` and CUDA graphs need): the
+step attends over all slots under rows of a precomputed causal mask.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
+        # the static step's mask: row q lets slot q see slots <= q (precomputed once, gathered by input_pos)
+        self.register_buffer("causal", self.slots[:, None] >= self.slots[None, :], persistent=False)
 
     @property
     def max_len(self) -> int:
@@ -46,4 +50,13 @@ class KVCache(nn.Module):
 
     def mask(self, input_pos: Tensor, kv_len: int | None = None) -> Tensor:
         """Boolean ``[L, kv_len or max_len]``: query at slot ``q`` attends to slots ``<= q``."""
+        if kv_len is None:
+            return self.causal[input_pos]
         return self.slots[None, :kv_len] <= input_pos[:, None]
+
+    def matches(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
+                device: torch.device) -> bool:
+        """Whether this cache already has the given layout (the static step reuses it across generations)."""
+        d = torch.device(device)
+        same_device = self.k.device.type == d.type and d.index in (None, self.k.device.index)
+        return tuple(self.k.shape) == (batch, n_head, max_len, head_dim) and self.k.dtype == dtype and same_device

@@ -105,18 +105,21 @@ def scan_order(name: str, h: int, w: int | None = None) -> Tensor:
 
 def random_orders(batch: int, length: int, generator: torch.Generator | None = None,
                   device: torch.device | str | None = None) -> Tensor:
-    """One uniformly random permutation of ``range(length)`` per row: ``[batch, length]``."""
-    noise = torch.rand(batch, length, generator=generator, device=device if generator is None else None)
+    """One uniformly random permutation of ``range(length)`` per row: ``[batch, length]`` on ``device``.
+
+    The noise is drawn on the generator's device (a CUDA generator draws on its GPU, a CPU one on the
+    CPU — so a seed gives the same orders wherever the result goes), without a generator on ``device``."""
+    noise = torch.rand(batch, length, generator=generator, device=generator.device if generator is not None else device)
     return noise.argsort(dim=1).to(device)
 
 
 def training_orders(batch: int, base: Tensor, r: float, generator: torch.Generator | None = None) -> Tensor:
-    """RAR's per-sample choice: with probability ``r`` a random permutation, else ``base``."""
+    """RAR's per-sample choice: with probability ``r`` a random permutation, else ``base``; on ``base``'s device
+    (the draws on the generator's device, as :func:`random_orders`)."""
     length = base.numel()
-    rand = random_orders(batch, length, generator=generator)
-    pick = torch.rand(batch, generator=generator) < r
-    orders = torch.where(pick[:, None], rand, base.cpu()[None].expand(batch, -1))
-    return orders.to(base.device)
+    rand = random_orders(batch, length, generator=generator, device=base.device)
+    pick = torch.rand(batch, generator=generator, device=generator.device if generator is not None else base.device) < r
+    return torch.where(pick.to(base.device)[:, None], rand, base[None].expand(batch, -1))
 
 
 def invert(order: Tensor) -> Tensor:

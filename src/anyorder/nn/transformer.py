@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from anyorder.nn.kv_cache import KVCache
 from anyorder.nn.rope import apply_rope
@@ -98,7 +99,8 @@ class Attention(nn.Module):
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
         if self.kv_cache is not None and input_pos is not None:
             k, v = self.kv_cache.update(input_pos, k, v, kv_len)
-            # one query at the last filled slot sees every slot: no mask needed
+            # one query at the last filled slot sees every slot: no mask needed; the static step (kv_len
+            # None) reads the rows of the cache's precomputed causal mask
             mask = None if (L == 1 and kv_len is not None) else self.kv_cache.mask(input_pos, kv_len)
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         else:
@@ -170,21 +172,35 @@ class Transformer(nn.Module):
         self.cfg = cfg
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
+        # activation checkpointing of the blocks while training (recomputed in backward; saves memory)
+        self.grad_checkpointing = False
 
     def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
                 input_pos: Tensor | None = None, return_hidden: bool = False,
                 hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
-                last: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+                last: int | None = None, stop_after: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
         ``kv_len`` (a host int: one past the highest slot written, with ``input_pos`` the ``L`` slots just
-        below it) limits attention to the filled part of the cache. ``last`` computes the output head for
-        the last ``last`` positions only.
-        ``hidden_layers`` additionally returns the residual stream after those blocks (0-based)."""
+        below it) limits attention to the filled part of the cache; without it (the static, compilable
+        step) attention runs over the whole cache under its precomputed causal mask. ``last`` computes the
+        output head for the last ``last`` positions only.
+        ``hidden_layers`` additionally returns the residual stream after those blocks (0-based).
+        ``stop_after``: run only the first ``stop_after`` blocks and return their residual stream in place
+        of the logits (no later blocks, no final layer or vocabulary head: feature extraction)."""
         hidden: list[Tensor] = []
-        for i, blk in enumerate(self.blocks):
-            x = blk(x, c, rope, input_pos, kv_len)
+        if stop_after is not None and not 0 <= stop_after <= len(self.blocks):
+            raise ValueError(f"stop_after must be in 0..{len(self.blocks)} blocks, got {stop_after}")
+        blocks = self.blocks if stop_after is None else self.blocks[:stop_after]
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and input_pos is None
+        for i, blk in enumerate(blocks):
+            if ckpt:
+                x = checkpoint(blk, x, c, rope, input_pos, kv_len, use_reentrant=False)
+            else:
+                x = blk(x, c, rope, input_pos, kv_len)
             if i in hidden_layers:
                 hidden.append(x)
+        if stop_after is not None:
+            return (x, hidden) if (return_hidden or hidden_layers) else x
         if last is not None:
             if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:  # per-position conditions
                 c = c[:, -last:]
@@ -194,11 +210,17 @@ class Transformer(nn.Module):
 
     # ---- KV cache -------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
-                    device: torch.device | str | None = None) -> None:
+                    device: torch.device | str | None = None, reuse: bool = False) -> None:
+        """Allocate a :class:`KVCache` per block. ``reuse`` keeps caches of the same layout from an earlier
+        generation (the static compiled step: same buffers, so no recompilation or CUDA-graph re-capture;
+        stale entries are never read, the causal mask hides every slot not yet written)."""
         ref = next(self.parameters())
         dtype, device = dtype or ref.dtype, device or ref.device
+        shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim)
         for blk in self.blocks:
-            blk.attn.kv_cache = KVCache(batch, self.cfg.n_head, max_len, self.cfg.head_dim, dtype, device)
+            old = blk.attn.kv_cache
+            if not (reuse and old is not None and old.matches(*shape, dtype, device)):
+                blk.attn.kv_cache = KVCache(*shape, dtype, device)
 
     def clear_cache(self) -> None:
         for blk in self.blocks:

@@ -15,18 +15,13 @@ from torch import Tensor
 
 from anyorder.sampling.schedules import GuidanceSchedule
 
-__all__ = ["sample_logits", "decode", "GuidanceRows"]
+__all__ = ["sample_logits", "sample_static", "filter_logits", "decode", "GuidanceRows"]
 
 
-def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: torch.Generator | None = None) -> Tensor:
-    """Sample ids from ``logits [..., V]``: divide by ``max(temperature, 1e-5)``, keep the ``top_k``
-    largest and the smallest set with cumulative probability ``>= top_p``, then draw. ``top_k == 1``
-    or ``temperature <= 1e-5`` is greedy (argmax)."""
-    shape = logits.shape[:-1]
-    logits = logits.reshape(-1, logits.shape[-1]).float()
-    if top_k == 1 or temperature <= 1e-5:
-        return logits.argmax(-1).view(shape)
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """fp32 ``logits [N, V]`` divided by ``max(temperature, 1e-5)``, with every id outside the ``top_k``
+    largest and outside the smallest set of cumulative probability ``>= top_p`` set to ``-inf``. On device,
+    no host sync (``torch.compile``-able)."""
     if temperature != 1.0:  # (dividing by 1 is exact: skip the pass over [N, V])
         logits = logits / max(temperature, 1e-5)
     if 0 < top_k < logits.shape[-1]:
@@ -39,8 +34,39 @@ def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_
         drop[:, 1:] = drop[:, :-1].clone()  # keep the first token that crosses top_p
         drop[:, 0] = False
         logits = logits.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
-    probs = F.softmax(logits, dim=-1)
+    return logits
+
+
+def is_greedy(temperature: float, top_k: int) -> bool:
+    """``top_k == 1`` or ``temperature <= 1e-5`` samples the argmax."""
+    return top_k == 1 or temperature <= 1e-5
+
+
+def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                  generator: torch.Generator | None = None) -> Tensor:
+    """Sample ids from ``logits [..., V]`` (in fp32): divide by ``max(temperature, 1e-5)``, keep the ``top_k``
+    largest and the smallest set with cumulative probability ``>= top_p``, then draw. ``top_k == 1``
+    or ``temperature <= 1e-5`` is greedy (argmax). The draw happens on the generator's device."""
+    shape = logits.shape[:-1]
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    if is_greedy(temperature, top_k):
+        return logits.argmax(-1).view(shape)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    if generator is not None and generator.device.type != probs.device.type:
+        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device).view(shape)
     return torch.multinomial(probs, 1, generator=generator).view(shape)
+
+
+def sample_static(logits: Tensor, temperature: float, top_k: int, top_p: float, noise: Tensor | None) -> Tensor:
+    """:func:`sample_logits` without a host sync or a generator inside: ``logits [..., V]``, ``noise`` the
+    same shape of Exp(1) draws (``None`` when greedy); ``argmax(p / noise)`` draws from ``p`` (the
+    exponential race, as gpt-fast)."""
+    shape = logits.shape[:-1]
+    logits = logits.reshape(-1, logits.shape[-1]).float()
+    if is_greedy(temperature, top_k):
+        return logits.argmax(-1).view(shape)
+    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
+    return (probs / noise.reshape(probs.shape).clamp_min(1e-30)).argmax(-1).view(shape)
 
 
 class GuidanceRows:
@@ -89,18 +115,29 @@ class GuidanceRows:
         keep = (1.0 - self.drop.to(emb.dtype))[..., None]
         return torch.cat([emb * keep if dropped else emb for _, dropped in self.rows])
 
+    def scales(self, done: int, total: int) -> tuple[float, float]:
+        """The class and spatial guidance scales after ``done`` of ``total`` tokens (1.0 when off)."""
+        return (self.guidance(done, total) if self.use_c else 1.0,
+                self.spatial(done, total) if self.use_s else 1.0)
+
     def combine(self, logits: Tensor, done: int, total: int) -> Tensor:
+        return self.mix(logits, *self.scales(done, total))
+
+    def mix(self, logits: Tensor, s_c: float | Tensor, s_s: float | Tensor) -> Tensor:
+        """Mix the rows' logits (in fp32) with the class scale ``s_c`` and spatial scale ``s_s`` — floats, or
+        0-d tensors in the compiled step (so a new scale is new data, not a recompile)."""
+        logits = logits.float()
         if len(self) == 1:
             return logits
         parts = logits.chunk(len(self))
         if self.use_c and self.use_s:
             c, us, u = parts
-            return u + self.guidance(done, total) * (c - us) + self.spatial(done, total) * (us - u)
+            return u + s_c * (c - us) + s_s * (us - u)
         if self.use_c:
             c, u = parts
-            return u + (c - u) * self.guidance(done, total)
+            return u + (c - u) * s_c
         c, cd = parts
-        return cd + (c - cd) * self.spatial(done, total)
+        return cd + (c - cd) * s_s
 
 
 def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: GuidanceSchedule,

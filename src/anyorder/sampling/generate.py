@@ -2,45 +2,48 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 from anyorder.nn import orders as orders_lib
 from anyorder.sampling.decode import decode
-from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule
+from anyorder.sampling.policy import SamplingConfig, sampling_config
 
 __all__ = ['generate']
 
 
 @torch.no_grad()
-def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, steps: int | None = None,
-             guidance_scale: float = 1.0, guidance_power: float = 0.0, guidance_start: float = 1.0,
-             temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-             generator: torch.Generator | None = None, return_orders: bool = False):
-    """Sample codes ``[B, h, w]`` (raster) for ``classes``.
+def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict[str, Any] | None = None, *,
+             orders: Tensor | None = None, seed: int | None = None, generator: torch.Generator | None = None,
+             return_orders: bool = False, **settings: Any) -> Tensor | tuple[Tensor, Tensor]:
+    """Sample codes ``[B, h, w]`` (raster order) for ``classes`` with the model family's sampling policy.
 
-    - RAR: one token per step in the model's final scan order; guidance on RAR's pow-cosine
-      schedule (``guidance_scale``, ``guidance_power``; power 0 is constant).
-    - RandAR: ``steps`` (default: ``T``, one token per step) on the cosine parallel-decoding
-      schedule; a random order per sample unless ``orders`` is given (a model configured with a scan
-      ``order``, i.e. trained to anneal into it, decodes in that order); linear guidance from
-      ``guidance_start`` to ``guidance_scale``.
-    Without ``orders``, the model's :meth:`~anyorder.models.base.AnyOrderModel.sampling_orders` are used.
-    A ``seed`` makes the result reproducible (orders and samples).
+    ``sampling`` (a :class:`~anyorder.sampling.policy.SamplingConfig` or dict) and ``settings`` (its fields as
+    keywords, applied on top) pick the settings; a setting the family does not have is an error:
+
+    - RAR (:class:`~anyorder.sampling.policy.RARSampling`): one token per step in the model's final scan order;
+      guidance on RAR's pow-cosine schedule (``guidance_scale``, ``guidance_power``; power 0 is constant).
+    - RandAR (:class:`~anyorder.sampling.policy.RandARSampling`): ``steps`` (0 or None: one token per step) on
+      the cosine parallel-decoding schedule, a random order per sample unless ``orders`` is given (a model
+      configured with a scan ``order``, i.e. trained to anneal into it, decodes in that order); guidance linear
+      from ``guidance_start`` to ``guidance_scale``.
+
+    Unset settings take the family's defaults (unguided, temperature 1); the settings a run or release was
+    made with are ``anyorder.sampling.model_sampling(model)``. Without ``orders``, the model's
+    :meth:`~anyorder.models.base.AnyOrderModel.sampling_orders` are used. A ``seed`` (or ``generator``) makes
+    the result reproducible (orders and samples).
     """
+    policy = sampling_config(model.family, sampling)
+    if settings:
+        policy = policy.replace(**{k: v for k, v in settings.items() if v is not None})
     dev = model.device
     classes = model.check_classes(torch.as_tensor(classes, device=dev), allow_null=True)
     B, T = classes.shape[0], model.seq_len
     if generator is None and seed is not None:
         generator = torch.Generator(device=dev).manual_seed(seed)
-    if model.family == "rar":
-        plan = [1] * T
-        if steps not in (None, T):
-            raise ValueError(f"RAR decodes one token per step: steps must be {T}, got {steps}")
-        guidance = GuidanceSchedule("pow_cosine", guidance_scale, guidance_power)
-    else:
-        plan = parallel_decoding_schedule(steps or T, T)
-        guidance = GuidanceSchedule("linear", guidance_scale, start=guidance_start)
+    plan, guidance = policy.plan(T), policy.guidance()
     if orders is None:
         orders = model.sampling_orders(B, generator)
     orders = torch.as_tensor(orders, device=dev).long()
@@ -51,7 +54,7 @@ def generate(model, classes: Tensor | list[int], orders: Tensor | None = None, s
     was_training = model.training
     model.eval()
     try:
-        gen = decode(model, classes, orders, plan, guidance, temperature, top_k, top_p, generator)
+        gen = decode(model, classes, orders, plan, guidance, policy.temperature, policy.top_k, policy.top_p, generator)
     finally:
         model.train(was_training)
     codes = orders_lib.unpermute(gen, orders).view(B, *model.grid)

@@ -11,6 +11,7 @@ __all__ = [
     "linear_guidance",
     "GuidanceSchedule",
     "parallel_decoding_schedule",
+    "parallel_decoding_schedule_from",
 ]
 
 
@@ -81,4 +82,30 @@ def parallel_decoding_schedule(steps: int, total: int) -> list[int]:
         n = max(1, min(n, total - done - remaining_steps))
         out.append(n)
         done += n
+    return out
+
+
+def parallel_decoding_schedule_from(steps: int, total: int, done: int) -> list[int]:
+    """RandAR's schedule when ``done`` of ``total`` tokens are already placed (resolution extrapolation, as
+    ``RandAR/applications/resolution_extrapolation.py`` with ``calculate_num_query_tokens_for_parallel_decoding``):
+    the cosine curve of ``steps`` steps runs over the *whole* ``total``, counted from ``done``. The first step
+    decodes one token; after step ``s`` the next decodes ``target(s) - decoded`` (at least 1, at most what
+    remains), ``target(s) = min(int((1 - cos(pi/2 * (s+1)/steps)) * total + 1), total)`` — so while the curve is
+    still below the tokens already placed, every step decodes one token. Returns the tokens per step for the
+    ``total - done`` remaining ones (the number of steps follows from the curve; the official loop stops one
+    step early and leaves its last queries undecoded — here every token is decoded).
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    if not 0 <= done <= total:
+        raise ValueError(f"done must be in [0, {total}], got {done}")
+    out: list[int] = []
+    idx, n, s = done, 1, 0
+    while idx < total:
+        n = min(n, total - idx)
+        out.append(n)
+        s += 1
+        target = min(int((1 - math.cos(math.pi / 2 * (s + 1) / steps)) * total + 1), total)
+        nxt = min(max(target - idx - n, 1), max(total - idx - n, 1))
+        idx, n = idx + n, nxt
     return out

@@ -1,0 +1,52 @@
+"""``anyorder tokenize``: image folders / webdataset shards -> pretokenized codes for training.
+
+``anyorder tokenize --tokenizer maskgit-vqgan-imagenet-f16-256.bin --data imagenet/train --out codes/``,
+or under ``torchrun --nproc_per_node 8 -m anyorder.cli tokenize ...`` (each rank encodes its share).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from anyorder.data.augment import AUGMENTATIONS
+from anyorder.data.pretokenize import DEFAULT_PART_SIZE, pretokenize
+
+__all__ = ["add_tokenize_command"]
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    meta = pretokenize(args.tokenizer, args.data, args.out, aug=args.aug, resolution=args.resolution,
+                       batch_size=args.batch_size, device=args.device, workers=args.workers,
+                       part_size=args.part_size, progress=not args.quiet)
+    if not args.quiet:
+        print(f"tokenize: {meta['N']} images x {meta['A']} views -> {args.out}/codes.npy "
+              f"[{meta['N']}, {meta['A']}, {meta['grid'][0]}, {meta['grid'][1]}] {meta['codes']['dtype']}; "
+              f"{meta['num_skipped']} file(s) skipped (listed in meta.json)")
+    return 0
+
+
+def add_tokenize_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenize", help="encode an image folder / webdataset shards into codes.npy for training",
+                       description="Pretokenize images: SRC/<class>/<image> (class ids = sorted folder names, "
+                                   "as torchvision's ImageFolder) or webdataset .tar shards (jpg/png + cls) -> "
+                                   "DIR/codes.npy [N, A, h, w], labels.npy, classes.json, meta.json. Runs under "
+                                   "torchrun too; a rerun resumes from the finished parts.")
+    p.add_argument("--tokenizer", required=True, metavar="T",
+                   help="official MaskGIT-VQGAN .bin / LlamaGen VQ .pt file, or a tokenizer / run folder")
+    p.add_argument("--data", required=True, metavar="SRC",
+                   help="image-folder tree, a .tar shard, a folder of .tar shards or a brace pattern")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--aug", choices=AUGMENTATIONS, default="ten-crop",
+                   help="ten-crop: 1.1x ADM centre crop + TenCrop, 10 rows (the official ImageNet recipe, "
+                        "default); adm: centre crop + flip, 2 rows; none: centre crop, 1 row")
+    p.add_argument("--resolution", type=int, default=None, metavar="R",
+                   help="image size fed to the tokenizer (a multiple of its downsampling; default: the "
+                        "tokenizer's own, 256 for the official ones)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (x A views)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0 ...")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decoding threads (default min(8, CPUs)); 0 decodes in the main thread")
+    p.add_argument("--part-size", type=int, default=DEFAULT_PART_SIZE,
+                   help="images per part file (the unit of work and of resuming) for image folders")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_tokenize)

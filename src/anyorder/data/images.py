@@ -1,0 +1,276 @@
+"""Image sources for pretokenization: an image-folder tree or webdataset ``.tar`` shards.
+
+Both are cut into *parts* — the unit of work a process encodes and writes, and the unit a rerun resumes
+from. The global order of images (and so the row order of ``codes.npy``) depends only on the data, never on
+the number of processes:
+
+- **Image folder** ``SRC/<class>/<file>``, as torchvision's ``ImageFolder``: class ids are the sorted class
+  folder names (``classes[i]`` is the folder of id ``i``); inside a class the files come in
+  ``sorted(os.walk(...))`` order with sorted file names; only files with an image extension
+  (:data:`IMG_EXTENSIONS`, case-insensitive) are samples. Other files, files directly under ``SRC`` and
+  class folders without images are reported (skipped / ``empty_classes``), never a crash. Parts are runs of
+  ``part_size`` consecutive images.
+- **webdataset shards**: a ``.tar`` file, a folder of ``.tar`` files (sorted by name) or a brace pattern
+  (``imagenet-train-{000000..000146}.tar``). A sample needs an image (``jpg``/``jpeg``/``png``/``webp``/...)
+  and ``cls`` (the class id as text). Each shard is one part; they are read with the ``webdataset`` library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from anyorder.data.augment import augment_array
+
+__all__ = [
+    "IMG_EXTENSIONS",
+    "WDS_IMAGE_KEYS",
+    "Sample",
+    "Part",
+    "ImageSource",
+    "ImageFolderSource",
+    "WebDatasetSource",
+    "open_source",
+    "decode_sample",
+]
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
+WDS_IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "tif", "tiff")
+
+
+@dataclass
+class Sample:
+    """One image to encode: ``key`` names it in reports (relative path, or ``shard.tar/__key__``).
+
+    The bytes come from ``path`` (read by the worker) or ``data`` (already read from a tar). ``error`` set
+    means the sample is skipped with that reason (e.g. no ``cls`` in a webdataset sample)."""
+
+    key: str
+    label: int
+    path: Path | None = None
+    data: bytes | None = None
+    error: str | None = None
+
+
+@dataclass
+class Part:
+    """A unit of work: ``index`` in the global order, ``size`` images if known up front (``None`` for shards)."""
+
+    index: int
+    name: str
+    size: int | None
+    samples: Callable[[], Iterator[Sample]] = field(repr=False)
+
+
+class ImageSource:
+    """What the pipeline needs from a source."""
+
+    kind: str
+    root: str
+    classes: list[str] | None  # class names in id order (image folders only)
+    listing_skipped: list[dict[str, str]]  # files rejected while listing (not images / outside class folders)
+    empty_classes: list[str]
+
+    def parts(self, part_size: int) -> list[Part]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def digest(self) -> str:  # pragma: no cover - interface
+        """A hash of what will be read (names and labels), so a resumed run can tell the data changed."""
+        raise NotImplementedError
+
+    def num_images(self) -> int | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.root}
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMG_EXTENSIONS)
+
+
+class ImageFolderSource(ImageSource):
+    """``SRC/<class>/<file>``; see the module docstring for the order and the class ids."""
+
+    kind = "image_folder"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        root_path = Path(root)
+        self.root = str(root_path.resolve())
+        self.listing_skipped = []
+        self.empty_classes = []
+        with os.scandir(root_path) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        self.classes = [e.name for e in entries if e.is_dir()]
+        for e in entries:
+            if not e.is_dir():
+                self.listing_skipped.append({"file": e.name, "reason": "not inside a class folder"})
+        self.items: list[tuple[str, int]] = []
+        for label, name in enumerate(self.classes):
+            n_before = len(self.items)
+            for dirpath, _, fnames in sorted(os.walk(root_path / name, followlinks=True)):
+                rel_dir = Path(dirpath).relative_to(root_path).as_posix()
+                for fname in sorted(fnames):
+                    rel = f"{rel_dir}/{fname}"
+                    if _is_image_name(fname):
+                        self.items.append((rel, label))
+                    else:
+                        ext = Path(fname).suffix or "(none)"
+                        self.listing_skipped.append({"file": rel, "reason": f"not an image file (extension {ext})"})
+            if len(self.items) == n_before:
+                self.empty_classes.append(name)
+        if not self.classes:
+            raise ValueError(f"{self.root}: no class folders: expected an image-folder tree SRC/<class>/<image> "
+                             f"(or webdataset .tar shards)")
+        if not self.items:
+            raise ValueError(f"{self.root}: no image files ({', '.join(IMG_EXTENSIONS)}) in its "
+                             f"{len(self.classes)} class folder(s)")
+
+    def num_images(self) -> int:
+        return len(self.items)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for rel, label in self.items:
+            h.update(f"{rel}\t{label}\n".encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.root, "num_classes": len(self.classes),
+                "empty_classes": list(self.empty_classes)}
+
+    def parts(self, part_size: int) -> list[Part]:
+        root = Path(self.root)
+
+        def make(lo: int, hi: int) -> Callable[[], Iterator[Sample]]:
+            return lambda: (Sample(rel, label, path=root / rel) for rel, label in self.items[lo:hi])
+
+        n = len(self.items)
+        return [Part(i, f"images {lo}..{min(lo + part_size, n) - 1}", min(part_size, n - lo), make(lo, lo + part_size))
+                for i, lo in enumerate(range(0, n, part_size))]
+
+
+def _expand_shards(spec: str) -> list[Path]:
+    if "{" in spec:
+        import braceexpand  # installed with webdataset
+
+        return [Path(p) for p in braceexpand.braceexpand(spec)]
+    p = Path(spec)
+    if p.is_dir():
+        return sorted(q for q in p.iterdir() if q.is_file() and q.name.endswith(".tar"))
+    return [p]
+
+
+class WebDatasetSource(ImageSource):
+    """webdataset ``.tar`` shards with an image and a ``cls`` per sample; one part per shard."""
+
+    kind = "webdataset"
+
+    def __init__(self, spec: str | os.PathLike) -> None:
+        self.root = str(spec)
+        self.classes = None
+        self.listing_skipped = []
+        self.empty_classes = []
+        self.shards = _expand_shards(str(spec))
+        if not self.shards:
+            raise ValueError(f"{spec}: no .tar shards found")
+        missing = [str(s) for s in self.shards if not s.is_file()]
+        if missing:
+            raise FileNotFoundError(f"webdataset shard(s) not found: {', '.join(missing[:5])}"
+                                    + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""))
+        empty = [str(s) for s in self.shards if s.stat().st_size == 0]
+        if len(empty) == len(self.shards):
+            raise ValueError(f"{spec}: every .tar shard is empty ({', '.join(empty[:5])})")
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for s in self.shards:
+            h.update(f"{s.name}\t{s.stat().st_size}\n".encode())
+        return h.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "path": self.root, "shards": [str(s.resolve()) for s in self.shards]}
+
+    def parts(self, part_size: int) -> list[Part]:
+        return [Part(i, s.name, None, lambda s=s: self._read(s)) for i, s in enumerate(self.shards)]
+
+    @staticmethod
+    def _read(shard: Path) -> Iterator[Sample]:
+        import webdataset as wds
+
+        errors: list[str] = []
+
+        def keep_going(exn: Exception) -> bool:  # a broken member or a truncated tar: report, go on
+            errors.append(f"{type(exn).__name__}: {exn}")
+            return True
+
+        ds = wds.WebDataset(str(shard), shardshuffle=False, handler=keep_going, nodesplitter=_all_urls,
+                            workersplitter=_all_urls, empty_check=False)
+        for rec in ds:
+            key = f"{shard.name}/{rec.get('__key__', '?')}"
+            image_key = next((k for k in WDS_IMAGE_KEYS if k in rec), None)
+            error, label = None, -1
+            if image_key is None:
+                fields = sorted(k for k in rec if not k.startswith("__"))
+                error = f"no image field ({'/'.join(WDS_IMAGE_KEYS[:3])}...); fields: {fields}"
+            elif "cls" not in rec:
+                error = "no cls field (class id)"
+            else:
+                try:
+                    label = int(bytes(rec["cls"]).decode().strip())
+                    if label < 0:
+                        raise ValueError(f"negative class id {label}")
+                except (ValueError, UnicodeDecodeError) as e:
+                    error = f"bad cls field {bytes(rec['cls'])[:20]!r} ({e})"
+            yield Sample(key, label, data=rec[image_key] if image_key else None, error=error)
+        for i, message in enumerate(errors):
+            yield Sample(f"{shard.name}#error{i}", -1, error=f"unreadable tar content ({message})")
+
+
+def _all_urls(urls: Any) -> Any:
+    return urls
+
+
+def open_source(spec: str | os.PathLike) -> ImageSource:
+    """An :class:`ImageFolderSource` or a :class:`WebDatasetSource` for ``spec``; clear errors for a missing,
+    empty or unrecognised source."""
+    s = str(spec)
+    if "{" in s or s.endswith(".tar"):
+        return WebDatasetSource(s)
+    p = Path(s)
+    if not p.exists():
+        raise FileNotFoundError(f"data not found: {s}")
+    if not p.is_dir():
+        raise ValueError(f"{s}: expected an image-folder tree SRC/<class>/<image>, a .tar shard or a folder of them")
+    with os.scandir(p) as it:
+        names = [(e.name, e.is_dir()) for e in it]
+    if not names:
+        raise ValueError(f"{s}: the folder is empty (expected SRC/<class>/<image> or .tar shards)")
+    has_dirs = any(d for _, d in names)
+    if not has_dirs and any(n.endswith(".tar") for n, _ in names):
+        return WebDatasetSource(s)
+    return ImageFolderSource(p)
+
+
+def decode_sample(sample: Sample, aug: str, resolution: int, channels: int) -> tuple[np.ndarray | None, str | None]:
+    """``(views [A, C, R, R] uint8, None)``, or ``(None, reason)`` for a file that cannot be used."""
+    if sample.error is not None:
+        return None, sample.error
+    try:
+        src = io.BytesIO(sample.data) if sample.data is not None else sample.path
+        with Image.open(src) as img:
+            img.load()  # decode now: a truncated file fails here, not later
+            return augment_array(img, aug, resolution, channels), None
+    except FileNotFoundError:
+        return None, "file disappeared"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        kind = "not an image" if isinstance(e, UnidentifiedImageError) else "unreadable or truncated"
+        return None, f"{kind} ({type(e).__name__}: {str(e)[:200]})"

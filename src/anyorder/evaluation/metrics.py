@@ -1,0 +1,225 @@
+"""FID / sFID, Inception Score and precision / recall with the definitions of the ADM evaluator.
+
+The ADM evaluator (openai/guided-diffusion ``evaluations/evaluator.py``) is what the RAR and RandAR papers
+report. Its definitions, reproduced here on feature arrays (so the same code serves Inception features
+and the digit judge's features):
+
+* **Fréchet distance** between Gaussians ``(mu1, S1)`` and ``(mu2, S2)`` fitted to two feature sets
+  (``np.cov`` with ``N - 1``): ``|mu1 - mu2|^2 + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^{1/2})``. FID uses the
+  2048-d pool features, sFID the spatial features. ADM takes ``scipy.linalg.sqrtm(S1 S2)`` and, only when
+  that is not finite, retries with ``eps * I`` (``eps = 1e-6``) added to both covariances. We compute the
+  same trace from the symmetric matrix ``S1^{1/2} S2 S1^{1/2}`` (it has the eigenvalues of ``S1 S2``) with
+  ``eigh``: no complex round-off, exact for singular and near-singular covariances (fewer samples than
+  dimensions), and ``eps`` is only used when an eigen-decomposition fails to converge.
+* **Inception Score**: ``exp(E_x KL(p(y|x) || p(y)))`` per split, averaged over splits. ADM slices its
+  50,000 samples into chunks of 5,000, i.e. 10 splits; we use 10 splits of ``ceil(N / 10)`` samples,
+  identical for 50,000 samples.
+* **Precision / recall** (Kynkäänniemi et al. 2019, as in ADM): each point of a set gets a radius, the
+  distance to its ``k``-th nearest neighbour in its own set (``k = 3``; the point itself is neighbour 0).
+  Precision is the fraction of samples that fall inside at least one reference ball, recall the fraction
+  of reference points inside at least one sample ball (``distance <= radius``). ADM compares squared
+  distances in blocks of 10,000 rows, in float16 when finite; we compare them in blocks in ``dtype``
+  (float32 by default) on any device.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "GaussianStats",
+    "feature_statistics",
+    "frechet_distance",
+    "inception_score",
+    "manifold_radii",
+    "precision_recall",
+]
+
+ArrayLike = np.ndarray | Tensor
+
+
+def _as_float64(x: ArrayLike, name: str) -> np.ndarray:
+    arr = x.detach().cpu().double().numpy() if isinstance(x, Tensor) else np.asarray(x, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or infinite values")
+    return arr
+
+
+@dataclass
+class GaussianStats:
+    """Mean ``mu [F]`` and covariance ``sigma [F, F]`` (float64) of a feature set of ``n`` samples."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int | None = None
+
+    def __post_init__(self) -> None:
+        self.mu = np.atleast_1d(np.asarray(self.mu, dtype=np.float64))
+        self.sigma = np.atleast_2d(np.asarray(self.sigma, dtype=np.float64))
+        f = self.mu.shape[0]
+        if self.mu.ndim != 1 or self.sigma.shape != (f, f):
+            raise ValueError(f"statistics need mu [F] and sigma [F, F], got mu {self.mu.shape} and sigma "
+                             f"{self.sigma.shape}")
+
+    @property
+    def dim(self) -> int:
+        return int(self.mu.shape[0])
+
+
+def feature_statistics(features: ArrayLike, name: str = "features") -> GaussianStats:
+    """Fit a Gaussian to ``features [N, F]``: ``mu`` and the unbiased covariance (``np.cov``, ``N - 1``).
+
+    Raises :class:`ValueError` for fewer than 2 samples (no covariance); warns when ``N <= F`` (the
+    covariance is singular and the Fréchet distance is dominated by estimation noise).
+    """
+    feats = _as_float64(features, name)
+    if feats.ndim != 2:
+        raise ValueError(f"{name}: expected a feature matrix [N, F], got shape {feats.shape}")
+    n, f = feats.shape
+    if n < 2:
+        raise ValueError(f"{name}: {n} sample(s) are too few for a covariance estimate; at least 2 are needed "
+                         f"(and more than the {f} feature dimensions for a non-singular one)")
+    if n <= f:
+        warnings.warn(f"{name}: {n} samples for {f} feature dimensions: the covariance is singular and the "
+                      f"Fréchet distance is biased upwards (ADM uses 50,000 samples for 2048-d features)",
+                      stacklevel=2)
+    return GaussianStats(feats.mean(0), np.cov(feats, rowvar=False), n)
+
+
+def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a symmetric positive semi-definite matrix (negative round-off clipped)."""
+    vals, vecs = np.linalg.eigh((matrix + matrix.T) / 2.0)
+    return (vecs * np.sqrt(np.clip(vals, 0.0, None))) @ vecs.T
+
+
+def _trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """``Tr((S1 S2)^{1/2})`` = sum of square roots of the eigenvalues of ``S1^{1/2} S2 S1^{1/2}``."""
+    r1 = _psd_sqrt(s1)
+    m = r1 @ s2 @ r1
+    vals = np.linalg.eigvalsh((m + m.T) / 2.0)
+    return float(np.sqrt(np.clip(vals, 0.0, None)).sum())
+
+
+def frechet_distance(stats1: GaussianStats, stats2: GaussianStats, eps: float = 1e-6) -> float:
+    """Fréchet distance between two Gaussians (the FID formula; see the module docstring).
+
+    The result is clipped at 0 (round-off can make identical statistics give ``-1e-12``).
+    """
+    if stats1.mu.shape != stats2.mu.shape:
+        raise ValueError(f"feature dimensions differ: {stats1.dim} vs {stats2.dim} (statistics of different "
+                         f"feature extractors?)")
+    for name, st in (("first", stats1), ("second", stats2)):
+        if not (np.isfinite(st.mu).all() and np.isfinite(st.sigma).all()):
+            raise ValueError(f"the {name} statistics hold NaN or infinite values")
+    diff = stats1.mu - stats2.mu
+    try:
+        tr_covmean = _trace_sqrt_product(stats1.sigma, stats2.sigma)
+    except np.linalg.LinAlgError:
+        warnings.warn(f"frechet_distance: eigen-decomposition did not converge; adding {eps} to the diagonal of "
+                      f"both covariances (as ADM does for a singular product)", stacklevel=2)
+        offset = np.eye(stats1.dim) * eps
+        tr_covmean = _trace_sqrt_product(stats1.sigma + offset, stats2.sigma + offset)
+    value = float(diff @ diff + np.trace(stats1.sigma) + np.trace(stats2.sigma) - 2.0 * tr_covmean)
+    return max(value, 0.0)
+
+
+def inception_score(probs: ArrayLike, num_splits: int = 10) -> tuple[float, float]:
+    """Inception Score of class probabilities ``probs [N, C]``: ``(mean, std)`` over ``num_splits`` splits.
+
+    Each split is a contiguous chunk of ``ceil(N / num_splits)`` rows (the last may be shorter);
+    its score is ``exp(mean_i sum_c p_ic (log p_ic - log mean_j p_jc))`` with ``0 log 0 = 0``.
+    """
+    p = _as_float64(probs, "class probabilities")
+    if p.ndim != 2:
+        raise ValueError(f"class probabilities must be [N, C], got shape {p.shape}")
+    if num_splits < 1 or len(p) < num_splits:
+        raise ValueError(f"the Inception Score needs at least num_splits={num_splits} samples, got {len(p)}")
+    if (p < 0).any() or not np.allclose(p.sum(1), 1.0, atol=1e-4):
+        raise ValueError("class probabilities must be non-negative rows summing to 1 (pass softmax outputs)")
+    size = math.ceil(len(p) / num_splits)
+    scores = []
+    for start in range(0, len(p), size):
+        part = p[start : start + size]
+        marginal = part.mean(0, keepdims=True)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kl = np.where(part > 0, part * (np.log(part) - np.log(marginal)), 0.0)
+        scores.append(math.exp(float(kl.sum(1).mean())))
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype, name: str) -> Tensor:
+    t = x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
+    if t.ndim != 2:
+        raise ValueError(f"{name}: expected a feature matrix [N, F], got shape {tuple(t.shape)}")
+    return t.to(device=device, dtype=dtype)
+
+
+def _sq_distances(a: Tensor, b: Tensor) -> Tensor:
+    """Squared Euclidean distances ``[len(a), len(b)]`` (``|a|^2 - 2ab + |b|^2``, clamped at 0)."""
+    d = (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
+    return d.clamp_min_(0.0)
+
+
+def manifold_radii(
+    features: ArrayLike, k: int = 3, batch_size: int = 10000, device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """Squared distance of every point of ``features [N, F]`` to its ``k``-th nearest neighbour in the set.
+
+    The point itself is neighbour 0 (distance 0), so ``k = 3`` is the third other point. Computed in
+    blocks of ``batch_size`` x ``batch_size`` distances, keeping the ``k + 1`` smallest per row.
+    """
+    device = torch.device(device)
+    x = _as_tensor(features, device, dtype, "features")
+    n = len(x)
+    if n <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} points per set, got {n}")
+    radii = torch.empty(n, dtype=dtype, device=device)
+    for r0 in range(0, n, batch_size):
+        rows = x[r0 : r0 + batch_size]
+        best = rows.new_empty(len(rows), 0)  # the k + 1 smallest distances seen so far, per row
+        for c0 in range(0, n, batch_size):
+            cand = torch.cat([best, _sq_distances(rows, x[c0 : c0 + batch_size])], 1)
+            best = cand.topk(min(k + 1, cand.shape[1]), dim=1, largest=False).values
+        radii[r0 : r0 + len(rows)] = best.max(1).values  # n > k, so best holds k + 1 columns
+    return radii
+
+
+def _covered(points: Tensor, centres: Tensor, radii: Tensor, batch_size: int) -> Tensor:
+    """For every row of ``points``: does it lie in at least one ball ``|p - centre_j|^2 <= radii_j``?"""
+    inside = torch.zeros(len(points), dtype=torch.bool, device=points.device)
+    for r0 in range(0, len(points), batch_size):
+        rows = points[r0 : r0 + batch_size]
+        hit = torch.zeros(len(rows), dtype=torch.bool, device=points.device)
+        for c0 in range(0, len(centres), batch_size):
+            d = _sq_distances(rows, centres[c0 : c0 + batch_size])
+            hit |= (d <= radii[None, c0 : c0 + batch_size]).any(1)
+        inside[r0 : r0 + len(rows)] = hit
+    return inside
+
+
+def precision_recall(
+    ref_features: ArrayLike, sample_features: ArrayLike, k: int = 3, batch_size: int = 10000,
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """ADM's improved precision and recall with ``k``-nearest-neighbour manifolds: ``(precision, recall)``.
+
+    Precision: fraction of samples inside the reference manifold; recall: fraction of reference points
+    inside the sample manifold.
+    """
+    device = torch.device(device)
+    ref = _as_tensor(ref_features, device, dtype, "reference features")
+    smp = _as_tensor(sample_features, device, dtype, "sample features")
+    if ref.shape[1] != smp.shape[1]:
+        raise ValueError(f"feature dimensions differ: reference {ref.shape[1]} vs samples {smp.shape[1]}")
+    ref_radii = manifold_radii(ref, k, batch_size, device, dtype)
+    smp_radii = manifold_radii(smp, k, batch_size, device, dtype)
+    precision = _covered(smp, ref, ref_radii, batch_size).double().mean().item()
+    recall = _covered(ref, smp, smp_radii, batch_size).double().mean().item()
+    return float(precision), float(recall)

@@ -1,0 +1,324 @@
+"""Mass sampling for evaluation: class-balanced samples written as an ADM reference-format ``.npz``.
+
+The papers' FIDs come from 50,000 class-balanced samples (50 per ImageNet class) scored by the ADM
+evaluator (openai/guided-diffusion), which reads ``arr_0``: uint8 ``[N, H, W, 3]``. This module
+
+- lays out the labels: :func:`balanced_labels` (``N`` over the classes, the first ``N % C`` classes
+  get one sample more), interleaved so that every batch mixes classes;
+- cuts them into chunks of ``batch_size`` labels; chunk ``i`` is sampled with its own
+  ``torch.Generator`` seeded by :func:`chunk_seed` ``(seed, i)``. The stream depends on the global
+  chunk index only, so **the file is identical for any number of processes** (same seed, batch
+  size, device type and thread count), and no two batches share a stream;
+- writes every finished chunk atomically to ``OUT.npz.parts/chunk_00012.npz``; a rerun (after a kill,
+  or under another world size) skips the chunks already there;
+- under ``torchrun`` gives rank ``r`` the chunks ``i % world == r``; rank 0 merges the chunks into the
+  final npz, streaming one chunk at a time (50,000 images at 256x256 are 9.8 GB) and byte-for-byte
+  deterministic (fixed zip timestamps), then writes a JSON of every setting beside it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import io
+import json
+import os
+import time
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from anyorder.io import atomic_write_bytes, atomic_write_json
+from anyorder.sampling.generate import generate
+
+__all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "parts_dir",
+           "write_adm_npz", "read_adm_npz", "npz_array_shape", "sample_npz"]
+
+_JOB_FILE = "job.json"
+_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same samples give the same bytes
+
+
+def balanced_labels(num_samples: int, classes: Sequence[int]) -> Tensor:
+    """``num_samples`` labels (int64) spread evenly over ``classes``: ``classes[i % C]`` for sample ``i``.
+
+    Every class gets ``N // C`` samples and the first ``N % C`` classes one more (50,000 over 1,000
+    classes: 50 each). Interleaving mixes classes within each batch.
+    """
+    classes = [int(c) for c in classes]
+    if num_samples < 1:
+        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
+    if not classes:
+        raise ValueError("no classes to sample")
+    return torch.tensor(classes, dtype=torch.int64).repeat(-(-num_samples // len(classes)))[:num_samples]
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """A 63-bit seed for chunk ``chunk`` of a run seeded with ``seed`` (sha256 of both; no stream is reused)."""
+    digest = hashlib.sha256(f"anyorder.sample:{int(seed)}:{int(chunk)}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def chunk_generator(seed: int, chunk: int, device: torch.device | str) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(chunk_seed(seed, chunk))
+
+
+def sample_chunk(model, labels: Tensor, seed: int, chunk: int, sampling: dict[str, Any]) -> Tensor:
+    """Codes ``[B, h, w]`` for ``labels`` from chunk ``chunk``'s own random stream (orders and tokens)."""
+    kw = {k: v for k, v in sampling.items() if k not in ("seed", "generator")}
+    gen = chunk_generator(seed, chunk, model.device)
+    return generate(model, labels.to(model.device), generator=gen, **kw)
+
+
+def images_to_uint8(images: Tensor) -> np.ndarray:
+    """Decoded images ``[B, C, H, W]`` in ``[0, 1]`` -> uint8 ``[B, H, W, 3]`` (``x * 255 + 0.5``, clamped,
+    truncated: the same rounding as the PNGs); grayscale (C = 1) is replicated to three channels."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected decoded images [B, C, H, W] with C in (1, 3), got shape {tuple(images.shape)}")
+    x = images.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def parts_dir(out: str | os.PathLike) -> Path:
+    """Where the chunks of ``OUT.npz`` are kept until the merge: ``OUT.npz.parts``."""
+    out = Path(out)
+    return out.with_name(out.name + ".parts")
+
+
+def _chunk_path(parts: Path, i: int) -> Path:
+    return parts / f"chunk_{i:05d}.npz"
+
+
+def _npz_bytes(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays.items():
+            with zf.open(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), "w") as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_adm_npz(path: str | os.PathLike, chunks: Sequence[str | os.PathLike] | None = None,
+                  images: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
+    """Write the ADM sample format: ``arr_0`` uint8 ``[N, H, W, 3]``, ``arr_1`` int64 labels ``[N]``.
+
+    Either from arrays (``images``, ``labels``) or streamed from chunk files (each an npz with ``arr_0``
+    and ``arr_1``), one chunk in memory at a time. Atomic: a temp file renamed over ``path``.
+    """
+    path = Path(path)
+    if chunks is None:
+        if images is None or labels is None:
+            raise ValueError("write_adm_npz needs chunks or images and labels")
+        atomic_write_bytes(path, _npz_bytes(arr_0=_check_images(images, str(path)),
+                                            arr_1=np.asarray(labels, dtype=np.int64)))
+        return
+    shapes, all_labels = [], []
+    for c in chunks:  # headers and labels only: mmap keeps the images on disk
+        with np.load(c, mmap_mode="r") as z:
+            if "arr_0" not in z or "arr_1" not in z:
+                raise ValueError(f"{c}: not a sample chunk (needs arr_0 and arr_1, has {sorted(z.files)}); "
+                                 "delete it and rerun to sample it again")
+            shapes.append(_check_images(z["arr_0"], str(c)).shape)
+            all_labels.append(np.asarray(z["arr_1"], dtype=np.int64))
+    if len({s[1:] for s in shapes}) > 1:
+        raise ValueError(f"chunks have different image shapes {sorted({s[1:] for s in shapes})}")
+    shape = (sum(s[0] for s in shapes), *shapes[0][1:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open(zipfile.ZipInfo("arr_0.npy", _ZIP_TIME), "w", force_zip64=True) as f:
+                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                          "shape": shape}
+                np.lib.format.write_array_header_2_0(f, header)
+                for c in chunks:
+                    with np.load(c) as z:
+                        f.write(np.ascontiguousarray(z["arr_0"]).tobytes())
+            with zf.open(zipfile.ZipInfo("arr_1.npy", _ZIP_TIME), "w") as f:
+                np.lib.format.write_array(f, np.concatenate(all_labels), allow_pickle=False)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_images(arr: np.ndarray, source: str) -> np.ndarray:
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
+        raise ValueError(f"{source}: arr_0 must be uint8 [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
+    return arr
+
+
+def read_adm_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(images uint8 [N, H, W, 3], labels int64 [N] or None)`` from an ADM-format sample npz, checked."""
+    with np.load(path) as z:
+        if "arr_0" not in z:
+            raise ValueError(f"{path}: no arr_0 (the ADM sample format stores images as arr_0 uint8 [N, H, W, 3])")
+        images = _check_images(z["arr_0"], str(path))
+        labels = z["arr_1"] if "arr_1" in z else None
+    if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
+        raise ValueError(f"{path}: arr_1 must hold {len(images)} integer labels, got {labels.dtype} "
+                         f"{list(labels.shape)}")
+    return images, labels
+
+
+def _distributed() -> tuple[int, int, bool]:
+    """``(rank, world, created)``: joins ``torchrun``'s process group (gloo: only barriers are needed)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    if world > 1:
+        if not dist.is_available():
+            raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+        # long timeout: ranks wait at the barrier for the slowest one, and rank 0 merges 9.8 GB
+        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=6))
+        return dist.get_rank(), dist.get_world_size(), True
+    return 0, 1, False
+
+
+def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int) -> None:
+    """The chunks in ``parts`` must come from the same job: same model, settings, seed, layout."""
+    f = parts / _JOB_FILE
+    if rank == 0:
+        if f.is_file():
+            old = json.loads(f.read_text())
+            if old != job:
+                diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
+                raise ValueError(f"{parts} holds chunks of another sampling job (differs in {', '.join(diff)}): "
+                                 f"delete {parts} or rerun with the settings in {f}")
+        else:
+            parts.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(f, job)
+    if world > 1:  # the other ranks wait for rank 0's verdict
+        verdict = [None]
+        if rank == 0:
+            verdict = [json.loads(f.read_text()) == job]
+        dist.broadcast_object_list(verdict, src=0)
+        if not verdict[0]:
+            raise ValueError(f"{parts} holds chunks of another sampling job (see rank 0)")
+
+
+def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batch_size: int, seed: int,
+               sampling: dict[str, Any], settings: dict[str, Any] | None = None, progress: bool = True,
+               keep_parts: bool = False) -> dict[str, Any] | None:
+    """Sample codes for ``labels`` chunk by chunk, decode them with ``tokenizer``, write ``out`` (ADM npz).
+
+    ``sampling`` are :func:`~anyorder.sampling.generate` keywords (a ``seed`` in it is ignored: each
+    chunk has its own stream from ``seed``). ``settings`` (model, tokenizer, ...) are recorded in the
+    JSON beside ``out`` and, with everything that determines the samples, in the parts directory: a
+    rerun with other settings refuses to mix its chunks with the old ones. Under ``torchrun`` every rank
+    calls this; rank 0 merges and returns the record (other ranks return ``None``).
+    """
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise ValueError(f"--npz {out}: the file name must end in .npz")
+    labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
+    sampling = {k: v for k, v in sampling.items() if k not in ("seed", "generator")}
+    rank, world, created = _distributed()
+    try:
+        parts = parts_dir(out)
+        n_chunks = -(-len(labels) // batch_size)
+        job = {"num_samples": len(labels), "batch_size": batch_size, "seed": seed, "sampling": sampling,
+               "labels_sha256": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
+               "device_type": model.device.type, **(settings or {})}
+        job = json.loads(json.dumps(job, default=str))
+        _check_job(parts, job, rank, world)
+        mine = [i for i in range(rank, n_chunks, world) if not _chunk_path(parts, i).is_file()]
+        todo = sum(min(batch_size, len(labels) - i * batch_size) for i in mine)
+        tok_dev = next(tokenizer.parameters()).device
+        t0 = time.perf_counter()
+        with tqdm(total=todo, unit="img", desc=f"sampling {out.name}", disable=not progress or rank != 0,
+                  dynamic_ncols=True) as bar:
+            for i in mine:
+                y = labels[i * batch_size : (i + 1) * batch_size]
+                codes = sample_chunk(model, y, seed, i, sampling)
+                images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)))
+                atomic_write_bytes(_chunk_path(parts, i), _npz_bytes(arr_0=images, arr_1=y.numpy()))
+                bar.update(len(y))
+        seconds = time.perf_counter() - t0
+        sampled = todo
+        if world > 1:
+            count = torch.tensor([todo], dtype=torch.int64)
+            dist.all_reduce(count)  # also the barrier: every rank has written its chunks
+            sampled = int(count.item())
+        record = None
+        error = [None]
+        if rank == 0:
+            try:
+                record = _merge(out, parts, labels, n_chunks, job, sampled, seconds, world, keep_parts)
+            except Exception as e:  # every rank learns of it, none hangs at the barrier
+                error = [f"{type(e).__name__}: {e}"]
+                if world == 1:
+                    raise
+        if world > 1:
+            dist.broadcast_object_list(error, src=0)
+            if error[0] is not None:
+                raise RuntimeError(f"merging {out} failed: {error[0]}")
+        return record
+    finally:
+        if created:
+            dist.destroy_process_group()
+
+
+def _merge(out: Path, parts: Path, labels: Tensor, n_chunks: int, job: dict[str, Any], sampled: int,
+           seconds: float, world: int, keep_parts: bool) -> dict[str, Any]:
+    chunks = [_chunk_path(parts, i) for i in range(n_chunks)]
+    missing = [c.name for c in chunks if not c.is_file()]
+    if missing:
+        raise RuntimeError(f"{len(missing)} chunks missing in {parts} ({', '.join(missing[:3])} ...): under "
+                           "torchrun on several nodes, --npz must be on a file system that every rank shares")
+    bs = job["batch_size"]
+    for i, c in enumerate(chunks):  # arr_1 only: cheap
+        with np.load(c) as z:
+            ok = "arr_1" in z and np.array_equal(z["arr_1"], labels[i * bs : (i + 1) * bs].numpy())
+        if not ok:
+            raise RuntimeError(f"{c}: its labels are not this job's; delete it and rerun to sample it again")
+    write_adm_npz(out, chunks=chunks)
+    shape = npz_array_shape(out, "arr_0")
+    counts = torch.bincount(labels)
+    record = {**job, "format": "ADM sample batch: arr_0 uint8 [N, H, W, 3], arr_1 int64 labels",
+              "file": str(out.resolve()), "image_shape": list(shape[1:]),
+              "class_counts": {str(c): int(counts[c]) for c in torch.nonzero(counts).flatten().tolist()},
+              "seed_stream": "chunk i (labels[i*batch_size:(i+1)*batch_size]) samples from "
+                             "torch.Generator(device_type).manual_seed(anyorder.sampling.batch.chunk_seed(seed, i)); "
+                             "the file does not depend on the number of processes",
+              "world_size": world, "torch": torch.__version__,
+              "this_run": {"images_sampled": sampled, "seconds": round(seconds, 3),
+                           "images_per_s": round(sampled / seconds, 3) if seconds > 0 else None}}
+    atomic_write_json(out.with_suffix(".json"), record)
+    if not keep_parts:
+        for c in chunks:
+            c.unlink()
+        (parts / _JOB_FILE).unlink(missing_ok=True)
+        for leftover in parts.glob(".*.tmp"):
+            leftover.unlink()
+        try:
+            parts.rmdir()
+        except OSError:
+            pass
+    return record
+
+
+def npz_array_shape(path: str | os.PathLike, name: str) -> tuple[int, ...]:
+    """The shape of array ``name`` in an npz, read from its header (the data stays on disk)."""
+    with zipfile.ZipFile(path) as zf:
+        try:
+            f = zf.open(f"{name}.npy")
+        except KeyError:
+            raise ValueError(f"{path}: no {name} (has {sorted(n.removesuffix('.npy') for n in zf.namelist())})") \
+                from None
+        with f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, _ = read(f)
+    return tuple(shape)
