@@ -45,8 +45,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 # ------------------------------------------------------------------------------------------- twin shapes
-# a: consistent pairs (RAR codebook == MaskGIT codebook, RandAR codebook == LlamaGen codebook);
-# b: other sizes again, and tokenizers whose codebook differs from the generator's (tests must cope).
+# Each generator shares its codebook size with its family's tokenizer (RAR with MaskGIT-VQGAN, RandAR with
+# LlamaGen VQ), as in the public fixtures, so that `anyorder sample` can pair them.
 TWINS: dict[str, dict[str, dict[str, Any]]] = {
     "a": {
         "rar": dict(hidden_size=48, num_hidden_layers=3, num_attention_heads=3, intermediate_size=128,
@@ -64,13 +64,15 @@ TWINS: dict[str, dict[str, dict[str, Any]]] = {
         "randar": dict(dim=32, n_layer=1, n_head=2, vocab_size=23, num_classes=3, block_size=64,
                        multiple_of=48, parallel_steps=20, seed=22),
         "maskgit_vqgan": dict(channel_mult=[1, 1, 2, 2], hidden_channels=32, num_res_blocks=1, z_channels=64,
-                              codebook_size=24, image_size=32, seed=23),
-        "llamagen_vq": dict(ch=32, ch_mult=[1, 2, 2], z_channels=32, codebook_size=29, codebook_embed_dim=6,
+                              codebook_size=19, image_size=32, seed=23),
+        "llamagen_vq": dict(ch=32, ch_mult=[1, 2, 2], z_channels=32, codebook_size=23, codebook_embed_dim=6,
                             num_res_blocks=2, image_size=24, seed=24),
     },
 }
 NOISE = 0.02  # seeded noise on every parameter, so no layer is trivially zero (as the public fixtures)
 BATCH = 4
+CODEBOOK_SPREAD = 20.0  # MaskGIT codebook scale-up (official init is U(-1/n, 1/n), plus the noise)
+MIN_MARGIN = 1e-3  # smallest gap between the two nearest codebook distances of a MaskGIT twin's images
 
 
 class AttrDict(dict):
@@ -240,6 +242,8 @@ def make_randar(off: dict, spec: dict, out: Path) -> None:
         cls_token_num=1, rope_base=10000, norm_eps=1e-5, grad_checkpointing=False)
     add_noise(model, seed)
     model.eval()
+    # the weights as released: no caches (generate() registers kv caches as buffers) and no RoPE table
+    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if "kv_cache" not in k and "freqs_cis" not in k}
     T, V, C, S = spec["block_size"], spec["vocab_size"], spec["num_classes"], spec["parallel_steps"]
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, V, (BATCH, T), generator=g)
@@ -263,7 +267,6 @@ def make_randar(off: dict, spec: dict, out: Path) -> None:
     for steps, total in {(88, 256), (S, T), (20, 64)}:
         cases[f"schedule_{steps}_{total}"] = torch.tensor(parallel_schedule(off["randar_utils"], steps, total))
     out.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items() if "freqs_cis" not in k}
     save_tensors(out / "checkpoint.safetensors", sd)
     save_tensors(out / "cases.safetensors", cases)
     write_json(out / "config.json", {
@@ -277,7 +280,8 @@ def make_randar(off: dict, spec: dict, out: Path) -> None:
     decay = {id(p) for grp in optim.param_groups if grp["weight_decay"] > 0 for p in grp["params"]}
     write_json(out / "decay_groups.json", {
         "source": "ziqipang/RandAR RandAR/model/randar_gpt.py configure_optimizer",
-        "decay": [name_of[i] for i in name_of if i in decay], "no_decay": [name_of[i] for i in name_of if i not in decay]})
+        "decay": [name_of[i] for i in name_of if i in decay],
+        "no_decay": [name_of[i] for i in name_of if i not in decay]})
 
 
 # ---------------------------------------------------------------------------------------------- tokenizers
@@ -302,17 +306,23 @@ def make_maskgit(off: dict, spec: dict, out: Path) -> None:
                     z_channels=spec["z_channels"])
     tok = _MaskGITContainer(off["vqgan"], conf, spec["codebook_size"])
     add_noise(tok, seed)
+    with torch.no_grad():  # a spread-out codebook, so that nearest entries are well separated (no near-ties)
+        tok.quantize.embedding.weight.mul_(CODEBOOK_SPREAD)
     tok.eval()
     size, down = spec["image_size"], 2 ** (len(mult) - 1)
     grid = [size // down, size // down]
     g = torch.Generator().manual_seed(seed)
-    images = torch.rand(2, 3, size, size, generator=g)
     with torch.no_grad():
-        feats = tok.encoder(images)
+        for _ in range(50):  # images whose nearest codebook entries have no near-ties (as the public fixture)
+            images = torch.rand(2, 3, size, size, generator=g)
+            feats = tok.encoder(images)
+            d = tok.quantize.compute_distances(feats.permute(0, 2, 3, 1)).sort(-1).values
+            margin = float((d[:, 1] - d[:, 0]).min())
+            if margin > MIN_MARGIN:
+                break
         _, codes, _ = tok.quantize(feats)
         codes = codes.reshape(2, *grid)
         decoded = tok.decoder(tok.quantize.get_codebook_entry(codes)).clamp(0.0, 1.0)
-        d = tok.quantize.compute_distances(feats.permute(0, 2, 3, 1)).reshape(-1, spec["codebook_size"]).sort(-1).values
         random_codes = torch.randint(0, spec["codebook_size"], codes.shape, generator=g)
         random_decoded = tok.decoder(tok.quantize.get_codebook_entry(random_codes)).clamp(0.0, 1.0)
     out.mkdir(parents=True, exist_ok=True)
@@ -324,7 +334,7 @@ def make_maskgit(off: dict, spec: dict, out: Path) -> None:
         "channel_mult": mult, "num_resolutions": len(mult), "dropout": 0.0, "hidden_channels": conf.hidden_channels,
         "num_channels": 3, "num_res_blocks": conf.num_res_blocks, "resolution": size, "z_channels": conf.z_channels,
         "codebook_size": spec["codebook_size"], "image_size": size, "seed": seed, "commitment_cost": 0.25,
-        "token_grid": grid, "min_code_margin": float((d[:, 1] - d[:, 0]).min())})
+        "token_grid": grid, "min_code_margin": margin})
 
 
 def make_llamagen(off: dict, spec: dict, out: Path) -> None:

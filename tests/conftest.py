@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +27,33 @@ def fixture_dir(name: str) -> Path:
 
 def load_json(path: Path) -> dict:
     return json.loads(path.read_text())
+
+
+# every fixture folder's hyper-parameter file (tests take shapes, class counts and codebook sizes from it:
+# reviewers run the suite on twins of the fixtures with other shapes)
+CONFIG_FILES = {"rar": "config.json", "randar": "config.json", "maskgit_vqgan": "vqgan_config.json",
+                "llamagen_vq": "vq_config.json"}
+
+
+def fixture_config(name: str) -> dict:
+    """The config JSON of fixture folder ``name`` (skips like :func:`fixture_dir` when absent)."""
+    return load_json(fixture_dir(name) / CONFIG_FILES[name])
+
+
+def fixture_geometry(name: str) -> dict[str, int]:
+    """The numbers the tests need from a fixture's config, under one naming for every family: generators
+    ``seq_len``, ``side`` (the square code grid), ``codebook_size``, ``num_classes``; tokenizers
+    ``codebook_size``, ``downsample`` (pixels per code along a side)."""
+    cfg = fixture_config(name)
+    if name == "rar":
+        T, V, C = cfg["image_seq_len"], cfg["codebook_size"], cfg["condition_num_classes"]
+    elif name == "randar":
+        T, V, C = cfg["block_size"], cfg["vocab_size"], cfg["num_classes"]
+    else:
+        return {"codebook_size": cfg["codebook_size"], "downsample": cfg["image_size"] // cfg["token_grid"][0]}
+    side = math.isqrt(T)
+    assert side * side == T, f"{name} fixture: {T} tokens is not a square grid"
+    return {"seq_len": T, "side": side, "codebook_size": V, "num_classes": C}
 
 
 @pytest.fixture(autouse=True)

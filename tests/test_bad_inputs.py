@@ -32,8 +32,10 @@ def test_unknown_config_keys_are_errors():
 
 
 def test_dotted_overrides_and_yaml_files(tmp_path):
-    cfg = load_run_config("demo_randar", ["model.depth=2", "train.betas=[0.8, 0.9]", "sample.steps=7"])
-    assert cfg.model_dict()["depth"] == 2 and cfg.train.betas == (0.8, 0.9) and cfg.sample.steps == 7
+    cfg = load_run_config("demo_randar", ["model.depth=2", "train.betas=[0.8, 0.9]", "sampling.steps=7"])
+    assert cfg.model_dict()["depth"] == 2 and cfg.train.betas == (0.8, 0.9) and cfg.sampling_config().steps == 7
+    with pytest.raises(ValueError, match="guidance_power.*does not apply to a randar model"):
+        load_run_config("demo_randar", ["sampling.guidance_power=2"])
     assert cfg.family == "randar"
     y = tmp_path / "run.yaml"
     y.write_text("model_preset: rar_demo\ntrain: {steps: 5}\n")

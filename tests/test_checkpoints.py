@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import fixture_dir
+from conftest import fixture_dir, fixture_geometry
 from safetensors.torch import load_file
 
 from anyorder import hub as checkpoints
@@ -26,6 +26,9 @@ from anyorder.models.presets import PRESETS
 from anyorder.models.randar import RandAR
 from anyorder.models.rar import RAR
 from anyorder.nn.orders import random_orders
+from anyorder.sampling.policy import sampling_config
+from anyorder.tokenizers.llamagen_vq import LlamaGenVQConfig
+from anyorder.tokenizers.maskgit_vqgan import MaskGITVQGANConfig
 
 TINY: dict[str, dict[str, Any]] = {
     "rar": {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
@@ -131,30 +134,23 @@ def test_preset_parameter_counts_on_meta_device(name: str) -> None:
     assert abs(n - PARAMS[name]) / PARAMS[name] < 0.01, f"{name}: {n / 1e6:.1f}M"
 
 
-# (temperature, guidance scale, guidance power): bytedance/1d-tokenizer README_RAR.md, "Reproducing RAR-*"
-RAR_SAMPLING = {"rar_b": (1.0, 16.0, 2.75), "rar_l": (1.02, 15.5, 2.5), "rar_xl": (1.02, 6.9, 1.5),
-                "rar_xxl": (1.02, 8.0, 1.2)}
-# linear guidance 1 -> "optimal CFG" of the released LlamaGen-tokenizer checkpoints (RandAR README), 88 steps
-RANDAR_SAMPLING = {"randar_l": 3.4, "randar_xl": 4.0}
+# the tokenizer each released generator was trained with (the presets name it); defaults = the released ones
+RELEASED_TOKENIZERS = {"maskgit-vqgan": MaskGITVQGANConfig(), "llamagen-vq": LlamaGenVQConfig()}
+FAMILY_TOKENIZER = {"rar": "maskgit-vqgan", "randar": "llamagen-vq"}
 
 
-@pytest.mark.parametrize("name", sorted(RAR_SAMPLING))
-def test_rar_preset_sampling_defaults(name: str) -> None:
+@pytest.mark.parametrize("name", sorted(n for n, p in PRESETS.items() if p.tokenizer in RELEASED_TOKENIZERS))
+def test_release_presets_fit_their_tokenizer_and_family_sampling(name: str) -> None:
+    """A release preset predicts its tokenizer's codes on its tokenizer's grid, and its sampling settings are
+    settings of its own family, guided on that family's schedule (the values themselves are cited in
+    ``anyorder.models.presets``; test_cli_sample checks that they reach the sampler)."""
     p = PRESETS[name]
-    assert (p.family, p.tokenizer, p.image_size) == ("rar", "maskgit-vqgan", 256)
-    s = p.sampling
-    assert (s["temperature"], s["guidance_scale"], s["guidance_power"]) == RAR_SAMPLING[name]
-    assert p.model["codebook_size"] == 1024 and p.model["seq_len"] == 256 and p.model["n_head"] == 16
-
-
-@pytest.mark.parametrize("name", sorted(RANDAR_SAMPLING))
-def test_randar_preset_sampling_defaults(name: str) -> None:
-    p = PRESETS[name]
-    assert (p.family, p.tokenizer, p.image_size) == ("randar", "llamagen-vq", 256)
-    s = p.sampling
-    assert s["guidance_start"] == 1.0 and s["guidance_scale"] == RANDAR_SAMPLING[name]
-    assert (s["steps"], s["temperature"], s["top_k"], s["top_p"]) == (88, 1.0, 0, 1.0)
-    assert p.model["codebook_size"] == 16384 and p.model["seq_len"] == 256
+    tok = RELEASED_TOKENIZERS[p.tokenizer]
+    assert p.tokenizer == FAMILY_TOKENIZER[p.family]
+    assert p.model["codebook_size"] == tok.codebook_size
+    assert p.model["seq_len"] == (p.image_size // tok.downsample) ** 2
+    guidance = sampling_config(p.family, p.sampling).guidance()
+    assert guidance.enabled and guidance.kind == {"rar": "pow_cosine", "randar": "linear"}[p.family]
 
 
 # ---- save_pretrained / from_pretrained round trip ----------------------------------------------------
@@ -202,7 +198,10 @@ def test_rar_fixture_loads_from_dir_and_from_file() -> None:
     by_dir = from_pretrained(d).eval()  # picks checkpoint.bin, not cases.safetensors
     by_file = from_pretrained(d / "checkpoint.bin", config=d / "config.json").eval()
     by_dict = from_pretrained(d / "checkpoint.bin", config=json.loads((d / "config.json").read_text()))
-    assert isinstance(by_dir, RAR) and by_dir.seq_len == 16 and by_dir.codebook_size == 32
+    geo = fixture_geometry("rar")
+    assert isinstance(by_dir, RAR)
+    assert (by_dir.seq_len, by_dir.codebook_size, by_dir.num_classes) == (
+        geo["seq_len"], geo["codebook_size"], geo["num_classes"])
     for other in (by_file, by_dict):
         assert all(torch.equal(v, other.state_dict()[k]) for k, v in by_dir.state_dict().items())
     cases = load_file(str(d / "cases.safetensors"))
@@ -216,7 +215,10 @@ def test_randar_fixture_loads_from_dir_and_from_file() -> None:
     d = fixture_dir("randar")
     by_dir = from_pretrained(d).eval()  # picks checkpoint.safetensors, not cases.safetensors
     by_file = from_pretrained(d / "checkpoint.safetensors", config=d / "config.json").eval()
-    assert isinstance(by_dir, RandAR) and by_dir.seq_len == 16 and by_dir.codebook_size == 32
+    geo = fixture_geometry("randar")
+    assert isinstance(by_dir, RandAR)
+    assert (by_dir.seq_len, by_dir.codebook_size, by_dir.num_classes) == (
+        geo["seq_len"], geo["codebook_size"], geo["num_classes"])
     assert all(torch.equal(v, by_file.state_dict()[k]) for k, v in by_dir.state_dict().items())
     cases = load_file(str(d / "cases.safetensors"))
     with torch.no_grad():

@@ -9,6 +9,7 @@ from anyorder.hub import build_model
 from anyorder.models.randar import deinterleave, interleave
 from anyorder.nn.orders import is_permutation, permute, random_orders, scan_order
 from anyorder.sampling import generate, sample_logits
+from anyorder.sampling.schedules import linear_guidance, pow_cosine_guidance
 
 RAR_TINY = {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
             "codebook_size": 24, "num_classes": 5, "pos_extra": 4, "timestep_extra": 4}
@@ -193,12 +194,29 @@ def test_sample_logits_top_k_top_p_and_greedy():
 
 
 @torch.no_grad()
-def test_guidance_batches_conditional_and_null_rows(rar):
-    """Guided logits are u + (c - u) * scale with u from the null class."""
-    codes, classes, orders = _data(rar)
-    c = rar.logits(codes, classes, orders)
-    u = rar.logits(codes, torch.full_like(classes, rar.null_class), orders)
-    assert not torch.allclose(c, u)
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_guided_sampling_mixes_u_plus_c_minus_u_times_the_scheduled_scale(family, rar, randar):
+    """Guided logits are u + (c - u) * s, u from the null class, s the family's scale after j of T tokens: RAR
+    1 + (g - 1)(1 - cos(pi (j/T)^p)) / 2, RandAR start + (end - start) j / T. A greedy guided sample is then, at
+    every step, the argmax of that mix of the teacher-forced conditional and null-class logits."""
+    model = rar if family == "rar" else randar
+    _, classes, orders = _data(model, B=16)
+    T, g = model.seq_len, 8.0
+    if family == "rar":
+        kw = {"guidance_scale": g, "guidance_power": 2.75}
+        scale = [pow_cosine_guidance(j, T, g, 2.75) for j in range(T)]
+    else:
+        kw = {"guidance_start": 0.5, "guidance_scale": g, "steps": T}
+        scale = [linear_guidance(j, T, 0.5, g) for j in range(T)]
+    codes, used = generate(model, classes, orders=orders, top_k=1, return_orders=True, **kw)
+    tokens = permute(codes.flatten(1), used)  # in generation order
+    c = model.logits(codes.flatten(1), classes, used)
+    u = model.logits(codes.flatten(1), torch.full_like(classes, model.null_class), used)
+    s = torch.tensor(scale).view(1, T, 1)
+    assert torch.equal((u + (c - u) * s).argmax(-1), tokens)
+    # the check can fail: neither the conditional logits alone nor the final scale at every step give these tokens
+    assert not torch.equal(c.argmax(-1), tokens)
+    assert not torch.equal((u + (c - u) * g).argmax(-1), tokens)
 
 
 def test_bf16_autocast_forward_runs_and_stays_close(randar):

@@ -257,13 +257,7 @@ def test_config_dict_validation() -> None:
     with pytest.raises(ValueError, match="token_grid"):
         config_from_dict("llamagen_vq", {"ch_mult": [1, 2], "image_size": 16, "token_grid": [4, 4]})
     assert config_from_dict("maskgit_vqgan", {}) == MaskGITVQGANConfig()  # released defaults
-    released = LlamaGenVQConfig()
-    assert (released.ch, released.ch_mult, released.codebook_size, released.codebook_embed_dim) == (
-        128,
-        (1, 1, 2, 2, 4),
-        16384,
-        8,
-    )
+    assert config_from_dict("llamagen_vq", {}) == LlamaGenVQConfig()
     assert config_from_dict("llamagen", {"encoder_ch_mult": [1, 2]}).ch_mult == (1, 2)
 
 

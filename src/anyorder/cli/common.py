@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from anyorder.data.classes import class_index
@@ -11,18 +12,31 @@ from anyorder.models.presets import PRESETS
 from anyorder.tokenizers.demo_vq import DemoVQ
 from anyorder.tokenizers.official import load_official_tokenizer
 
-__all__ = ["parse_classes", "load_generator", "load_tokenizer", "check_tokenizer_fits"]
+__all__ = ["parse_classes", "load_generator", "load_tokenizer", "check_tokenizer_fits", "SAMPLING_OPTIONS",
+           "add_sampling_options"]
+
+# every family's sampling settings (anyorder.sampling.policy); the family decides which apply
+SAMPLING_OPTIONS = ("guidance_scale", "guidance_power", "guidance_start", "temperature", "top_k", "top_p", "steps")
+
+
+def add_sampling_options(p: argparse.ArgumentParser, randar_only: bool = False) -> None:
+    """The sampling options, all defaulting to "what the model was made with" (``None``); an option the
+    model's family does not use is an error when given (``anyorder.sampling.policy``)."""
+    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (1: off)")
+    if not randar_only:
+        p.add_argument("--guidance-power", type=float, default=None,
+                       help="RAR only: pow-cosine power of the guidance schedule (0: constant)")
+    p.add_argument("--guidance-start", type=float, default=None,
+                   help="RandAR only: guidance at the first step (linear to --guidance-scale)")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="0: off")
+    p.add_argument("--top-p", type=float, default=None, help="1: off")
+    p.add_argument("--steps", type=int, default=None, help="RandAR only: parallel-decoding steps (0: one token each)")
 
 
 def parse_classes(items: list[str], num_classes: int) -> list[int]:
     return [class_index(c, num_classes) for c in items]
 
-def _preset_name(model: str, checkpoint: str | None) -> str | None:
-    """The preset behind ``--model`` / ``--checkpoint``: ``--model rar_b`` or a file named ``rar_b.bin``."""
-    if model in PRESETS:
-        return model
-    stem = Path(checkpoint).stem if checkpoint else ""
-    return stem if stem in PRESETS else None
 
 def load_generator(model: str, checkpoint: str | None, device: str):
     """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id.
@@ -42,6 +56,7 @@ def load_generator(model: str, checkpoint: str | None, device: str):
         path = path / "model"
     return from_pretrained(path, device=device)
 
+
 def load_tokenizer(spec: str | None, model_path: str, device: str):
     """A tokenizer from a file (official MaskGIT-VQGAN / LlamaGen VQ) or a demo tokenizer directory."""
     if spec is None:
@@ -57,6 +72,7 @@ def load_tokenizer(spec: str | None, model_path: str, device: str):
     if p.is_dir() and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
         return load_module(p, device=device, expected=DemoVQ)
     return load_official_tokenizer(p).to(device)
+
 
 def check_tokenizer_fits(model, tok, source: str) -> None:
     """The generator's codes must be the tokenizer's codes: same codebook size.

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from anyorder.cli.app import add_app_command
 from anyorder.cli.edit import add_editing_commands
+from anyorder.cli.eval import add_eval_command
 from anyorder.cli.sample import add_sample_command
 from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
@@ -24,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_commands(sub)
     add_sample_command(sub)
     add_editing_commands(sub)
+    add_app_command(sub)
+    add_eval_command(sub)
     add_tokenize_command(sub)
     return parser
 

@@ -8,33 +8,30 @@ from typing import Any
 
 import torch
 
-from anyorder.cli.common import _preset_name, check_tokenizer_fits, load_generator, load_tokenizer, parse_classes
+from anyorder.cli.common import (
+    SAMPLING_OPTIONS,
+    add_sampling_options,
+    check_tokenizer_fits,
+    load_generator,
+    load_tokenizer,
+    parse_classes,
+)
 from anyorder.demo.run import decode_batched
 from anyorder.io import atomic_write_json
 from anyorder.io.images import save_image_grid
-from anyorder.models.presets import PRESETS
 from anyorder.sampling.batch import balanced_labels, sample_chunk, sample_npz
+from anyorder.sampling.policy import model_sampling
 from anyorder.training.loop import resolve_device
 
 __all__ = ["add_sample_command", "cmd_sample"]
 
 
 def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
-    preset = _preset_name(args.model, args.checkpoint)
-    defaults = PRESETS[preset].sampling if preset and PRESETS[preset].family == model.family else {}
-    kw: dict[str, Any] = {"temperature": args.temperature if args.temperature is not None
-                          else defaults.get("temperature", 1.0), "seed": args.seed}
-    kw["guidance_scale"] = args.guidance_scale if args.guidance_scale is not None else defaults.get(
-        "guidance_scale", 1.0)
-    if model.family == "rar":
-        kw["guidance_power"] = args.guidance_power if args.guidance_power is not None else defaults.get(
-            "guidance_power", 0.0)
-    else:
-        kw["guidance_start"] = defaults.get("guidance_start", 1.0)
-        kw["steps"] = args.steps or defaults.get("steps")
-        kw["top_k"] = args.top_k if args.top_k is not None else defaults.get("top_k", 0)
-        kw["top_p"] = args.top_p if args.top_p is not None else defaults.get("top_p", 1.0)
-    return kw
+    """The settings to sample with: what the model was made / released with (its run's recorded sampling
+    settings, the official YAML's, or its preset's), overridden by the options given. An option the family
+    does not use (``--guidance-power`` for RandAR, ``--steps`` for RAR, ...) is an error. Includes ``seed``."""
+    given = {name: getattr(args, name, None) for name in SAMPLING_OPTIONS}
+    return {**model_sampling(model, **given).to_dict(), "seed": args.seed}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -100,12 +97,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", help="tokenizer file (MaskGIT-VQGAN .bin, LlamaGen .pt) or demo tokenizer dir")
     p.add_argument("--classes", nargs="*", help="class indices or ImageNet names (default: all classes)")
     p.add_argument("--per-class", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None, help="RandAR parallel-decoding steps")
-    p.add_argument("--guidance-scale", type=float, default=None)
-    p.add_argument("--guidance-power", type=float, default=None, help="RAR pow-cosine power (0 = constant)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
+    add_sampling_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto: CUDA (cuda:LOCAL_RANK under torchrun) when present")

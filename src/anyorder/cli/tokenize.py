@@ -17,7 +17,7 @@ __all__ = ["add_tokenize_command"]
 def cmd_tokenize(args: argparse.Namespace) -> int:
     meta = pretokenize(args.tokenizer, args.data, args.out, aug=args.aug, resolution=args.resolution,
                        batch_size=args.batch_size, device=args.device, workers=args.workers,
-                       part_size=args.part_size, progress=not args.quiet)
+                       part_size=args.part_size, tokenizer_config=args.tokenizer_config, progress=not args.quiet)
     if not args.quiet:
         print(f"tokenize: {meta['N']} images x {meta['A']} views -> {args.out}/codes.npy "
               f"[{meta['N']}, {meta['A']}, {meta['grid'][0]}, {meta['grid'][1]}] {meta['codes']['dtype']}; "
@@ -33,6 +33,9 @@ def add_tokenize_command(sub: argparse._SubParsersAction) -> None:
                                    "torchrun too; a rerun resumes from the finished parts.")
     p.add_argument("--tokenizer", required=True, metavar="T",
                    help="official MaskGIT-VQGAN .bin / LlamaGen VQ .pt file, or a tokenizer / run folder")
+    p.add_argument("--tokenizer-config", default=None, metavar="FILE",
+                   help="the official tokenizer's config (JSON/YAML); default: shapes read off the weights, "
+                        "released defaults for the rest")
     p.add_argument("--data", required=True, metavar="SRC",
                    help="image-folder tree, a .tar shard, a folder of .tar shards or a brace pattern")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
@@ -42,7 +45,9 @@ def add_tokenize_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resolution", type=int, default=None, metavar="R",
                    help="image size fed to the tokenizer (a multiple of its downsampling; default: the "
                         "tokenizer's own, 256 for the official ones)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per forward pass (x A views)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="images per forward pass; the tokenizer sees batch-size x A views (default 8: 80 views "
+                        "with ten-crop, as 1d-tokenizer's example command)")
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda:0 ...")
     p.add_argument("--workers", type=int, default=None,
                    help="decoding threads (default min(8, CPUs)); 0 decodes in the main thread")

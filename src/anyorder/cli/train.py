@@ -1,4 +1,10 @@
-"""``anyorder demo`` and ``anyorder train``: run configs (a preset or YAML + dotted overrides) to trained models."""
+"""``anyorder demo`` and ``anyorder train``: run configs (a preset or YAML + dotted overrides) to trained models.
+
+``anyorder train`` needs an explicit ``data.source``: a folder written by ``anyorder tokenize`` (memory-mapped),
+a ``.safetensors`` file with codes and labels, or ``mnist`` (the bundled digits, through the demo pipeline).
+Under ``torchrun`` it trains data-parallel (DDP; FSDP with ``train.fsdp=true``); rerunning the same command
+resumes from ``OUT/checkpoints/last.pt``.
+"""
 
 from __future__ import annotations
 
@@ -6,82 +12,103 @@ import argparse
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
+from anyorder.data.codes import open_codes
 from anyorder.demo.run import run_demo
 from anyorder.hub import build_model, save_pretrained
-from anyorder.io import load_state_dict
-from anyorder.training.config import load_run_config
-from anyorder.training.loop import init_distributed, resolve_device, train
+from anyorder.training.config import RunConfig, load_run_config
+from anyorder.training.distributed import barrier, init_distributed, shutdown
+from anyorder.training.loop import LAST_CKPT, load_checkpoint, resolve_device, train
 
 __all__ = ["add_run_commands"]
 
+_SOURCES = ("data.source=DIR (a folder written by `anyorder tokenize`), data.source=FILE.safetensors (codes "
+            "[N, h, w] + labels [N]) or data.source=mnist (the bundled digits)")
 
-def _run_config(args: argparse.Namespace):
-    source = args.config or f"demo_{args.model}"
+
+def _run_config(args: argparse.Namespace, command: str) -> RunConfig:
+    """The run config of ``--config`` (default ``demo_<model>``) with the overrides. ``--model`` and ``--config``
+    together must name the same family; ``train`` needs a data source given explicitly."""
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"out_dir={args.out}")
     if getattr(args, "threads", None):
         overrides.append(f"threads={args.threads}")
-    cfg = load_run_config(source, overrides)
-    if args.config is None and cfg.family != args.model:
-        raise ValueError(f"--model {args.model} but the config's preset is {cfg.model_preset}")
+    if command == "train" and args.config is None and not any(o.startswith("data.source=") for o in overrides):
+        raise ValueError(f"anyorder train needs a data source: {_SOURCES}")
+    cfg = load_run_config(args.config or f"demo_{args.model or 'rar'}", overrides)
+    if args.model and cfg.family != args.model:
+        raise ValueError(f"--model {args.model} but --config {args.config} trains a {cfg.family} (preset "
+                         f"{cfg.model_preset}): drop one or make them agree")
+    if command == "train" and not cfg.data.source:
+        raise ValueError(f"anyorder train: the config {args.config} names no data source: add {_SOURCES}")
     return cfg
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    run_demo(_run_config(args), progress=not args.quiet, fresh=args.fresh)
+    run_demo(_run_config(args, "demo"), progress=not args.quiet, fresh=args.fresh)
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    cfg = _run_config(args)
-    if cfg.data.source == "mnist":
-        run_demo(cfg, progress=not args.quiet, fresh=args.fresh)
-        return 0
+    cfg = _run_config(args, "train")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     rank, world = init_distributed()
-    data = load_state_dict(cfg.data.source)
-    for key in ("codes", "labels"):
-        if key not in data:
-            raise ValueError(f"{cfg.data.source}: missing tensor {key!r} (need codes [N,h,w] and labels [N])")
-    codes, labels = data["codes"].long(), data["labels"].long()
-    if codes.dim() != 3:
-        raise ValueError(f"{cfg.data.source}: codes must be [N, h, w], got {tuple(codes.shape)}")
-    device = resolve_device(cfg.train.device)
-    md = {**cfg.model_dict(), "seq_len": codes.shape[1] * codes.shape[2]}
-    torch.manual_seed(cfg.train.seed)
-    model = build_model(md, device=device)
-    if args.fresh:
-        (Path(cfg.out_dir) / "checkpoints" / "last.pt").unlink(missing_ok=True)
     try:
-        train(model, codes, labels, cfg.train, cfg.out_dir, progress=not args.quiet)
-        if rank == 0:  # DDP keeps the replicas identical: one writer
-            save_pretrained(model, Path(cfg.out_dir) / "model")
+        if cfg.data.source == "mnist":
+            if world > 1:
+                raise ValueError("data.source=mnist runs the single-process digits demo; for torchrun, tokenize the "
+                                 "digits first (anyorder tokenize) and pass data.source=DIR")
+            run_demo(cfg, progress=not args.quiet, fresh=args.fresh)
+            return 0
+        data = open_codes(cfg.data.source)
+        device = resolve_device(cfg.train.device)
+        h, w = data.grid
+        torch.manual_seed(cfg.train.seed)
+        model = build_model({**cfg.model_dict(), "seq_len": h * w}, device=device, source="model")
+        if args.fresh:
+            barrier()
+            if rank == 0:
+                (Path(cfg.out_dir) / "checkpoints" / LAST_CKPT).unlink(missing_ok=True)
+            barrier()
+        train(model, data, None, cfg.train, cfg.out_dir, progress=not args.quiet)
+        if rank == 0:  # the replicas are identical (FSDP: the full state was gathered into the checkpoint)
+            save_pretrained(model if not cfg.train.fsdp or world == 1 else _unsharded(model, cfg),
+                            Path(cfg.out_dir) / "model", extra={"sampling": cfg.sampling_config().to_dict()})
             print(f"saved {Path(cfg.out_dir) / 'model'}")
-        if world > 1:  # tear down together: gloo can abort a rank that exits while its peer is still writing
-            dist.barrier()
     finally:
-        if world > 1:
-            dist.destroy_process_group()
+        shutdown()
     return 0
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=["rar", "randar"], default="rar", help="model family (default: rar)")
-    p.add_argument("--config", help="run preset name or YAML file (default: demo_<model>)")
+def _unsharded(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
+    """A plain copy of an FSDP-trained model, from the full state dict of the run's last checkpoint."""
+    state = load_checkpoint(Path(cfg.out_dir) / "checkpoints" / LAST_CKPT)
+    plain = build_model(state["model_config"], device="cpu")
+    plain.load_state_dict(state["model"])
+    return plain
+
+
+def _add_run_args(p: argparse.ArgumentParser, train: bool) -> None:
+    p.add_argument("--model", choices=["rar", "randar"], default=None,
+                   help="model family (default: rar; with --config it must agree with the config's)")
+    p.add_argument("--config", help="run preset name (" + ("rar_b_imagenet, ..., " if train else "") +
+                   "demo_rar, demo_randar) or YAML file (default: demo_<model>)")
     p.add_argument("--out", help="output directory (overrides out_dir)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run in the same directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 model.depth=2")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=500 model.depth=2" +
+                   (" (train: data.source=DIR|FILE.safetensors|mnist is required)" if train else ""))
 
 
 def add_run_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train tokenizer + generator on the bundled digits, sample, judge")
-    _add_run_args(p)
+    _add_run_args(p, train=False)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("train", help="train a generator (bundled digits, or codes from data.source=FILE)")
-    _add_run_args(p)
+    p = sub.add_parser("train", help="train a generator on data.source=DIR (anyorder tokenize), FILE.safetensors "
+                                     "or mnist; torchrun for DDP / FSDP")
+    _add_run_args(p, train=True)
     p.set_defaults(func=cmd_train)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,7 +176,7 @@ class WebDatasetSource(ImageSource):
     kind = "webdataset"
 
     def __init__(self, spec: str | os.PathLike) -> None:
-        self.root = str(spec)
+        self.root = str(spec) if "{" in str(spec) else str(Path(spec).resolve())
         self.classes = None
         self.listing_skipped = []
         self.empty_classes = []
@@ -271,6 +272,8 @@ def decode_sample(sample: Sample, aug: str, resolution: int, channels: int) -> t
             return augment_array(img, aug, resolution, channels), None
     except FileNotFoundError:
         return None, "file disappeared"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
-        kind = "not an image" if isinstance(e, UnidentifiedImageError) else "unreadable or truncated"
-        return None, f"{kind} ({type(e).__name__}: {str(e)[:200]})"
+    except UnidentifiedImageError:
+        return None, "not an image (PIL cannot identify the format)"
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))[:200]  # reasons go to meta.json: keep them reproducible
+        return None, f"unreadable or truncated ({type(e).__name__}: {message})"

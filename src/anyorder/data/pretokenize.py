@@ -79,10 +79,16 @@ def _tokenizer_files(spec: str | os.PathLike) -> tuple[Path, Path]:
     return p, p
 
 
-def load_tokenizer_any(spec: str | os.PathLike, device: str | torch.device = "cpu") -> ImageTokenizer:
-    """An official tokenizer file (kind and shapes read off the weights) or a saved tokenizer folder."""
+def load_tokenizer_any(spec: str | os.PathLike, device: str | torch.device = "cpu",
+                       config: str | os.PathLike | None = None) -> ImageTokenizer:
+    """An official tokenizer file (kind and shapes read off the weights, or from ``config``: the official /
+    fixture JSON or YAML) or a saved tokenizer folder."""
     target, _ = _tokenizer_files(spec)
-    tok = load_module(target, device=device) if target.is_dir() else load_official_tokenizer(target)
+    if config is not None and target.is_dir():
+        raise ValueError(f"a tokenizer config is only for official files; {target} has its own config.json")
+    if config is not None and not Path(config).is_file():
+        raise FileNotFoundError(f"tokenizer config not found: {config}")
+    tok = load_module(target, device=device) if target.is_dir() else load_official_tokenizer(target, config)
     if not isinstance(tok, ImageTokenizer):
         raise ValueError(f"{target}: holds a {type(tok).__name__}, not an image tokenizer")
     return tok.to(device).eval()
@@ -256,6 +262,7 @@ def _merge(out: Path, parts: list[Part], parts_dir: Path, fingerprint: dict[str,
     atomic_write_bytes(out / "labels.npy", buf.getvalue())
     if source.classes is not None:
         atomic_write_json(out / "classes.json", list(source.classes))
+    skipped.sort(key=lambda s: s["file"])
     meta = {**meta, "N": n, "num_skipped": len(skipped), "skipped": skipped,
             "labels": {"min": int(labels.min()), "max": int(labels.max())}}
     atomic_write_json(out / "meta.json", meta)
@@ -264,9 +271,9 @@ def _merge(out: Path, parts: list[Part], parts_dir: Path, fingerprint: dict[str,
 
 
 def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-                aug: str = "ten-crop", resolution: int | None = None, batch_size: int = 32, device: str = "auto",
+                aug: str = "ten-crop", resolution: int | None = None, batch_size: int = 8, device: str = "auto",
                 workers: int | None = None, part_size: int = DEFAULT_PART_SIZE, crop_range: float = CROP_RANGE,
-                progress: bool = True) -> dict[str, Any]:
+                tokenizer_config: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """Encode every image of ``data`` with ``tokenizer`` into ``out`` (see the module docstring); returns the meta.
 
     Every check that can fail (missing tokenizer, missing / empty data, a resolution the tokenizer cannot take,
@@ -286,7 +293,7 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
     target, weights = _tokenizer_files(tokenizer)
     source = open_source(data)
     dev = _resolve_device(device)
-    tok = load_tokenizer_any(target, dev)
+    tok = load_tokenizer_any(target, dev, tokenizer_config)
     ds = int(tok.downsample)
     res = _default_resolution(tok) if resolution is None else int(resolution)
     if res % ds:
@@ -297,6 +304,7 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
     tok_kind = getattr(tok, "model_type", None) or type(tok).__name__
     fingerprint = {
         "format_version": FORMAT_VERSION, "tokenizer_sha256": file_sha256(weights), "tokenizer_kind": tok_kind,
+        "tokenizer_config_sha256": file_sha256(tokenizer_config) if tokenizer_config is not None else None,
         "codebook_size": int(tok.codebook_size), "downsample": ds, "channels": int(tok.in_channels),
         "resolution": res, "augmentation": aug, "crop_range": crop_range if aug == "ten-crop" else None,
         "dtype": dtype.name, "data_digest": source.digest(), "part_size": part_size,
@@ -305,8 +313,10 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
         "format": FORMAT, "version": FORMAT_VERSION,
         "tokenizer": {"path": str(Path(tokenizer).resolve()), "weights": str(weights.resolve()),
                       "sha256": fingerprint["tokenizer_sha256"], "kind": tok_kind,
+                      "config": str(Path(tokenizer_config).resolve()) if tokenizer_config is not None else None,
                       "codebook_size": int(tok.codebook_size), "downsample": ds},
-        "source": source.describe(), "resolution": res, "grid": grid, "augmentation": aug,
+        "codebook_size": int(tok.codebook_size), "source": source.describe(), "resolution": res, "grid": grid,
+        "augmentation": aug,
         "crop_range": fingerprint["crop_range"], "A": a, "views": view_names(aug), "N": None,
         "codes": {"file": "codes.npy", "shape": "[N, A, h, w]", "dtype": dtype.name},
         "labels": None, "classes": "classes.json" if source.classes is not None else None,
@@ -355,9 +365,10 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
         finally:
             bar.close()
             encoder.close()
-        if rank == 0 and todo and total:
-            print(f"tokenize: rank 0 encoded {total} images in {time.time() - start:.1f} s "
-                  f"({total / max(time.time() - start, 1e-9):.1f} images/s)", file=sys.stderr)
+        if rank == 0 and progress and todo and bar.n:
+            took = max(time.time() - start, 1e-9)
+            print(f"tokenize: rank 0 read {bar.n} files in {took:.1f} s ({bar.n / took:.1f} images/s)",
+                  file=sys.stderr)
         _barrier(world)
         if rank == 0:
             meta = _merge(out, parts, parts_dir, fingerprint, meta, source)

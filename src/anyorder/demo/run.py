@@ -65,16 +65,9 @@ def _cap_per_class(x: torch.Tensor, y: torch.Tensor, n: int) -> tuple[torch.Tens
     return x[keep], y[keep]
 
 
-def _sampling_kwargs(cfg: RunConfig, family: str) -> dict[str, Any]:
-    s = cfg.sample
-    kw: dict[str, Any] = {"guidance_scale": s.guidance_scale, "temperature": s.temperature, "top_k": s.top_k,
-                          "top_p": s.top_p, "seed": s.seed}
-    if family == "rar":
-        kw["guidance_power"] = s.guidance_power
-    else:
-        kw["guidance_start"] = s.guidance_start
-        kw["steps"] = s.steps or None
-    return kw
+def _sampling_kwargs(cfg: RunConfig) -> dict[str, Any]:
+    """The run's sampling settings (its family's policy) and the sample seed, as ``generate`` keywords."""
+    return {**cfg.sampling_config().to_dict(), "seed": cfg.sample.seed}
 
 
 def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict[str, Any]:
@@ -147,14 +140,15 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
         ckpt = out / "checkpoints" / "last.pt"
         ckpt.unlink(missing_ok=True)
     summary = train(model, codes, train_y.to(device), cfg.train, out, progress=progress)
-    save_pretrained(model, out / "model", extra={"tokenizer": str(tok_dir.resolve())})
+    save_pretrained(model, out / "model", extra={"tokenizer": str(tok_dir.resolve()),
+                                                 "sampling": cfg.sampling_config().to_dict()})
     timings["train_s"] = time.perf_counter() - t
     n_params = sum(p.numel() for p in model.parameters())
 
     # 5. samples
     model.eval()
     t = time.perf_counter()
-    kw = _sampling_kwargs(cfg, family)
+    kw = _sampling_kwargs(cfg)
     sample_codes, labels = sample_per_class(model, cfg.sample.per_class, 10, **kw)
     images = decode_batched(tok, sample_codes)
     timings["sample_s"] = time.perf_counter() - t
@@ -193,7 +187,7 @@ def steps_sweep(model, tok, judge, test_feats, cfg: RunConfig, plot_path: Path, 
     """Sample at several numbers of parallel-decoding steps; write a plot of quality and time."""
     T = model.seq_len
     steps_list = steps_list or sorted({T, math.ceil(T / 3), max(1, T // 6), max(1, T // 12)}, reverse=True)
-    kw = _sampling_kwargs(cfg, "randar")
+    kw = _sampling_kwargs(cfg)
     rows = []
     for s in tqdm(steps_list, desc="steps sweep", disable=not progress):
         t = time.perf_counter()

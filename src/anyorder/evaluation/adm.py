@@ -170,18 +170,19 @@ def _read_str(f, key: str) -> str | None:
     return str(value.item()) if value.ndim == 0 else str(value)
 
 
-def read_reference(path: str | os.PathLike, require_spatial: bool = True,
-                   require_images: bool = True) -> ReferenceBatch:
+def read_reference(path: str | os.PathLike, require_spatial: bool = True, require_images: bool = True,
+                   features: str | None = None) -> ReferenceBatch:
     """Read a reference batch's statistics (and validate its images' header).
 
     Raises :class:`ValueError` naming the file and key when a statistic is missing or mis-shaped: the
     pool statistics ``mu`` / ``sigma`` are always needed, ``mu_s`` / ``sigma_s`` with ``require_spatial``,
-    and ``arr_0`` (for precision / recall) with ``require_images``.
+    and ``arr_0`` (for precision / recall) with ``require_images``; and when ``features`` is given and
+    the statistics are of another feature kind.
     """
     path = Path(path)
     members = {m.removesuffix(".npy") for m in _zip_members(path)}
     with np.load(path, allow_pickle=False) as f:
-        features = _read_str(f, "features") or "inception"
+        kind_found = _read_str(f, "features") or "inception"
         stats: dict[str, GaussianStats | None] = {}
         for kind, (mu_key, sigma_key) in _STAT_KEYS.items():
             present = [k for k in (mu_key, sigma_key) if k in members]
@@ -200,10 +201,13 @@ def read_reference(path: str | os.PathLike, require_spatial: bool = True,
     how = "write one with `anyorder eval --make-ref SRC --out REF.npz`"
     if stats["pool"] is None:
         raise ValueError(f"{path}: not a reference batch: no statistics mu / sigma (keys: {sorted(members)}); {how}")
+    if features is not None and kind_found != features:
+        raise ValueError(f"{path}: its statistics are of {kind_found} features, not {features}: write a reference "
+                         f"with `anyorder eval --make-ref SRC --features {features} --out REF.npz`")
     if require_spatial and stats["spatial"] is None:
         raise ValueError(f"{path}: reference batch has no spatial statistics mu_s / sigma_s (needed for sFID); {how}")
     images = open_images(path) if (require_images or IMAGE_KEY in members) else None
-    return ReferenceBatch(path, features, stats["pool"], stats["spatial"], images, judge_sha)
+    return ReferenceBatch(path, kind_found, stats["pool"], stats["spatial"], images, judge_sha)
 
 
 def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:

@@ -94,7 +94,7 @@ def images_from_uint8(images: np.ndarray | Tensor, classifier: DigitClassifier) 
     For a one-channel judge the colour channels are averaged (the bundled digits are grey, stored as
     three equal channels). Raises :class:`ValueError` when the size is not the judge's.
     """
-    x = torch.as_tensor(np.asarray(images) if not isinstance(images, Tensor) else images)
+    x = images if isinstance(images, Tensor) else torch.from_numpy(np.array(images))  # a writable copy
     cfg = classifier.config
     if x.ndim != 4 or tuple(x.shape[1:3]) != (cfg.image_size, cfg.image_size):
         raise ValueError(f"the digit judge scores {cfg.image_size}x{cfg.image_size} images, got images of shape "

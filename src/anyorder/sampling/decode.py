@@ -9,10 +9,13 @@ null-class rows together and mixes them as ``u + (c - u) * scale``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from anyorder.models.base import StepInputs
 from anyorder.sampling.schedules import GuidanceSchedule
 
 __all__ = ["sample_logits", "sample_static", "filter_logits", "decode", "GuidanceRows"]
@@ -140,11 +143,43 @@ class GuidanceRows:
         return cd + (c - cd) * s_s
 
 
+def _step(model, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: Tensor, temperature: float, top_k: int,
+          top_p: float, noise: Tensor | None) -> Tensor:
+    """One static decode step on device: transformer over the whole cache, guidance mixing and sampling in
+    fp32 — no host sync, every shape from the step's buckets. Returns ids ``[B, inputs.last]``."""
+    logits = rows.mix(model.static_step(inputs), s_c, s_s)
+    return sample_static(logits, temperature, top_k, top_p, noise)
+
+
+_COMPILED: dict[tuple, Callable] = {}
+
+
+def compiled_step(backend: str | Callable = "inductor", mode: str | None = None) -> Callable:
+    """:func:`_step` under ``torch.compile`` (cached per backend and mode; shapes specialised, never dynamic:
+    a RandAR generation sees a few bucketed shapes, see :func:`anyorder.models.base.bucket`)."""
+    key = (backend, mode)
+    if key not in _COMPILED:
+        # each model shape / batch / bucket is one graph of the same function: allow more than the default 8
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 64)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
+        _COMPILED[key] = torch.compile(_step, backend=backend, mode=mode, dynamic=False)
+    return _COMPILED[key]
+
+
+def _resolve_compile(compile: bool | str | Callable, device: torch.device) -> Callable | None:
+    if compile is False or compile is None:
+        return None
+    if compile is True:  # inductor; on CUDA with CUDA graphs (the step is static, so graphs replay)
+        return compiled_step("inductor", "reduce-overhead" if device.type == "cuda" else None)
+    return compiled_step(compile)
+
+
 def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: GuidanceSchedule,
            temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
            generator: torch.Generator | None = None, prefix: Tensor | None = None,
            step_callback=None, table: Tensor | None = None, spatial: GuidanceSchedule | None = None,
-           drop: Tensor | None = None) -> Tensor:
+           drop: Tensor | None = None, *, compile: bool | str | Callable = False, static: bool = False) -> Tensor:
     """The shared decode loop. Returns tokens ``[B, T]`` in *generation order*.
 
     Each step is one :meth:`~anyorder.models.base.AnyOrderModel.decode_one_step`: feed what was sampled
@@ -159,6 +194,13 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
     remaining ``T - P``. ``table``: a RoPE table for another grid (RandAR editing on a larger canvas).
     ``spatial`` + ``drop [B, P]``: spatial guidance against a copy of the prefix with the ``drop``
     tokens' embeddings zeroed (RandAR's resolution extrapolation).
+
+    ``compile``: run each step as one ``torch.compile`` d static step (True: inductor, with CUDA graphs
+    — ``mode="reduce-overhead"`` — on CUDA; or a backend name / callable). ``static``: the same static
+    step without compiling. The static step attends over the whole cache under a precomputed mask, pads
+    RandAR's parallel steps to bucket sizes, takes the guidance scales as tensors and samples by the
+    exponential race with noise drawn from ``generator`` outside the step: seeded runs are reproducible,
+    but draw other samples than the eager loop for the same seed (greedy decoding agrees with it).
     """
     B, T = orders.shape
     P = 0 if prefix is None else prefix.shape[1]
@@ -170,11 +212,19 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
     if (table is not None or rows.use_s) and model.family != "randar":
         raise ValueError("a RoPE table for another grid and spatial guidance need a RandAR model")
     R = len(rows)
+    dev = orders.device
+    step_fn = _resolve_compile(compile, dev)
+    static = static or step_fn is not None
+    step_fn = step_fn or _step
     classes = rows.classes(model.check_classes(classes), model.null_class)
     extra = {} if table is None else {"table": table}
-    state = model.start_decoding(classes, orders.repeat(R, 1), **extra)
-    out = torch.empty(B, T, dtype=torch.long, device=orders.device)
+    state = model.start_decoding(classes, orders.repeat(R, 1), static=static, **extra)
+    out = torch.empty(B, T, dtype=torch.long, device=dev)
     new: Tensor | None = None
+    if static:  # every step's guidance scales, computed on the host up front, one transfer
+        dones = [P + sum(plan[:i]) for i in range(len(plan))]
+        scales = torch.tensor([rows.scales(d, T) for d in dones], dtype=torch.float32).to(dev)
+        greedy = is_greedy(temperature, top_k)
     try:
         if P:  # teacher-force the known tokens through the cache in one pass; their logits are not used
             out[:, :P] = prefix
@@ -182,9 +232,15 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
             new = rows.context(model, prefix)
             state.done = P
         done = P
-        for n in plan:
-            logits = rows.combine(model.decode_one_step(state, new, n), done, T)  # [B, n, V]
-            tok = sample_logits(logits, temperature, top_k, top_p, generator)
+        for i, n in enumerate(plan):
+            if static:
+                inputs = model.step_inputs(state, new, n)
+                noise = None if greedy else _exponential((B, inputs.last, model.codebook_size), generator, dev)
+                tok = step_fn(model, inputs, rows, scales[i, 0], scales[i, 1], temperature, top_k, top_p, noise)
+                tok = tok[:, :n]
+            else:
+                logits = rows.combine(model.decode_one_step(state, new, n), done, T)  # [B, n, V]
+                tok = sample_logits(logits, temperature, top_k, top_p, generator)
             out[:, done : done + n] = tok
             done += n
             state.done = done
@@ -192,5 +248,11 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
             if step_callback is not None:  # e.g. to stream partial images: out[:, :done] is final
                 step_callback(done, out)
     finally:
-        model.end_decoding()
+        model.end_decoding(keep_cache=static and dev.type == "cuda" and step_fn is not _step)
     return out
+
+
+def _exponential(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
+    """Exp(1) noise for the exponential race, drawn on the generator's device."""
+    where = generator.device if generator is not None else device
+    return torch.empty(shape, device=where).exponential_(generator=generator).to(device)

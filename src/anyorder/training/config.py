@@ -17,6 +17,7 @@ import yaml
 from anyorder.io.config import apply_overrides, config_from_dict, config_to_dict
 from anyorder.models.presets import get_preset
 from anyorder.models.registry import model_config
+from anyorder.sampling.policy import SamplingConfig, sampling_config
 
 __all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "JudgeConfig",
            "load_run_config",
@@ -25,7 +26,10 @@ __all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataC
 
 @dataclass
 class DataConfig:
-    source: str = "mnist"  # "mnist" (bundled digits) or a .safetensors file with codes [N,h,w] and labels [N]
+    # required by `anyorder train`: a folder written by `anyorder tokenize` (memory-mapped codes.npy [N, A, h, w],
+    # labels.npy, meta.json), a .safetensors file with codes [N, h, w] and labels [N], or "mnist" (the bundled
+    # digits: the demo's tokenizer is trained first)
+    source: str = ""
     test_fraction: float = 0.1
     seed: int = 0
     max_per_class: int = 0  # keep at most this many images per class in each split (0: all); for quick runs
@@ -57,26 +61,35 @@ class TrainConfig:
     weight_decay: float = 0.03
     betas: tuple[float, float] = (0.9, 0.96)
     grad_clip: float = 1.0
-    anneal_start: int = 0  # RAR: r = 1 before this step ...
-    anneal_end: int = 0  # ... and 0 from this step on (anneal_end < 0: never anneal, always random)
+    # RAR's annealing: r = 1 before anneal_start, 0 from anneal_end on, linear between; anneal_end < 0: random
+    # orders throughout. None (unset): the paper's schedule for RAR (50% -> 75% of the steps), random orders
+    # throughout for RandAR
+    anneal_start: int | None = None
+    anneal_end: int | None = None
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA with bf16 support), "fp32", "bf16"
     device: str = "auto"
     seed: int = 0
     log_every: int = 50
     ckpt_every: int = 500
     compile: bool = False
+    grad_accum: int = 1  # micro-batches per optimizer step: each rank runs batch_size / (world * grad_accum)
+    fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer states (FSDP2) instead of DDP
+
+    def __post_init__(self) -> None:
+        for key in ("anneal_start", "anneal_end"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"config key 'train.{key}' must be an integer step or null, got {v!r}")
+        for key in ("steps", "batch_size", "grad_accum"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key 'train.{key}' must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass
 class SampleConfig:
+    """What the demo samples after training (how: the run's ``sampling`` settings)."""
+
     per_class: int = 10
-    guidance_scale: float = 3.0
-    guidance_power: float = 0.0
-    guidance_start: float = 1.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    steps: int = 0  # RandAR parallel-decoding steps; 0 = one token per step
     seed: int = 0
 
 
@@ -89,8 +102,15 @@ class RunConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    # the family's sampling settings (anyorder.sampling.policy; unset: the preset's), recorded with the model
+    sampling: dict[str, Any] = field(default_factory=dict)
     out_dir: str = "runs/demo"
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
+
+    def sampling_config(self) -> SamplingConfig:
+        """The run's sampling settings: the preset's, with ``sampling`` applied (validated for the family)."""
+        preset = get_preset(self.model_preset)
+        return sampling_config(preset.family, {**preset.sampling, **self.sampling}, source="sampling")
 
     def model_dict(self) -> dict[str, Any]:
         """``{"family": ..., **fields}`` for :func:`anyorder.models.build_model` (validated there)."""
@@ -130,4 +150,5 @@ def load_run_config(source: str | Path | None = "demo_rar", overrides: list[str]
     cfg = config_from_dict(RunConfig, values)
     md = cfg.model_dict()
     model_config(md.pop("family"), md, source="model")  # validates model keys early
+    cfg.sampling_config()  # validates the sampling settings early (a key of the other family is an error)
     return cfg

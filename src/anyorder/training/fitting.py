@@ -1,6 +1,7 @@
 """The small seeded training loop of the demo's helper networks (the demo VQ tokenizer, the digit judge).
 
-Both are trained the same way: Adam, a cosine learning-rate decay to 5%, random minibatches drawn
+Both are trained the same way: Adam, the cosine learning rate of :func:`anyorder.training.schedules.lr_at`
+(no warm-up) decaying to 5%, random minibatches drawn
 from a seeded generator, a tqdm bar — and the caller's global RNG left untouched (:func:`seeded`).
 The generators themselves use the real training loop, :mod:`anyorder.training.loop`.
 """
@@ -8,12 +9,13 @@ The generators themselves use the real training loop, :mod:`anyorder.training.lo
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+
+from anyorder.training.schedules import lr_at
 
 __all__ = ["seeded", "fit"]
 
@@ -38,19 +40,17 @@ def fit(model: nn.Module, step_loss: Callable[[Tensor], tuple[Tensor, dict[str, 
     from tqdm.auto import tqdm
 
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(steps, 1))) * 0.95 + 0.05
-    )
     start = time.perf_counter()
     shown: dict[str, Tensor] = {}
     bar = tqdm(range(steps), desc=desc, disable=not progress, dynamic_ncols=True)
     for step in bar:
         idx = torch.randint(0, num_examples, (min(batch_size, num_examples),), generator=generator).to(device)
+        for g in opt.param_groups:  # the generators' schedule without warm-up, down to 5% of lr
+            g["lr"] = lr_at(step, lr, 0, steps, end_lr=0.05 * lr)
         loss, shown = step_loss(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        sched.step()
         if progress and (step % 50 == 0 or step == steps - 1):
             bar.set_postfix({k: f"{v.item():.4f}" for k, v in shown.items()})
     return {k: v.detach() for k, v in shown.items()}, time.perf_counter() - start

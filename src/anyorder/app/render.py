@@ -1,0 +1,115 @@
+"""Pictures for the web app: partial token grids decoded to pixels, the order heat-map, image grids.
+
+Pixels are float tensors ``[B, C, H, W]`` in ``[0, 1]`` (C = 1 or 3) until :func:`tile` makes one PIL image
+of them (RGB, each pixel repeated ``scale`` x ``scale`` times, so small digits stay crisp and the native
+pixels can be read back exactly with ``array[::scale, ::scale]``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from anyorder.app.stream import Frame
+
+__all__ = ["PENDING", "GIVEN", "decode_pixels", "cells", "frame_pixels", "order_map", "tile", "display_scale",
+           "pil_to_pixels", "fit_square"]
+
+PENDING = 0.5  # grey: a token not generated yet
+GIVEN = 1.0  # white (order map): a known token, teacher-forced before any step
+
+
+def display_scale(image_size: int, target: int = 160) -> int:
+    """The integer upscaling that brings an ``image_size`` image to about ``target`` pixels (at least 1)."""
+    return max(1, round(target / max(1, image_size)))
+
+
+@torch.no_grad()
+def decode_pixels(tok, codes: Tensor) -> Tensor:
+    """Token grids ``[B, h, w]`` -> pixels ``[B, C, h*ds, w*ds]`` on the CPU, clamped to ``[0, 1]``."""
+    dev = next(tok.parameters()).device
+    return tok.decode(codes.to(dev)).float().clamp(0, 1).cpu()
+
+
+def cells(token_mask: Tensor, ds: int) -> Tensor:
+    """A token mask ``[B, h, w]`` as a pixel mask ``[B, 1, h*ds, w*ds]`` (each token is a ``ds x ds`` cell)."""
+    return token_mask.repeat_interleave(ds, -2).repeat_interleave(ds, -1)[:, None]
+
+
+def frame_pixels(tok, frame: Frame, base: Tensor | None = None) -> Tensor:
+    """The image of a :class:`Frame`: tokens placed so far decoded, the rest grey.
+
+    The whole grid is decoded (unplaced tokens filled with id 0), then the cells of unplaced tokens are
+    painted grey. ``base [B, C, H, W]`` (editing): the cells of known tokens (step 0) show these pixels
+    instead, so what the user did not mask comes back exactly as given.
+    """
+    px = decode_pixels(tok, frame.codes)
+    ds = px.shape[-1] // frame.codes.shape[-1]
+    px = torch.where(cells(~frame.placed, ds), torch.full_like(px, PENDING), px)
+    if base is not None:
+        if base.shape[-2:] != px.shape[-2:] or base.shape[0] != px.shape[0]:
+            raise ValueError(f"base image {tuple(base.shape)} does not match the decoded canvas {tuple(px.shape)}")
+        if base.shape[1] != px.shape[1]:
+            base = base.expand(-1, px.shape[1], -1, -1) if base.shape[1] == 1 else base.mean(1, keepdim=True)
+        px = torch.where(cells(frame.step == 0, ds), base.to(px.dtype), px)
+    return px
+
+
+def order_map(frame: Frame, ds: int, cmap: str = "viridis") -> Tensor:
+    """When each token was placed, as colour ``[B, 3, h*ds, w*ds]``: dark blue = first step, yellow = last;
+    white = known (given) token, grey = not generated yet."""
+    import matplotlib  # here, not at the top: drawing a map is the only use, and the CLI starts faster
+
+    colors = torch.from_numpy(matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]).float()
+    step = frame.step
+    frac = (step.clamp(min=1) - 1).float() / max(1, frame.steps - 1)
+    rgb = colors[(frac * 255).round().long().clamp(0, 255)]  # [B, h, w, 3]
+    rgb = torch.where((step == 0)[..., None], torch.full_like(rgb, GIVEN), rgb)
+    rgb = torch.where((step < 0)[..., None], torch.full_like(rgb, PENDING), rgb)
+    rgb = rgb.permute(0, 3, 1, 2)
+    return rgb.repeat_interleave(ds, -2).repeat_interleave(ds, -1)
+
+
+def tile(images: Tensor, scale: int = 1, cols: int | None = None, pad: int = 4) -> Image.Image:
+    """``[B, C, H, W]`` in ``[0, 1]`` -> one RGB PIL image: ``cols`` per row (default: up to 4), each image
+    upscaled ``scale`` x (nearest), white gaps of ``pad`` pixels between them (none for a single image)."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"expected images [B, C, H, W] with C in (1, 3), got shape {tuple(images.shape)}")
+    B, _, H, W = images.shape
+    cols = max(1, min(cols or 4, B))
+    rows = -(-B // cols)
+    arr = (images.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).expand(-1, 3, -1, -1)
+    arr = arr.repeat_interleave(scale, -2).repeat_interleave(scale, -1).permute(0, 2, 3, 1).numpy()
+    if B == 1:
+        return Image.fromarray(np.ascontiguousarray(arr[0]))
+    h, w = H * scale, W * scale
+    out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, 3), 255, dtype=np.uint8)
+    for i in range(B):
+        r, c = divmod(i, cols)
+        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = arr[i]
+    return Image.fromarray(out)
+
+
+def pil_to_pixels(image: Image.Image, channels: int) -> Tensor:
+    """PIL image -> ``[1, channels, H, W]`` in ``[0, 1]`` (``channels`` 1: luma, 3: RGB; alpha dropped)."""
+    if channels not in (1, 3):
+        raise ValueError(f"tokenizer expects {channels} channels; only 1 (gray) and 3 (RGB) are supported")
+    arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    t = torch.from_numpy(arr.copy()).float().div_(255.0)
+    return (t[None] if channels == 1 else t.permute(2, 0, 1))[None]
+
+
+def fit_square(image: Image.Image, size: int, resample: int = Image.Resampling.LANCZOS) -> tuple[Image.Image, bool]:
+    """``image`` as ``size x size``: unchanged when it already is; an exact integer multiple of ``size``
+    (an upscaled view) is box-filtered down; anything else is centre-cropped to a square and resized with
+    ``resample``. Returns the image and whether it was resized (not just an exact downscale)."""
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image, False
+    if w == h and w % size == 0:
+        return image.resize((size, size), Image.Resampling.BOX), False
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return image.crop(box).resize((size, size), resample), True

@@ -1,0 +1,236 @@
+"""The Gradio page of ``anyorder app``: sample and watch the order, inpaint and outpaint (RandAR).
+
+:func:`build_app` makes the :class:`gradio.Blocks`; :func:`launch` serves it. Every model call runs through
+one queue slot (``concurrency_id="decode"``, limit 1), so users are served one after another and each sees only
+their own results (outputs go to the session that asked; the last generated images live in per-session state).
+API names (for ``gradio_client``): ``/generate``, ``/inpaint``, ``/outpaint``, ``/upload``, ``/to_editor``,
+``/select_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+
+from anyorder.app import render
+from anyorder.app.core import (
+    RAR_NOTE,
+    AppModel,
+    Update,
+    class_choices,
+    generate_updates,
+    inpaint_updates,
+    load_upload,
+    outpaint_updates,
+)
+from anyorder.editing import SIDES
+
+__all__ = ["build_app", "launch"]
+
+INTRO = """# anyorder: any-order image generation
+Pick a class and **Generate**: the image is drawn step by step in the order the model generates its tokens
+(grey = not generated yet); the map beside it shows *when* each token was placed (dark blue = first step,
+yellow = last, white = given). RAR generates in raster order, one token per step; RandAR in a random order,
+with **steps** tokens groups decoded in parallel. With a RandAR model, **Inpaint / outpaint** regenerates
+the tokens you brush over, or extends the image on one side."""
+
+CSS = """
+#result img, #order img, #gen-result img, #gen-order img { image-rendering: pixelated; }
+"""
+
+
+def _theme() -> gr.themes.Base:
+    # local fonts only: the page must not fetch anything from outside the server
+    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
+                             font_mono=["ui-monospace", "monospace"])
+
+
+def _settings(entry: AppModel) -> dict[str, Any]:
+    d = entry.defaults()
+    return {"guidance_scale": d.get("guidance_scale", 1.0), "temperature": d.get("temperature", 1.0),
+            "top_k": d.get("top_k", 0), "top_p": d.get("top_p", 1.0), "steps": d.get("steps", 0) or entry.model.seq_len}
+
+
+def _updates_for(entry: AppModel) -> tuple:
+    """Component updates when ``entry`` is picked: classes, sliders, and whether editing is on offer."""
+    s = _settings(entry)
+    T = entry.model.seq_len
+    editable = entry.family == "randar"
+    h, w = entry.model.grid
+    default_cls = 0 if entry.model.num_classes <= 10 else 207 if entry.model.num_classes == 1000 else 0
+    return (
+        gr.update(choices=class_choices(entry), value=default_cls),
+        gr.update(value=s["guidance_scale"]),
+        gr.update(value=s["temperature"]),
+        gr.update(value=s["top_k"], maximum=entry.model.codebook_size),
+        gr.update(value=s["top_p"]),
+        gr.update(value=min(s["steps"], T), maximum=T, visible=editable,
+                  info=f"parallel-decoding steps for the {T} tokens ({T} = one token per step)"),
+        gr.update(value=f"**{entry.label}** — {'sampling, inpainting and outpainting' if editable else RAR_NOTE}"),
+        gr.update(visible=not editable, value=f"⚠️ {RAR_NOTE}"),
+        gr.update(interactive=editable),
+        gr.update(interactive=editable),
+        gr.update(maximum=max(h, w), value=min(max(1, w // 2), max(h, w))),
+    )
+
+
+def _error(e: Exception) -> gr.Error:
+    return gr.Error(str(e), print_exception=False)
+
+
+def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Blocks:
+    """The page for ``models`` (the first is selected); ``notes`` are shown under the title."""
+    if not models:
+        raise ValueError("no models to serve")
+    by_name = {m.name: m for m in models}
+    if len(by_name) != len(models):
+        raise ValueError(f"model names must be unique, got {[m.name for m in models]}")
+    first = models[0]
+
+    def entry_of(name: str) -> AppModel:
+        if name not in by_name:
+            raise gr.Error(f"unknown model {name!r}; this app serves {sorted(by_name)}")
+        return by_name[name]
+
+    def _stream(updates: Iterator[Update], state_out: bool) -> Iterator[tuple]:
+        try:
+            for u in updates:
+                if state_out:
+                    yield u.image, u.order, u.status, (u.pixels if u.final else gr.skip())
+                else:
+                    yield u.image, u.order, u.status
+        except ValueError as e:
+            raise _error(e) from e
+
+    def on_generate(name, cls, n, guidance, temperature, top_k, top_p, steps, seed, delay_ms):
+        entry = entry_of(name)
+        yield from _stream(generate_updates(entry, cls, int(n), seed=None if seed is None else int(seed),
+                                            delay=float(delay_ms or 0) / 1000.0, guidance_scale=guidance,
+                                            temperature=temperature, top_k=top_k, top_p=top_p, steps=steps), True)
+
+    def _editor_parts(editor: Any) -> tuple[Image.Image | None, list[Any]]:
+        if editor is None:
+            return None, []
+        if isinstance(editor, Image.Image):
+            return editor, []
+        return editor.get("background"), editor.get("layers") or []
+
+    def on_inpaint(name, editor, cls, guidance, temperature, top_k, top_p, steps, seed, delay_ms):
+        entry = entry_of(name)
+        bg, layers = _editor_parts(editor)
+        yield from _stream(inpaint_updates(entry, bg, layers, cls, seed=None if seed is None else int(seed),
+                                           delay=float(delay_ms or 0) / 1000.0, guidance_scale=guidance,
+                                           temperature=temperature, top_k=top_k, top_p=top_p, steps=steps), False)
+
+    def on_outpaint(name, editor, side, amount, cls, guidance, temperature, top_k, top_p, steps, seed, delay_ms):
+        entry = entry_of(name)
+        bg, _ = _editor_parts(editor)
+        yield from _stream(outpaint_updates(entry, bg, side, int(amount), cls, seed=None if seed is None else int(seed),
+                                            delay=float(delay_ms or 0) / 1000.0, guidance_scale=guidance,
+                                            temperature=temperature, top_k=top_k, top_p=top_p, steps=steps), False)
+
+    def on_upload(name, file):
+        entry = entry_of(name)
+        if file is None:
+            return gr.skip(), ""
+        path = file if isinstance(file, str) else getattr(file, "name", str(file))
+        try:
+            image, notes = load_upload(path, entry)
+        except ValueError as e:
+            raise _error(e) from e
+        for n in notes:
+            gr.Warning(n)
+        msg = " ".join(notes) or f"Loaded a {entry.image_size}x{entry.image_size} image."
+        return {"background": image, "layers": [], "composite": image}, msg + " Brush over what to regenerate."
+
+    def on_to_editor(name, pixels, index):
+        entry = entry_of(name)
+        if pixels is None:
+            raise gr.Error("generate some images first")
+        i = int(index or 1) - 1
+        if not 0 <= i < pixels.shape[0]:
+            raise gr.Error(f"image # must be in 1..{pixels.shape[0]}, got {i + 1}")
+        image = render.tile(pixels[i : i + 1], entry.scale)
+        return ({"background": image, "layers": [], "composite": image},
+                f"Image #{i + 1} is in the editor: brush over what to regenerate.", gr.update(selected="edit"))
+
+    with gr.Blocks(title="anyorder", analytics_enabled=False) as app:
+        gr.Markdown(INTRO)
+        for n in notes or []:
+            gr.Markdown(n)
+        with gr.Row():
+            model = gr.Dropdown([(m.label, m.name) for m in models], value=first.name, label="model", scale=2)
+            cls = gr.Dropdown(class_choices(first), value=0, label="class", scale=2)
+            n_images = gr.Slider(1, 16, value=8, step=1, label="images", scale=1)
+            seed = gr.Number(0, label="seed", precision=0, scale=1)
+        model_note = gr.Markdown()
+        with gr.Accordion("sampling settings", open=True):
+            with gr.Row():
+                guidance = gr.Slider(0.0, 10.0, step=0.25, label="guidance scale",
+                                     info="classifier-free guidance (1 = off)")
+                temperature = gr.Slider(0.05, 2.0, step=0.05, label="temperature")
+                top_k = gr.Slider(0, first.model.codebook_size, step=1, label="top-k", info="0 = off")
+                top_p = gr.Slider(0.05, 1.0, step=0.05, label="top-p", info="1 = off")
+                steps = gr.Slider(1, first.model.seq_len, step=1, label="steps (RandAR)")
+                delay = gr.Slider(0, 200, value=30, step=10, label="ms per shown step",
+                                  info="replay pace (0 = as fast as it decodes)")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                with gr.Row():
+                    gen_image = gr.Image(label="image (drawn in generation order)", type="pil", format="png",
+                                         interactive=False, elem_id="gen-result")
+                    gen_order = gr.Image(label="order: when each token was placed", type="pil", format="png",
+                                         interactive=False, elem_id="gen-order")
+                gen_status = gr.Markdown(elem_id="gen-status")
+                with gr.Row():
+                    pick = gr.Number(1, label="image # to edit", precision=0, minimum=1)
+                    to_editor = gr.Button("Edit this image →", elem_id="to-editor-btn")
+            with gr.Tab("Inpaint / outpaint", id="edit"):
+                rar_note = gr.Markdown(visible=False)
+                upload = gr.File(label="upload an image (any size: it is fitted to the model)", type="filepath",
+                                 elem_id="upload")
+                editor = gr.ImageEditor(label="brush over the part to regenerate", type="pil", format="png",
+                                        sources=("upload", "clipboard"), layers=False, transforms=(),
+                                        brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=12),
+                                        elem_id="editor")
+                edit_note = gr.Markdown(elem_id="edit-note")
+                with gr.Row():
+                    inpaint_btn = gr.Button("Inpaint (regenerate the brushed tokens)", variant="primary",
+                                            elem_id="inpaint-btn")
+                    side = gr.Radio(list(SIDES), value="right", label="outpaint side")
+                    amount = gr.Slider(1, max(first.model.grid), step=1, label="outpaint by (tokens)")
+                    outpaint_btn = gr.Button("Outpaint", elem_id="outpaint-btn")
+                with gr.Row():
+                    result = gr.Image(label="result", type="pil", format="png", interactive=False, elem_id="result")
+                    order = gr.Image(label="order: when each token was placed", type="pil", format="png",
+                                     interactive=False, elem_id="order")
+                edit_status = gr.Markdown(elem_id="edit-status")
+        last = gr.State(None)  # this session's last generated pixels [B, C, H, W]
+
+        picked = [cls, guidance, temperature, top_k, top_p, steps, model_note, rar_note, inpaint_btn, outpaint_btn,
+                  amount]
+        model.change(lambda name: _updates_for(entry_of(name)), model, picked, api_name="select_model")
+        app.load(lambda name: _updates_for(entry_of(name)), model, picked, api_name=False)
+        sampling = [guidance, temperature, top_k, top_p, steps, seed, delay]
+        decode_slot = {"concurrency_limit": 1, "concurrency_id": "decode"}
+        gen_btn.click(on_generate, [model, cls, n_images, *sampling], [gen_image, gen_order, gen_status, last],
+                      api_name="generate", **decode_slot)
+        inpaint_btn.click(on_inpaint, [model, editor, cls, *sampling], [result, order, edit_status],
+                          api_name="inpaint", **decode_slot)
+        outpaint_btn.click(on_outpaint, [model, editor, side, amount, cls, *sampling], [result, order, edit_status],
+                           api_name="outpaint", **decode_slot)
+        upload.upload(on_upload, [model, upload], [editor, edit_note], api_name="upload")
+        to_editor.click(on_to_editor, [model, last, pick], [editor, edit_note, tabs], api_name="to_editor")
+    app.queue(default_concurrency_limit=1, max_size=64)
+    return app
+
+
+def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False):
+    """Serve ``app`` on ``host:port`` (no share link, no analytics, no server-side rendering)."""
+    return app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=quiet,
+                      ssr_mode=False, show_error=True, theme=_theme(), css=CSS, footer_links=["api"],
+                      max_file_size="20mb")

@@ -1,0 +1,118 @@
+"""The static, compiled decode step (gpt-fast shape) reproduces the official fixtures, and a parallel-decoding
+generation compiles to a few bucketed shapes instead of one graph per step.
+
+The compiler backend is ``$ANYORDER_COMPILE_BACKEND`` (default ``aot_eager``: dynamo's full graph capture and
+functionalised cache writes, without inductor's C++ build, which takes minutes on a shared CPU);
+``benchmarks/device_check.sh`` runs this file with ``inductor`` on the GPU.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch._dynamo
+from conftest import fixture_dir, load_json
+from safetensors.torch import load_file
+from torch._dynamo.testing import CompileCounter
+
+from anyorder.hub import load_official
+from anyorder.models.base import bucket
+from anyorder.sampling.decode import decode
+from anyorder.sampling.policy import sampling_config
+
+BACKEND = os.environ.get("ANYORDER_COMPILE_BACKEND", "aot_eager")
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ATOL, RTOL = 1e-5, 1e-4
+
+
+def _load(family: str, device: str):
+    d = fixture_dir(family)
+    ckpt = "checkpoint.bin" if family == "rar" else "checkpoint.safetensors"
+    model = load_official(d / ckpt, d / "config.json", device=device).eval()
+    return model, load_file(str(d / "cases.safetensors"), device=device), load_json(d / "config.json")
+
+
+def _greedy_runs(family: str, cases, cfg):
+    """(name, classes, orders or None, policy) of every greedy run the fixture holds."""
+    if family == "rar":
+        for name, (scale, power) in cfg["greedy_settings"].items():
+            policy = sampling_config("rar", {"guidance_scale": scale, "guidance_power": power,
+                                             "temperature": cfg.get("greedy_temperature", 1e-6)})
+            yield name, cases[f"greedy_{name}_condition"], None, policy
+    else:
+        for name, run in cfg["runs"].items():
+            start, end = run["cfg_scales"]
+            policy = sampling_config("randar", {"steps": run["steps"], "guidance_start": start,
+                                                "guidance_scale": end, "top_k": 1})
+            yield name, cases["greedy_cond"], cases["greedy_orders"], policy
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", ["rar", "randar"])
+@pytest.mark.parametrize("compile", [False, True], ids=["static-eager", "compiled"])
+def test_greedy_generations_id_for_id_with_the_static_step(family, compile, device):
+    model, cases, cfg = _load(family, device)
+    for name, classes, orders, policy in _greedy_runs(family, cases, cfg):
+        B = classes.shape[0]
+        orders = model.default_order().expand(B, -1) if orders is None else orders
+        gen = decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
+                     policy.top_k, policy.top_p, static=True, compile=BACKEND if compile else False)
+        ids = torch.empty_like(gen).scatter_(1, orders, gen)  # back to raster order
+        assert torch.equal(ids, cases[f"greedy_{name}_ids"]), name
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("device", DEVICES)
+def test_static_kv_step_logits_equal_official(device):
+    """RAR's KV-cached step logits (fixture ``kv_step_logits``) from the whole-cache, masked static step."""
+    model, cases, _ = _load("rar", device)
+    ids, cls = cases["train_input_ids"], cases["train_condition"]
+    B, T = ids.shape
+    classes = torch.cat([cls, torch.full_like(cls, model.null_class)])
+    both = torch.cat([ids, ids])
+    state = model.start_decoding(classes, model.default_order().expand(2 * B, -1), static=True)
+    steps, new = [], None
+    for s in range(T):
+        steps.append(model.decode_one_step(state, new, 1)[:, 0])
+        new, state.done = both[:, s : s + 1], s + 1
+    model.end_decoding()
+    torch.testing.assert_close(torch.stack(steps), cases["kv_step_logits"], atol=ATOL, rtol=RTOL)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("steps", [None, "fixture"])
+def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
+    """RandAR's steps feed ``2n - 1`` rows and ask ``m`` queries; both are padded to :func:`bucket` sizes, so the
+    graphs compiled are the distinct bucket pairs of the plan — and a second generation compiles nothing."""
+    model, cases, cfg = _load("randar", "cpu")
+    T = model.seq_len
+    policy = sampling_config("randar", {"steps": cfg["parallel_steps"] if steps else T, "guidance_scale": 2.0})
+    plan = policy.plan(T)
+    shapes = {(1, bucket(plan[0]))} | {(bucket(2 * n - 1), bucket(m)) for n, m in zip(plan, plan[1:])}
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    classes = cases["greedy_cond"]
+    g = torch.Generator().manual_seed(0)
+    orders = model.sampling_orders(classes.shape[0], g)
+    first = decode(model, classes, orders, plan, policy.guidance(), generator=g, compile=counter)
+    assert counter.frame_count == len(shapes) < len(plan) + (steps is None) * T
+    again = decode(model, classes, orders, plan, policy.guidance(), generator=torch.Generator().manual_seed(0),
+                   compile=counter)
+    assert counter.frame_count == len(shapes)
+    assert torch.equal(first, again)  # seeded: reproducible
+
+
+@torch.no_grad()
+def test_compiled_sampling_matches_the_static_eager_step_for_a_seed():
+    """Temperature sampling (top-k + top-p, exponential race) gives the same ids compiled and uncompiled."""
+    model, cases, _ = _load("rar", "cpu")
+    classes = cases["greedy_cfg4_const_condition"]
+    policy = sampling_config("rar", {"guidance_scale": 3.0, "top_k": 8, "top_p": 0.9})
+    orders = model.default_order().expand(classes.shape[0], -1)
+    outs = [decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
+                   policy.top_k, policy.top_p, torch.Generator().manual_seed(3), static=True, compile=c)
+            for c in (False, BACKEND)]
+    assert torch.equal(*outs)

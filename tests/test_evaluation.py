@@ -1,0 +1,359 @@
+"""FID / sFID / IS / precision / recall as the ADM evaluator defines them, the ADM npz files, the Inception
+network (random weights: nothing is downloaded) and ``anyorder eval`` end to end on the digit judge."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+
+from anyorder.cli.main import main
+from anyorder.evaluation.adm import (
+    iter_image_batches,
+    open_images,
+    read_labels,
+    read_reference,
+    write_npz,
+    write_reference,
+    write_samples,
+)
+from anyorder.evaluation.evaluate import compute_features, evaluate, make_reference
+from anyorder.evaluation.inception import (
+    INCEPTION_WEIGHTS_ENV,
+    INCEPTION_WEIGHTS_URL,
+    NUM_LOGITS,
+    POOL_DIM,
+    SPATIAL_DIM,
+    InceptionV3,
+    _fidelity_inception_module,
+    load_inception,
+)
+from anyorder.evaluation.metrics import (
+    GaussianStats,
+    feature_statistics,
+    frechet_distance,
+    inception_score,
+    manifold_radii,
+    precision_recall,
+)
+from anyorder.hub import load_module, save_pretrained
+from anyorder.io.checkpoint import CheckpointError
+from anyorder.models.digit_judge import DigitClassifier, DigitClassifierConfig
+
+
+def _rng(seed: int = 0) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+# ------------------------------------------------------------------------------------------ Fréchet distance
+def _fid_scipy(a: np.ndarray, b: np.ndarray) -> float:
+    """Independent reference: scipy's general matrix square root of S1 S2, real part (ADM's recipe)."""
+    mu1, mu2 = a.mean(0), b.mean(0)
+    s1, s2 = np.atleast_2d(np.cov(a, rowvar=False)), np.atleast_2d(np.cov(b, rowvar=False))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(s1 @ s2)
+    return float((mu1 - mu2) @ (mu1 - mu2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean).real)
+
+
+def _stats(x: np.ndarray) -> GaussianStats:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return feature_statistics(x)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_on_random_gaussians() -> None:
+    rng = _rng(0)
+    for f in (1, 5, 24):
+        a = rng.normal(size=(400, f)) @ rng.normal(size=(f, f))
+        b = 0.7 * rng.normal(size=(300, f)) @ rng.normal(size=(f, f)) + rng.normal(size=f)
+        ours = frechet_distance(_stats(a), _stats(b))
+        assert ours == pytest.approx(_fid_scipy(a, b), rel=1e-8)
+        assert ours == pytest.approx(frechet_distance(_stats(b), _stats(a)), rel=1e-10)  # symmetric
+        scale = float(np.trace(np.atleast_2d(np.cov(a, rowvar=False))))
+        assert frechet_distance(_stats(a), _stats(a)) == pytest.approx(0.0, abs=1e-8 * scale)
+
+
+def test_frechet_distance_near_singular_covariances() -> None:
+    """Rank-deficient and nearly rank-deficient covariances (fewer samples than dimensions, features that
+    live on a subspace): still finite, real, and equal to scipy's sqrtm computation."""
+    rng = _rng(1)
+    f = 32
+    basis = rng.normal(size=(4, f))
+    low_a = rng.normal(size=(300, 4)) @ basis + 1e-7 * rng.normal(size=(300, f))  # eigenvalues down to ~1e-14
+    low_b = rng.normal(size=(200, 4)) @ basis + 0.3 + 1e-7 * rng.normal(size=(200, f))
+    few_a, few_b = rng.normal(size=(10, f)), rng.normal(size=(12, f)) + 0.5  # N < F: exactly singular
+    for a, b in ((low_a, low_b), (few_a, few_b), (low_a, few_b)):
+        ours = frechet_distance(_stats(a), _stats(b))
+        assert math.isfinite(ours) and ours > 0
+        assert ours == pytest.approx(_fid_scipy(a, b), rel=1e-5, abs=1e-6)
+
+
+def test_frechet_distance_closed_form_for_diagonal_covariances() -> None:
+    # commuting covariances: FD = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2, zeros included
+    a_diag, b_diag = np.array([4.0, 1.0, 0.0, 2.5]), np.array([1.0, 0.0, 0.0, 9.0])
+    mu1, mu2 = np.array([0.0, 1.0, 2.0, 3.0]), np.array([1.0, 1.0, 0.0, 3.0])
+    want = float(((mu1 - mu2) ** 2).sum() + ((np.sqrt(a_diag) - np.sqrt(b_diag)) ** 2).sum())
+    got = frechet_distance(GaussianStats(mu1, np.diag(a_diag)), GaussianStats(mu2, np.diag(b_diag)))
+    assert got == pytest.approx(want, rel=1e-12)
+
+
+def test_feature_statistics_needs_enough_samples() -> None:
+    with pytest.raises(ValueError, match="too few for a covariance"):
+        feature_statistics(np.zeros((1, 4)), "samples.npz")
+    with pytest.warns(UserWarning, match="covariance is singular"):
+        feature_statistics(_rng().normal(size=(4, 8)))
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        frechet_distance(GaussianStats(np.zeros(3), np.eye(3)), GaussianStats(np.zeros(4), np.eye(4)))
+
+
+# ------------------------------------------------------------------------------------------ Inception Score
+def test_inception_score_on_known_class_distributions() -> None:
+    classes, splits = 7, 10
+    uniform = np.full((splits * 20, classes), 1.0 / classes)
+    assert inception_score(uniform, splits) == pytest.approx((1.0, 0.0), abs=1e-12)
+    # one-hot and balanced within every split: KL = log(C) for every sample, so IS = C exactly
+    onehot = np.eye(classes)[np.arange(splits * classes * 3) % classes]
+    mean, std = inception_score(onehot, splits)
+    assert mean == pytest.approx(classes, rel=1e-12) and std == pytest.approx(0.0, abs=1e-9)
+    # all samples the same class: no diversity, IS = 1
+    assert inception_score(np.eye(classes)[np.zeros(50, dtype=int)], splits)[0] == pytest.approx(1.0)
+
+
+def test_inception_score_matches_entropy_form() -> None:
+    """IS of a split = exp(H(mean p) - mean H(p)), averaged over 10 contiguous splits."""
+    rng = _rng(2)
+    logits = rng.normal(size=(1000, 12)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+
+    def entropy(p: np.ndarray) -> np.ndarray:
+        return -(p * np.log(p)).sum(-1)
+
+    parts = np.split(probs, 10)
+    want = [math.exp(entropy(p.mean(0)) - entropy(p).mean()) for p in parts]
+    mean, std = inception_score(probs, 10)
+    assert mean == pytest.approx(np.mean(want), rel=1e-10) and std == pytest.approx(np.std(want), rel=1e-8)
+    with pytest.raises(ValueError, match="at least num_splits"):
+        inception_score(probs[:5], 10)
+
+
+# ------------------------------------------------------------------------------------------ precision / recall
+def _brute_force_pr(ref: np.ndarray, smp: np.ndarray, k: int) -> tuple[float, float]:
+    def dist(a, b):
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+
+    r_ref = np.sort(dist(ref, ref), 1)[:, k]  # k-th neighbour, the point itself being the 0-th
+    r_smp = np.sort(dist(smp, smp), 1)[:, k]
+    precision = np.mean([(dist(s[None], ref)[0] <= r_ref).any() for s in smp])
+    recall = np.mean([(dist(r[None], smp)[0] <= r_smp).any() for r in ref])
+    return float(precision), float(recall)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_precision_recall_match_brute_force_knn(k: int) -> None:
+    rng = _rng(3)
+    ref = rng.normal(size=(150, 6)).astype(np.float32)
+    smp = (rng.normal(size=(110, 6)) + 1.5).astype(np.float32)  # shifted: the manifolds overlap in part
+    want = _brute_force_pr(ref.astype(np.float64), smp.astype(np.float64), k)
+    assert 0.05 < want[0] < 0.95 and 0.05 < want[1] < 0.95  # a case where both can be wrong
+    for batch_size in (10000, 17):  # one block, and many blocks of rows and columns
+        assert precision_recall(ref, smp, k=k, batch_size=batch_size) == pytest.approx(want, abs=1e-12)
+    radii = manifold_radii(ref, k=k, batch_size=23).double().sqrt().numpy()
+    d = np.sqrt(((ref[:, None].astype(np.float64) - ref[None]) ** 2).sum(-1))
+    np.testing.assert_allclose(radii, np.sort(d, 1)[:, k], rtol=1e-4)
+
+
+def test_precision_recall_of_a_set_with_itself_is_one() -> None:
+    x = _rng(4).normal(size=(40, 5))
+    assert precision_recall(x, x) == (1.0, 1.0)
+    with pytest.raises(ValueError, match="more than 3 points"):
+        precision_recall(x[:3], x)
+
+
+# ------------------------------------------------------------------------------------------ ADM npz files
+def _images(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    return _rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
+
+
+def test_sample_and_reference_npz_round_trip(tmp_path) -> None:
+    imgs, labels = _images(11), np.arange(11) % 4
+    path = write_samples(tmp_path / "s.npz", imgs, labels)
+    info = open_images(path)
+    assert info.shape == imgs.shape and info.count == 11
+    batches = list(iter_image_batches(path, 4))
+    assert [len(b) for b in batches] == [4, 4, 3]
+    np.testing.assert_array_equal(np.concatenate(batches), imgs)
+    np.testing.assert_array_equal(read_labels(path, 11), labels)
+    # a compressed npz streams too
+    np.savez_compressed(tmp_path / "c.npz", arr_0=imgs)
+    np.testing.assert_array_equal(np.concatenate(list(iter_image_batches(tmp_path / "c.npz", 5))), imgs)
+    assert read_labels(tmp_path / "c.npz") is None
+
+    pool, spatial = _stats(_rng(1).normal(size=(11, 3))), _stats(_rng(2).normal(size=(11, 5)))
+    ref_path = write_reference(tmp_path / "ref.npz", imgs, pool, spatial, "inception", labels)
+    ref = read_reference(ref_path)
+    np.testing.assert_array_equal(ref.pool.sigma, pool.sigma)
+    np.testing.assert_array_equal(ref.spatial.mu, spatial.mu)
+    assert ref.features == "inception" and ref.images.count == 11
+    # an ADM reference batch (no "features" key) holds Inception statistics
+    write_npz(tmp_path / "adm.npz", arr_0=imgs, mu=pool.mu, sigma=pool.sigma, mu_s=spatial.mu, sigma_s=spatial.sigma)
+    assert read_reference(tmp_path / "adm.npz").features == "inception"
+
+
+def test_bad_npz_files_give_clear_errors(tmp_path) -> None:
+    imgs = _images(6)
+    np.savez(tmp_path / "float.npz", arr_0=imgs.astype(np.float32))
+    np.savez(tmp_path / "gray.npz", arr_0=imgs[..., 0])
+    np.savez(tmp_path / "nokey.npz", images=imgs)
+    (tmp_path / "text.npz").write_text("not a zip")
+    with pytest.raises(ValueError, match=r"float\.npz: arr_0 must be uint8.*float32"):
+        open_images(tmp_path / "float.npz")
+    with pytest.raises(ValueError, match=r"gray\.npz: arr_0 must be images \[N, H, W, 3\].*\(6, 8, 8\)"):
+        open_images(tmp_path / "gray.npz")
+    with pytest.raises(ValueError, match=r"no arr_0.*\['images'\]"):
+        open_images(tmp_path / "nokey.npz")
+    with pytest.raises(ValueError, match="not an .npz file"):
+        open_images(tmp_path / "text.npz")
+    with pytest.raises(FileNotFoundError, match="missing.npz"):
+        open_images(tmp_path / "missing.npz")
+    with pytest.raises(ValueError, match="arr_0 must be uint8"):
+        write_samples(tmp_path / "out.npz", imgs.astype(np.int16))
+    # references: no statistics at all, half a pair, no spatial statistics (sFID), a samples file as --ref
+    write_samples(tmp_path / "samples.npz", imgs)
+    with pytest.raises(ValueError, match="not a reference batch: no statistics mu / sigma"):
+        read_reference(tmp_path / "samples.npz")
+    np.savez(tmp_path / "half.npz", arr_0=imgs, mu=np.zeros(3))
+    with pytest.raises(ValueError, match="has mu but no sigma"):
+        read_reference(tmp_path / "half.npz")
+    np.savez(tmp_path / "pool_only.npz", arr_0=imgs, mu=np.zeros(3), sigma=np.eye(3))
+    with pytest.raises(ValueError, match="no spatial statistics mu_s / sigma_s"):
+        read_reference(tmp_path / "pool_only.npz")
+    assert read_reference(tmp_path / "pool_only.npz", require_spatial=False).spatial is None
+    np.savez(tmp_path / "shape.npz", arr_0=imgs, mu=np.zeros(3), sigma=np.eye(4))
+    with pytest.raises(ValueError, match=r"mu must be \[F\] and sigma \[F, F\]"):
+        read_reference(tmp_path / "shape.npz", require_spatial=False)
+
+
+# ------------------------------------------------------------------------------------------ Inception network
+def test_inception_builds_loads_library_weights_and_gives_documented_shapes(tmp_path, monkeypatch) -> None:
+    """A state dict in torch-fidelity's weight format (random values; the published file has no
+    num_batches_tracked buffers) loads strictly; the outputs have the documented shapes and the pool
+    features / unbiased logits equal the library's own extractor."""
+    torch.manual_seed(0)
+    net = InceptionV3()
+    state = {k: (torch.randn_like(v) * 0.1 if v.is_floating_point() else v) for k, v in net.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    state = {k: (v.abs() + 0.5 if k.endswith("running_var") else v) for k, v in state.items()}
+    weights = tmp_path / "weights-inception-random.pth"
+    torch.save(state, weights)
+
+    monkeypatch.setenv(INCEPTION_WEIGHTS_ENV, str(weights))
+    model = load_inception()  # from the environment variable
+    assert torch.equal(model.fc.weight, state["fc.weight"])
+    assert torch.equal(model.Mixed_6d.branch1x1.conv.weight, state["Mixed_6d.branch1x1.conv.weight"])
+
+    images = _images(1, size=40, seed=5)
+    feats = compute_features([images], model, 1, torch.device("cpu"), progress=False)
+    assert feats["pool"].shape == (1, POOL_DIM) and feats["spatial"].shape == (1, SPATIAL_DIM)
+    assert feats["probs"].shape == (1, NUM_LOGITS) and feats["probs"].sum() == pytest.approx(1.0, abs=1e-5)
+
+    lib, _ = _fidelity_inception_module()
+    reference = lib.FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                                feature_extractor_weights_path=str(weights))
+    pool, logits = reference(torch.from_numpy(images).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(feats["pool"], pool.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats["probs"], torch.softmax(logits, 1).numpy(), rtol=1e-4, atol=1e-7)
+
+    # a file of another network, and a missing file, are clear errors
+    del state["Mixed_7c.branch_pool.conv.weight"]
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match=r"(?s)broken\.pth.*missing keys.*Mixed_7c\.branch_pool\.conv\.weight"):
+        load_inception(tmp_path / "broken.pth")
+    with pytest.raises(FileNotFoundError, match=r"nope\.pth.*" + INCEPTION_WEIGHTS_URL.replace(".", r"\.")):
+        load_inception(tmp_path / "nope.pth")
+    monkeypatch.delenv(INCEPTION_WEIGHTS_ENV)
+    with pytest.raises(FileNotFoundError, match=f"no Inception weights given.*{INCEPTION_WEIGHTS_ENV}"):
+        load_inception()
+
+
+# ------------------------------------------------------------------------------------------ judge features, CLI
+@pytest.fixture
+def judge_run(tmp_path):
+    """A tiny untrained judge saved as a demo run's judge/ directory."""
+    torch.manual_seed(0)
+    judge = DigitClassifier(DigitClassifierConfig(width=4, feature_dim=8))
+    save_pretrained(judge, tmp_path / "run" / "judge")
+    return tmp_path / "run", judge.config
+
+
+def test_cli_eval_end_to_end_with_the_digit_judge(tmp_path, judge_run, capsys) -> None:
+    run, cfg = judge_run
+    s = cfg.image_size
+    ref = tmp_path / "ref.npz"
+    assert main(["eval", "--make-ref", "digits:test", "--features", "judge", "--judge", str(run),
+                 "--out", str(ref), "--quiet"]) == 0
+    reference = read_reference(ref, require_spatial=False)
+    assert reference.features == "judge" and reference.pool.dim == cfg.feature_dim
+    assert reference.images.shape[1:] == (s, s, 3)
+
+    gen = _rng(6)
+    samples = write_samples(tmp_path / "samples.npz", gen.integers(0, 256, (40, s, s, 3), dtype=np.uint8),
+                            np.arange(40) % cfg.num_classes)
+    assert main(["eval", str(samples), "--ref", str(ref), "--features", "judge", "--judge", str(run),
+                 "--batch-size", "16", "--quiet"]) == 0
+    metrics = json.loads((tmp_path / "samples_metrics.json").read_text())
+    assert "fid=" in capsys.readouterr().out
+    assert metrics["num_samples"] == 40 and metrics["num_reference"] == reference.images.count
+    assert metrics["sfid"] is None and metrics["features"] == "judge"
+    assert metrics["fid"] > 0 and 1.0 <= metrics["inception_score"] <= cfg.num_classes
+    assert 0.0 <= metrics["precision"] <= 1.0 and 0.0 <= metrics["recall"] <= 1.0
+    assert 0.0 <= metrics["judge_accuracy"] <= 1.0
+
+    # the reference against itself: FID 0, every point inside its own ball
+    self_metrics = evaluate(ref, ref, "judge", judge=run, progress=False)
+    assert self_metrics["fid"] == pytest.approx(0.0, abs=1e-6)
+    assert self_metrics["precision"] == 1.0 and self_metrics["recall"] == 1.0
+    # the FID equals an independent computation on the judge's features (grey = mean of the channels)
+    judge = load_module(run / "judge", expected=DigitClassifier)
+    with torch.no_grad():
+        def feats(images: np.ndarray) -> np.ndarray:
+            x = torch.tensor(images, dtype=torch.float64).float().div(255).mean(3, keepdim=True).permute(0, 3, 1, 2)
+            return judge.features(x).double().numpy()
+
+        with np.load(samples) as f_s, np.load(ref) as f_r:
+            want = _fid_scipy(feats(f_s["arr_0"]), feats(f_r["arr_0"]))
+    assert metrics["fid"] == pytest.approx(want, rel=1e-4)
+
+
+def test_eval_errors(tmp_path, judge_run, capsys) -> None:
+    run, cfg = judge_run
+    s = cfg.image_size
+    ref = tmp_path / "ref.npz"
+    make_reference("digits:test", ref, "judge", judge=run, progress=False)
+    one = write_samples(tmp_path / "one.npz", _images(1, s))
+    with pytest.raises(ValueError, match="too few for a covariance"):
+        evaluate(one, ref, "judge", judge=run, progress=False)
+    with pytest.raises(ValueError, match="needs at least 2 for a covariance"):
+        make_reference(one, tmp_path / "r1.npz", "judge", judge=run, progress=False)
+    with pytest.raises(ValueError, match="scores 28x28 images"):
+        evaluate(write_samples(tmp_path / "big.npz", _images(12, 32)), ref, "judge", judge=run, progress=False)
+    # another judge than the one that wrote the reference
+    save_pretrained(DigitClassifier(DigitClassifierConfig(width=4, feature_dim=8)), tmp_path / "other")
+    many = write_samples(tmp_path / "many.npz", _images(20, s))
+    with pytest.raises(ValueError, match="computed by another digit judge"):
+        evaluate(many, ref, "judge", judge=tmp_path / "other", progress=False)
+    # a judge reference used for Inception features, and Inception without weights (CLI: exit 2, message)
+    with pytest.raises(ValueError, match="statistics are of judge features, not inception"):
+        evaluate(many, ref, "inception", progress=False)
+    assert main(["eval", str(many), "--ref", str(many), "--features", "judge", "--judge", str(run)]) == 2
+    assert "no statistics mu / sigma" in capsys.readouterr().err
+    assert main(["eval", "--make-ref", str(many), "--out", str(tmp_path / "r.npz"),
+                 "--inception-weights", str(tmp_path / "absent.pth"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "absent.pth" in err and INCEPTION_WEIGHTS_URL in err
+    assert main(["eval", str(many)]) == 2
