@@ -32,6 +32,10 @@ def test_demo_smoke(family, tmp_path):
     out = tmp_path / "grid.png"
     assert main(["sample", "--model", str(tmp_path), "--classes", "3", "4", "--out", str(out)]) == 0
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["classes"] == [3, 4]
+    # ... with the sampling settings the run was made with (guided), not the family's unguided defaults
+    recorded = json.loads((tmp_path / "model" / "config.json").read_text())["extra"]["sampling"]
+    assert recorded["guidance_scale"] == metrics["samples"]["guided"]["guidance_scale"] > 1
+    assert json.loads(out.with_suffix(".json").read_text())["sampling"]["guidance_scale"] == recorded["guidance_scale"]
     assert main(["sample", "--model", str(tmp_path), "--classes", "12", "--out", str(out)]) == 2
 
 

@@ -282,59 +282,63 @@ def test_inception_builds_loads_library_weights_and_gives_documented_shapes(tmp_
 
 
 # ------------------------------------------------------------------------------------------ judge features, CLI
-@pytest.fixture
-def judge_run(tmp_path):
-    """A tiny untrained judge saved as a demo run's judge/ directory."""
+@pytest.fixture(scope="module")
+def judge_ref(tmp_path_factory):
+    """A tiny untrained judge saved as a demo run's judge/ directory, and the CLI's judge reference batch
+    of the digits' test split."""
+    tmp = tmp_path_factory.mktemp("judge")
     torch.manual_seed(0)
     judge = DigitClassifier(DigitClassifierConfig(width=4, feature_dim=8))
-    save_pretrained(judge, tmp_path / "run" / "judge")
-    return tmp_path / "run", judge.config
-
-
-def test_cli_eval_end_to_end_with_the_digit_judge(tmp_path, judge_run, capsys) -> None:
-    run, cfg = judge_run
-    s = cfg.image_size
-    ref = tmp_path / "ref.npz"
-    assert main(["eval", "--make-ref", "digits:test", "--features", "judge", "--judge", str(run),
+    save_pretrained(judge, tmp / "run" / "judge")
+    ref = tmp / "ref.npz"
+    assert main(["eval", "--make-ref", "digits:test", "--features", "judge", "--judge", str(tmp / "run"),
                  "--out", str(ref), "--quiet"]) == 0
+    return tmp / "run", judge.config, ref
+
+
+def _judge_features(run, images: np.ndarray) -> np.ndarray:
+    """Independent feature path: grey = mean of the channels, scaled to [0, 1], the judge's embedding."""
+    judge = load_module(run / "judge", expected=DigitClassifier)
+    with torch.no_grad():
+        x = torch.tensor(images, dtype=torch.float32).div(255).mean(3, keepdim=True).permute(0, 3, 1, 2)
+        return judge.features(x).double().numpy()
+
+
+def test_cli_eval_end_to_end_with_the_digit_judge(tmp_path, judge_ref, capsys) -> None:
+    run, cfg, ref = judge_ref
+    s = cfg.image_size
     reference = read_reference(ref, require_spatial=False)
     assert reference.features == "judge" and reference.pool.dim == cfg.feature_dim
     assert reference.images.shape[1:] == (s, s, 3)
+    with np.load(ref) as f:
+        ref_feats = _judge_features(run, f["arr_0"])
+        assert len(f["arr_1"]) == reference.images.count
+    np.testing.assert_allclose(reference.pool.mu, ref_feats.mean(0), rtol=1e-4, atol=1e-7)
 
     gen = _rng(6)
-    samples = write_samples(tmp_path / "samples.npz", gen.integers(0, 256, (40, s, s, 3), dtype=np.uint8),
-                            np.arange(40) % cfg.num_classes)
+    images = gen.integers(0, 256, (40, s, s, 3), dtype=np.uint8)
+    samples = write_samples(tmp_path / "samples.npz", images, np.arange(40) % cfg.num_classes)
     assert main(["eval", str(samples), "--ref", str(ref), "--features", "judge", "--judge", str(run),
                  "--batch-size", "16", "--quiet"]) == 0
     metrics = json.loads((tmp_path / "samples_metrics.json").read_text())
     assert "fid=" in capsys.readouterr().out
     assert metrics["num_samples"] == 40 and metrics["num_reference"] == reference.images.count
     assert metrics["sfid"] is None and metrics["features"] == "judge"
-    assert metrics["fid"] > 0 and 1.0 <= metrics["inception_score"] <= cfg.num_classes
+    assert 1.0 <= metrics["inception_score"] <= cfg.num_classes
     assert 0.0 <= metrics["precision"] <= 1.0 and 0.0 <= metrics["recall"] <= 1.0
     assert 0.0 <= metrics["judge_accuracy"] <= 1.0
-
-    # the reference against itself: FID 0, every point inside its own ball
-    self_metrics = evaluate(ref, ref, "judge", judge=run, progress=False)
-    assert self_metrics["fid"] == pytest.approx(0.0, abs=1e-6)
+    # the FID equals an independent computation on the judge's features
+    assert metrics["fid"] == pytest.approx(_fid_scipy(_judge_features(run, images), ref_feats), rel=1e-4)
+    # a set against a reference of itself: FID 0, every point inside its own ball
+    own = make_reference(samples, tmp_path / "own.npz", "judge", judge=run, progress=False)
+    self_metrics = evaluate(samples, own["reference"], "judge", judge=run, progress=False)
+    assert self_metrics["fid"] == pytest.approx(0.0, abs=1e-9)
     assert self_metrics["precision"] == 1.0 and self_metrics["recall"] == 1.0
-    # the FID equals an independent computation on the judge's features (grey = mean of the channels)
-    judge = load_module(run / "judge", expected=DigitClassifier)
-    with torch.no_grad():
-        def feats(images: np.ndarray) -> np.ndarray:
-            x = torch.tensor(images, dtype=torch.float64).float().div(255).mean(3, keepdim=True).permute(0, 3, 1, 2)
-            return judge.features(x).double().numpy()
-
-        with np.load(samples) as f_s, np.load(ref) as f_r:
-            want = _fid_scipy(feats(f_s["arr_0"]), feats(f_r["arr_0"]))
-    assert metrics["fid"] == pytest.approx(want, rel=1e-4)
 
 
-def test_eval_errors(tmp_path, judge_run, capsys) -> None:
-    run, cfg = judge_run
+def test_eval_errors(tmp_path, judge_ref, capsys) -> None:
+    run, cfg, ref = judge_ref
     s = cfg.image_size
-    ref = tmp_path / "ref.npz"
-    make_reference("digits:test", ref, "judge", judge=run, progress=False)
     one = write_samples(tmp_path / "one.npz", _images(1, s))
     with pytest.raises(ValueError, match="too few for a covariance"):
         evaluate(one, ref, "judge", judge=run, progress=False)

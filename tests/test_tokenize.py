@@ -307,6 +307,10 @@ def test_clear_errors_before_any_work(tmp_path, capsys):
     (tmp_path / "texts" / "a" / "x.txt").write_text("x")
     with pytest.raises(ValueError, match="no image files"):
         pretokenize(tmp_path / "tok", tmp_path / "texts", out)
+    (tmp_path / "imagenet" / "train" / "n01").mkdir(parents=True)  # the dataset root instead of its train/
+    (tmp_path / "imagenet" / "train" / "n01" / "a.png").write_bytes(_png(np.zeros((8, 8, 3), np.uint8)))
+    with pytest.raises(ValueError, match="look like dataset splits.*imagenet/train"):
+        pretokenize(tmp_path / "tok", tmp_path / "imagenet", out)
     with pytest.raises(FileNotFoundError, match="data not found"):
         pretokenize(tmp_path / "tok", tmp_path / "missing", out)
     bad_r = 3 * tok.downsample + 1

@@ -18,7 +18,7 @@ __all__ = ["PENDING", "GIVEN", "decode_pixels", "cells", "frame_pixels", "order_
            "pil_to_pixels", "fit_square"]
 
 PENDING = 0.5  # grey: a token not generated yet
-GIVEN = 1.0  # white (order map): a known token, teacher-forced before any step
+GIVEN = 0.85  # light grey (order map): a known token, teacher-forced before any step
 
 
 def display_scale(image_size: int, target: int = 160) -> int:
@@ -59,7 +59,7 @@ def frame_pixels(tok, frame: Frame, base: Tensor | None = None) -> Tensor:
 
 def order_map(frame: Frame, ds: int, cmap: str = "viridis") -> Tensor:
     """When each token was placed, as colour ``[B, 3, h*ds, w*ds]``: dark blue = first step, yellow = last;
-    white = known (given) token, grey = not generated yet."""
+    light grey = known (given) token, mid grey = not generated yet."""
     import matplotlib  # here, not at the top: drawing a map is the only use, and the CLI starts faster
 
     colors = torch.from_numpy(matplotlib.colormaps[cmap](np.linspace(0, 1, 256))[:, :3]).float()

@@ -33,8 +33,8 @@ __all__ = ["build_app", "launch"]
 INTRO = """# anyorder: any-order image generation
 Pick a class and **Generate**: the image is drawn step by step in the order the model generates its tokens
 (grey = not generated yet); the map beside it shows *when* each token was placed (dark blue = first step,
-yellow = last, white = given). RAR generates in raster order, one token per step; RandAR in a random order,
-with **steps** tokens groups decoded in parallel. With a RandAR model, **Inpaint / outpaint** regenerates
+yellow = last, light grey = kept as given). RAR generates in raster order, one token per step; RandAR in a random order,
+decoding several tokens per step when **steps** is below the token count. With a RandAR model, **Inpaint / outpaint** regenerates
 the tokens you brush over, or extends the image on one side."""
 
 CSS = """
@@ -68,8 +68,8 @@ def _updates_for(entry: AppModel) -> tuple:
         gr.update(value=s["top_k"], maximum=entry.model.codebook_size),
         gr.update(value=s["top_p"]),
         gr.update(value=min(s["steps"], T), maximum=T, visible=editable,
-                  info=f"parallel-decoding steps for the {T} tokens ({T} = one token per step)"),
-        gr.update(value=f"**{entry.label}** — {'sampling, inpainting and outpainting' if editable else RAR_NOTE}"),
+                  info=f"{T} = one token per step"),
+        gr.update(value=f"**{entry.label}**: {'sampling, inpainting and outpainting' if editable else RAR_NOTE}"),
         gr.update(visible=not editable, value=f"⚠️ {RAR_NOTE}"),
         gr.update(interactive=editable),
         gr.update(interactive=editable),
@@ -176,7 +176,7 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
                 top_p = gr.Slider(0.05, 1.0, step=0.05, label="top-p", info="1 = off")
                 steps = gr.Slider(1, first.model.seq_len, step=1, label="steps (RandAR)")
                 delay = gr.Slider(0, 200, value=30, step=10, label="ms per shown step",
-                                  info="replay pace (0 = as fast as it decodes)")
+                                  info="0 = as fast as it decodes")
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 gen_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")

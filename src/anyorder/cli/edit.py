@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anyorder.cli.common import load_generator, load_tokenizer, parse_classes
+from anyorder.cli.common import SAMPLING_OPTIONS, add_sampling_options, load_generator, load_tokenizer, parse_classes
 from anyorder.editing import (
     MASK_RULES,
     SIDES,
@@ -31,6 +31,7 @@ from anyorder.editing import (
 )
 from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
+from anyorder.sampling.policy import model_sampling
 
 __all__ = ["add_editing_commands"]
 
@@ -66,9 +67,10 @@ def _class(args: argparse.Namespace, model) -> int:
     return parse_classes([args.cls], model.num_classes)[0]
 
 
-def _sampling(args: argparse.Namespace) -> dict[str, Any]:
-    return {"guidance_scale": args.guidance_scale, "guidance_start": args.guidance_start,
-            "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "steps": args.steps}
+def _sampling(args: argparse.Namespace, model) -> dict[str, Any]:
+    """RandAR's sampling settings: the model's recorded ones with the options given applied (validated)."""
+    given = {name: getattr(args, name, None) for name in SAMPLING_OPTIONS}
+    return model_sampling(model, **given).to_dict()
 
 
 def _decode(tok, codes: Tensor) -> Tensor:
@@ -110,12 +112,12 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         mask = half_mask(model.grid, args.side)
     n = args.samples
     cls = _class(args, model)
-    out = inpaint(model, codes.expand(n, -1, -1), mask, cls, seed=args.seed, **_sampling(args))
+    out = inpaint(model, codes.expand(n, -1, -1), mask, cls, seed=args.seed, **_sampling(args, model))
     before = _shade(image.cpu().expand(1, -1, -1, -1), mask.cpu(), tok.downsample)
     tiles = torch.cat([image.cpu(), before, _decode(tok, out)])
     settings = {"command": "inpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
                 "mask": args.mask, "side": args.side, "mask_rule": args.mask_rule, "class": cls,
-                "samples": n, "seed": args.seed, "sampling": _sampling(args),
+                "samples": n, "seed": args.seed, "sampling": _sampling(args, model),
                 "regenerated_tokens": int(mask.sum()), "grid": list(model.grid),
                 "layout": "input | input with the regenerated tokens greyed | result(s)"}
     _write(args.out, tiles, nrow=tiles.shape[0], settings=settings)
@@ -154,7 +156,7 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
     n = args.samples
     cls = _class(args, model)
     out, unknown = outpaint(model, codes.expand(n, -1, -1), cls, **pads, seed=args.seed, rope=args.rope,
-                            ntk_boundary=args.ntk_boundary, return_mask=True, **_sampling(args))
+                            ntk_boundary=args.ntk_boundary, return_mask=True, **_sampling(args, model))
     ds = tok.downsample
     H, W = out.shape[1:]
     h, w = codes.shape[1:]
@@ -166,7 +168,7 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
     settings = {"command": "outpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
                 "class": cls, "padding_tokens": pads, "within_trained_grid": bool(args.within),
                 "canvas": [int(H), int(W)], "trained_grid": [gh, gw], "rope": args.rope,
-                "ntk_boundary": args.ntk_boundary, "samples": n, "seed": args.seed, "sampling": _sampling(args),
+                "ntk_boundary": args.ntk_boundary, "samples": n, "seed": args.seed, "sampling": _sampling(args, model),
                 "generated_tokens": int(unknown.sum()),
                 "layout": "input on the canvas (grey = to generate) | result(s)"}
     _write(args.out, tiles, nrow=tiles.shape[0], settings=settings)
@@ -177,7 +179,7 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     classes = parse_classes(args.classes, model.num_classes) if args.classes else [model.null_class]
     classes = [c for c in classes for _ in range(args.per_class)]
-    kw = _sampling(args)
+    kw = _sampling(args, model)
     out, low = extrapolate(model, classes, factor=args.factor, ntk_boundary=args.ntk_boundary, order=args.order,
                            spatial_guidance_scale=args.spatial_guidance_scale,
                            spatial_guidance_start=args.spatial_guidance_start,
@@ -229,14 +231,8 @@ def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--tokenizer", help="tokenizer file or demo tokenizer dir (default: the run's tokenizer/)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
-    if sampling:
-        p.add_argument("--guidance-scale", type=float, default=1.0, help="class guidance (RandAR's linear schedule)")
-        p.add_argument("--guidance-start", type=float, default=1.0, help="guidance at the first step")
-        p.add_argument("--temperature", type=float, default=1.0)
-        p.add_argument("--top-k", type=int, default=0)
-        p.add_argument("--top-p", type=float, default=1.0)
-        p.add_argument("--steps", type=int, default=None,
-                       help="parallel-decoding steps for the generated tokens (default: one token per step)")
+    if sampling:  # default: the settings the model was made with (its run's, its release's)
+        add_sampling_options(p, randar_only=True)
 
 
 def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:

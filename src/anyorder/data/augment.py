@@ -14,9 +14,10 @@ pretokenized model ever sees. Two recipes, as the official scripts do them:
     torchvision's ``TenCrop(R)``: the four corner crops and the centre crop (``FiveCrop``), followed by the
     same five crops of the horizontally flipped image. This is LlamaGen
     ``autoregressive/train/extract_codes_c2i.py --ten-crop --crop-range 1.1`` (also RandAR
-    ``tools/extracr_latent_codes.py --aug-mode ten-crop``, its default) and 1d-tokenizer
-    ``scripts/pretokenization.py --ten_crop`` ("augmentation following LlamaGen"), the command both RAR and
-    RandAR document for ImageNet.
+    ``tools/extracr_latent_codes.py --aug-mode ten-crop``, its argument default) and 1d-tokenizer
+    ``scripts/pretokenization.py --ten_crop`` ("augmentation following LlamaGen"), the commands LlamaGen and
+    RAR document for ImageNet (the example command of 1d-tokenizer's script). RandAR's ``documentation.md`` says its
+    released checkpoints were trained on ``adm`` codes instead (better FID in their re-implementation).
 
 ``none`` (1 row) — the centre crop alone (evaluation / debugging).
 

@@ -131,6 +131,9 @@ class ImageFolderSource(ImageSource):
         if not self.classes:
             raise ValueError(f"{self.root}: no class folders: expected an image-folder tree SRC/<class>/<image> "
                              f"(or webdataset .tar shards)")
+        if set(self.classes) <= {"train", "val", "validation", "test"}:  # ImageNet's root instead of its train/
+            raise ValueError(f"{self.root}: its folders {self.classes} look like dataset splits, not classes: pass "
+                             f"the split itself, e.g. --data {root_path / self.classes[0]}")
         if not self.items:
             raise ValueError(f"{self.root}: no image files ({', '.join(IMG_EXTENSIONS)}) in its "
                              f"{len(self.classes)} class folder(s)")

@@ -332,7 +332,8 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
             raise ValueError(f"{out} already holds pretokenized codes of another run (differs in: {', '.join(differs)})"
                              f"; choose another --out or delete it")
         if all((out / f).is_file() for f in ("codes.npy", "labels.npy")):
-            print(f"tokenize: {out} is complete already ({old.get('N')} images); nothing to do", file=sys.stderr)
+            if progress:
+                print(f"tokenize: {out} is complete already ({old.get('N')} images); nothing to do", file=sys.stderr)
             return old
 
     rank, world = _dist_env()

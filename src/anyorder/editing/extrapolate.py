@@ -39,7 +39,7 @@ def hierarchical_orders(batch: int, grid: tuple[int, int], factor: int,
 def _extrapolation_plan(steps: int | None, total: int, done: int) -> list[int]:
     """One token per step (``steps`` None), else the official schedule: the cosine curve over the whole canvas
     counted from the ``done`` low-resolution tokens already placed (:func:`parallel_decoding_schedule_from`)."""
-    if steps is None:
+    if not steps:
         return [1] * (total - done)
     return parallel_decoding_schedule_from(int(steps), total, done)
 

@@ -59,13 +59,8 @@ def config_from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any
     if unknown:
         raise ValueError(f"unknown config key {prefix + unknown[0]!r}; valid keys under "
                          f"{prefix.rstrip('.') or 'the top level'}: {names}")
-    default = cls()
-    kwargs = {}
-    for name in names:
-        if name in values:
-            kwargs[name] = _coerce(hints[name], values[name], prefix + name)
-        else:
-            kwargs[name] = getattr(default, name)
+    # missing keys take the field defaults (not an instance's values: __post_init__ may derive fields)
+    kwargs = {name: _coerce(hints[name], values[name], prefix + name) for name in names if name in values}
     return cls(**kwargs)
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:

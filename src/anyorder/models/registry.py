@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from anyorder.io.config import config_from_dict
 from anyorder.models.base import AnyOrderModel
 from anyorder.models.digit_judge import DigitClassifier
 from anyorder.models.presets import get_preset
@@ -30,7 +31,7 @@ def model_config(family: str, values: dict[str, Any], source: str = "config"):
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"{source}: unknown {family} config key(s) {unknown}; valid keys: {sorted(names)}")
-    return cls(**values)
+    return config_from_dict(cls, values, prefix=f"{source}: " if source else "")
 
 
 def build_model(config: dict[str, Any] | str, device: torch.device | str | None = None,

@@ -8,7 +8,6 @@ or shape as a :class:`~anyorder.io.CheckpointError`.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -19,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anyorder.io import CheckpointError, check_state_dict, load_state_dict
+from anyorder.io import CheckpointError, check_state_dict, load_state_dict, read_config_file
 from anyorder.tokenizers.base import ImageTokenizer
 from anyorder.tokenizers.llamagen_vq import LlamaGenVQ, LlamaGenVQConfig
 from anyorder.tokenizers.maskgit_vqgan import MaskGITVQGAN, MaskGITVQGANConfig
@@ -97,18 +96,10 @@ def detect_tokenizer_kind(state_dict: Mapping[str, Tensor]) -> str | None:
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise FileNotFoundError(f"tokenizer config not found: {path}")
-    import yaml
-
-    text = path.read_text()
     try:
-        data = yaml.safe_load(text) if path.suffix.lower() in (".yaml", ".yml") else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise ValueError(f"{path}: cannot parse tokenizer config ({type(e).__name__}: {e})") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: tokenizer config must be a mapping, got {type(data).__name__}")
-    return data
+        return read_config_file(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"tokenizer config not found: {path}") from e
 
 
 def config_from_dict(kind: str, mapping: Mapping[str, Any]) -> MaskGITVQGANConfig | LlamaGenVQConfig:

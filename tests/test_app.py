@@ -1,0 +1,336 @@
+"""``anyorder app``: the web app, in Python, through its HTTP API (gradio_client) and in a real headless browser.
+
+The app serves tiny random models saved in the demo-run layout (``ANYORDER_APP_RUNS=DIR`` serves the real demo
+runs in ``DIR`` instead, e.g. to take the screenshot in ``docs/`` with ``ANYORDER_WRITE_DOCS=1``). Every image the
+app returns is checked against the library: a streamed generation is ``anyorder.sampling.generate`` with the same
+seed, a streamed edit is ``anyorder.editing.inpaint`` / ``outpaint``, and inpainting keeps the pixels of the
+tokens it does not regenerate exactly as given.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import socket
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anyorder import editing as E
+from anyorder.app import core, demo_models, render
+from anyorder.app.stream import edit_job, generation_job, stream
+from anyorder.hub import build_model, save_pretrained
+from anyorder.sampling import generate
+from anyorder.sampling.schedules import parallel_decoding_schedule
+from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = "/usr/bin/chromium"
+GRID = 4  # tiny models: 4x4 tokens, 16x16 pixels
+TINY = {
+    "randar": {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": GRID * GRID, "codebook_size": 16,
+               "num_classes": 10, "multiple_of": 16},
+    "rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": GRID * GRID,
+            "codebook_size": 16, "num_classes": 10},
+}
+
+
+def _need(module: str):
+    """Import an optional test dependency; missing, it skips (outside CI) or fails (CI must run everything)."""
+    if IN_CI:
+        return __import__(module)
+    return pytest.importorskip(module, reason=f"{module} is not installed (pip install {module})")
+
+
+# ---- fixtures -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[Path]:
+    """Run directories ``demo_randar`` and ``demo_rar`` (model/ + tokenizer/), RandAR first."""
+    real = os.environ.get("ANYORDER_APP_RUNS")
+    if real:
+        return [Path(real) / "demo_randar", Path(real) / "demo_rar"]
+    root = tmp_path_factory.mktemp("runs")
+    out = []
+    for fam in ("randar", "rar"):
+        torch.manual_seed(0)
+        model = build_model(TINY[fam]).eval()
+        with torch.no_grad():  # the head is zero-initialised; give it weights so the samples vary
+            model.transformer.final.head.weight.normal_(0, 0.5)
+        save_pretrained(model, root / f"demo_{fam}" / "model")
+        torch.manual_seed(1)
+        tok = DemoVQ(DemoVQConfig(codebook_size=TINY[fam]["codebook_size"], image_size=GRID * 4, code_dim=8, hidden=16))
+        save_pretrained(tok, root / f"demo_{fam}" / "tokenizer")
+        out.append(root / f"demo_{fam}")
+    return out
+
+
+@pytest.fixture(scope="module")
+def entries(runs) -> list[core.AppModel]:
+    return demo_models(runs)
+
+
+@pytest.fixture(scope="module")
+def randar(entries) -> core.AppModel:
+    return next(e for e in entries if e.family == "randar")
+
+
+@pytest.fixture(scope="module")
+def rar(entries) -> core.AppModel:
+    return next(e for e in entries if e.family == "rar")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(entries):
+    _need("gradio")
+    from anyorder.app import ui
+
+    app = ui.build_app(entries)
+    port = _free_port()
+    t0 = time.perf_counter()
+    ui.launch(app, port=port, block=False, quiet=True)
+    print(f"app up in {time.perf_counter() - t0:.1f} s")
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    gc = _need("gradio_client")
+    return gc.Client(server, verbose=False, download_files=tempfile.mkdtemp())
+
+
+def _reference(entry: core.AppModel, classes: list[int], seed: int, **ui) -> Image.Image:
+    """What the app must show for a generation: the library's samples, decoded and tiled."""
+    settings = core.sampling_settings(entry, **ui)
+    if entry.family == "rar":
+        settings.pop("steps", None)
+    codes = generate(entry.model, classes, seed=seed, **settings)
+    return render.tile(render.decode_pixels(entry.tokenizer, codes), entry.scale)
+
+
+def _native(image: Image.Image | str | Path, entry: core.AppModel) -> np.ndarray:
+    """An image the app returned (upscaled ``entry.scale`` x) back at native pixels, ``[H, W, 3]`` uint8."""
+    arr = np.asarray(Image.open(image).convert("RGB") if not isinstance(image, Image.Image) else image.convert("RGB"))
+    return arr[:: entry.scale, :: entry.scale]
+
+
+def _digit(entry: core.AppModel, seed: int = 0) -> Image.Image:
+    """A test input: random pixels at the model's image size, upscaled as the app shows images."""
+    S = entry.image_size
+    arr = (np.random.default_rng(seed).random((S, S)) * 255).astype(np.uint8)
+    return render.tile(render.pil_to_pixels(Image.fromarray(arr), 1), entry.scale)
+
+
+def _given_cells(order: Image.Image | str, entry: core.AppModel) -> np.ndarray:
+    """Token cells the order map marks as given (kept), ``[h, w]`` bool."""
+    arr = np.asarray(Image.open(order).convert("RGB") if not isinstance(order, Image.Image) else order)
+    cell = entry.downsample * entry.scale
+    centres = arr[cell // 2 :: cell, cell // 2 :: cell]
+    return (np.abs(centres.astype(int) - round(render.GIVEN * 255)) <= 1).all(-1)
+
+
+def _kept_pixels_equal(result: np.ndarray, given: np.ndarray, cells: np.ndarray, ds: int) -> bool:
+    keep = np.kron(cells, np.ones((ds, ds), bool))
+    return bool(np.array_equal(result[keep], given[keep]))
+
+
+# ---- streaming = the library ------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", ["randar", "rar"])
+def test_streamed_generation_is_generate_step_by_step(entries, family):
+    """Each frame adds the tokens of one decoding step, never changes a placed one, and the last is exactly
+    ``generate`` with the same seed; RAR places token t at step t in raster order, RandAR follows its plan."""
+    entry = next(e for e in entries if e.family == family)
+    model, T = entry.model, entry.model.seq_len
+    steps = None if family == "rar" else max(2, T // 3)
+    settings = {"guidance_scale": 2.0} | ({} if steps is None else {"steps": steps})
+    classes = [1, 2, 3]
+    frames = list(stream(generation_job(model, classes, seed=5, **settings)))
+    ref = generate(model, classes, seed=5, **settings)
+    assert frames[-1].final and torch.equal(frames[-1].codes, ref)
+    assert frames[0].done == 0 and not frames[0].placed.any()
+    plan = [1] * T if steps is None else parallel_decoding_schedule(steps, T)
+    assert [f.done for f in frames[1:-1]] == list(np.cumsum(plan))
+    for f in frames:
+        assert torch.equal(f.codes[f.placed], ref[f.placed])  # placed tokens are final
+    counts = torch.bincount(frames[-1].step[0].flatten(), minlength=len(plan) + 1)[1:]
+    assert counts.tolist() == plan
+    if family == "rar":
+        assert torch.equal(frames[-1].step[0].flatten(), torch.arange(1, T + 1))
+
+
+def test_streamed_edits_are_inpaint_and_outpaint(randar):
+    model = randar.model
+    h, w = model.grid
+    codes = torch.randint(0, model.codebook_size, (2, h, w), generator=torch.Generator().manual_seed(3))
+    mask = E.half_mask(model.grid, "left")
+    frames = list(stream(edit_job(model, codes, mask, [1], seed=9, guidance_scale=2.0, steps=3)))
+    assert torch.equal(frames[-1].codes, E.inpaint(model, codes, mask, 1, guidance_scale=2.0, steps=3, seed=9))
+    assert torch.equal(frames[0].placed[0], ~mask)  # the first frame shows the kept tokens only
+    assert (frames[-1].step[:, ~mask] == 0).all() and (frames[-1].step[:, mask] > 0).all()
+    canvas = torch.zeros(2, h, w + 2, dtype=torch.long)
+    canvas[:, :, 2:] = codes
+    unknown = torch.zeros(h, w + 2, dtype=torch.bool)
+    unknown[:, :2] = True
+    frames = list(stream(edit_job(model, canvas, unknown, [1], seed=4)))
+    assert torch.equal(frames[-1].codes, E.outpaint(model, codes, 1, left=2, seed=4))
+
+
+# ---- editing in Python: bad input -----------------------------------------------------------------------------
+def test_inpaint_keeps_known_pixels_and_handles_odd_masks(randar, rar):
+    S, ds, k = randar.image_size, randar.downsample, randar.scale
+    image = _digit(randar)
+    given = _native(image, randar)
+    layer = np.zeros((S * k, S * k, 4), np.uint8)
+    layer[: S * k // 3, : S * k // 3, 3] = 255  # a brushed top-left corner
+    out = list(core.inpaint_updates(randar, image, [Image.fromarray(layer)], 2, seed=1))[-1]
+    cells = E.mask_from_image(torch.from_numpy(layer[::k, ::k, 3] > 0), S, randar.model.grid).numpy()
+    result = _native(out.image, randar)
+    assert _kept_pixels_equal(result, given, ~cells, ds)
+    assert np.array_equal(_given_cells(out.order, randar), ~cells)
+    assert f"inpainting {int(cells.sum())} of" in out.status
+    # an empty mask returns the input; a full one is plain sampling (= generate with the same seed)
+    empty = list(core.inpaint_updates(randar, image, [], 2, seed=1))
+    assert len(empty) == 1 and np.array_equal(_native(empty[0].image, randar), given) and "empty" in empty[0].status
+    full = np.full_like(layer, 255)
+    out = list(core.inpaint_updates(randar, image, [Image.fromarray(full)], 2, seed=1))[-1]
+    assert np.array_equal(np.asarray(out.image), np.asarray(_reference(randar, [2], 1)))
+    assert "plain class-conditional sampling" in out.status
+    # another size is fitted (with a note) and a RAR model refuses with the reason
+    odd = image.resize((S * k + 7, S * k - 5))
+    out = list(core.inpaint_updates(randar, odd, [], 2, seed=1))[-1]
+    assert "resized" in out.status and out.image.size == (S * k, S * k)
+    with pytest.raises(ValueError, match="fixed raster scan order"):
+        next(core.inpaint_updates(rar, image, [], 0))
+
+
+# ---- the HTTP API ------------------------------------------------------------------------------------------
+def test_api_generate_and_two_users_at_once(client, randar, rar):
+    """Two sessions at once are queued (one decode at a time) and each gets its own images, which are the
+    library's samples for its own class and seed."""
+    gc = _need("gradio_client")
+    ui = {"guidance": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "steps": 0}
+    other = gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
+
+    def run(c, name, cls, seed):
+        job = c.submit(name, cls, 4, *ui.values(), seed, 0, api_name="/generate")
+        return job.result(timeout=120), job
+
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(run, client, randar.name, 1, 11)
+        b = pool.submit(run, other, rar.name, 2, 22)
+        (img_a, _, status_a), job_a = a.result()
+        (img_b, _, status_b), _ = b.result()
+    sampling = {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "steps": 0}
+    assert np.array_equal(np.asarray(Image.open(img_a).convert("RGB")),
+                          np.asarray(_reference(randar, [1] * 4, 11, **sampling)))
+    assert np.array_equal(np.asarray(Image.open(img_b).convert("RGB")),
+                          np.asarray(_reference(rar, [2] * 4, 22, **sampling)))
+    assert status_a.startswith("done") and "random orders" in status_a and "raster order" in status_b
+    assert len(job_a.outputs()) >= 2  # streamed: partial images before the final one
+
+
+def test_api_upload_and_edit(client, randar, rar, tmp_path):
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+
+    S, k = randar.image_size, randar.scale
+    (tmp_path / "notes.txt").write_text("not a picture")
+    with pytest.raises(AppError, match="not an image"):
+        client.predict(randar.name, handle_file(str(tmp_path / "notes.txt")), api_name="/upload")
+    _digit(randar).resize((S * k + 9, S * k // 2)).save(tmp_path / "wide.png")
+    editor, note = client.predict(randar.name, handle_file(str(tmp_path / "wide.png")), api_name="/upload")
+    assert "resized" in note and Image.open(editor["background"]).size == (S * k, S * k)
+    image = _digit(randar, seed=2)
+    image.save(tmp_path / "digit.png")
+    layer = np.zeros((S * k, S * k, 4), np.uint8)
+    layer[:, S * k // 2 :, 3] = 255  # right half
+    Image.fromarray(layer).save(tmp_path / "mask.png")
+    value = {"background": handle_file(str(tmp_path / "digit.png")), "layers": [handle_file(str(tmp_path / "mask.png"))],
+             "composite": None}
+    ui = [2.0, 1.0, 0, 1.0, 0, 3, 0]  # guidance, temperature, top_k, top_p, steps, seed, delay
+    img, order, status = client.predict(randar.name, value, 4, *ui, api_name="/inpaint")
+    cells = E.half_mask(randar.model.grid, "right").numpy()
+    assert _kept_pixels_equal(_native(img, randar), _native(image, randar), ~cells, randar.downsample)
+    assert np.array_equal(_given_cells(order, randar), ~cells) and status.startswith("done")
+    img, _, status = client.predict(randar.name, value, "left", 2, 4, *ui, api_name="/outpaint")
+    out = _native(img, randar)
+    ds = randar.downsample
+    assert out.shape[:2] == (S, S + 2 * ds) and np.array_equal(out[:, 2 * ds :], _native(image, randar))
+    with pytest.raises(AppError, match="RAR offers sampling only"):
+        client.predict(rar.name, value, 4, *ui, api_name="/inpaint")
+
+
+# ---- a real browser -----------------------------------------------------------------------------------------
+def _browser():
+    if not Path(CHROMIUM).exists():
+        msg = f"{CHROMIUM} not found: install Debian's chromium (bash .ci/install_browser.sh)"
+        if IN_CI:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return _need("playwright.sync_api")
+
+
+def test_browser_generate_and_inpaint(server, randar):
+    """Headless Chromium loads the page, generates, sends image #1 to the editor, brushes a stroke and inpaints."""
+    sync_api = _browser()
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    with sync_api.sync_playwright() as p:
+        ctx = p.chromium.launch_persistent_context(profile, executable_path=CHROMIUM, headless=True, args=args,
+                                                   viewport={"width": 1280, "height": 1000})
+        try:
+            page = ctx.new_page()
+            page.goto(server, wait_until="load")
+            page.wait_for_selector("#generate-btn", timeout=60_000)
+            assert page.title() == "anyorder"
+
+            def fetch(selector: str) -> Image.Image:
+                src = page.locator(f"{selector} img").get_attribute("src")
+                return Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
+
+            page.click("#generate-btn")  # defaults: 8 images of the first class, seed 0, the model's settings
+            page.wait_for_selector("#gen-status :text('done')", timeout=60_000)
+            ref = _reference(randar, [0] * 8, 0, steps=0)
+            assert np.array_equal(np.asarray(fetch("#gen-result")), np.asarray(ref))
+
+            page.click("#to-editor-btn")
+            page.wait_for_selector("#edit-note :text('in the editor')", timeout=30_000)
+            box = page.locator("#editor canvas").first.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x - 40, y - 40)
+            page.mouse.down()
+            for i in range(10):
+                page.mouse.move(x - 40 + 4 * i, y - 40 + 2 * i)
+            page.mouse.up()
+            page.click("#inpaint-btn")
+            page.wait_for_selector("#edit-status :text('done')", timeout=60_000)
+            status = page.inner_text("#edit-status")
+            result, order = fetch("#result"), fetch("#order")
+            given = _given_cells(order, randar)
+            h, w = randar.model.grid
+            m = h * w - int(given.sum())
+            assert 0 < m < h * w and f"inpainting {m} of {h * w} tokens" in status
+            first = _native(ref, randar)[: randar.image_size, : randar.image_size]
+            assert _kept_pixels_equal(_native(result, randar), first, given, randar.downsample)
+            if os.environ.get("ANYORDER_WRITE_DOCS") == "1":
+                docs = Path(__file__).resolve().parents[1] / "docs"
+                page.screenshot(path=str(docs / "app_inpaint.png"), full_page=True)
+                page.get_by_role("tab", name="Generate").click()
+                page.screenshot(path=str(docs / "app_screenshot.png"), full_page=True)
+        finally:
+            ctx.close()
+            shutil.rmtree(profile, ignore_errors=True)
