@@ -221,7 +221,7 @@ def test_api_generate_and_two_users_at_once(client, randar, rar):
     """Two sessions at once are queued (one decode at a time) and each gets its own images, which are the
     library's samples for its own class and seed."""
     gc = _need("gradio_client")
-    ui = {"guidance": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "steps": 0}
+    ui = {"guidance": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "steps": randar.model.seq_len}
     other = gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
 
     def run(c, name, cls, seed):
@@ -258,9 +258,9 @@ def test_api_upload_and_edit(client, randar, rar, tmp_path):
     layer = np.zeros((S * k, S * k, 4), np.uint8)
     layer[:, S * k // 2 :, 3] = 255  # right half
     Image.fromarray(layer).save(tmp_path / "mask.png")
-    value = {"background": handle_file(str(tmp_path / "digit.png")), "layers": [handle_file(str(tmp_path / "mask.png"))],
-             "composite": None}
-    ui = [2.0, 1.0, 0, 1.0, 0, 3, 0]  # guidance, temperature, top_k, top_p, steps, seed, delay
+    value = {"background": handle_file(str(tmp_path / "digit.png")),
+             "layers": [handle_file(str(tmp_path / "mask.png"))], "composite": None}
+    ui = [2.0, 1.0, 0, 1.0, 2, 3, 0]  # guidance, temperature, top_k, top_p, steps, seed, delay
     img, order, status = client.predict(randar.name, value, 4, *ui, api_name="/inpaint")
     cells = E.half_mask(randar.model.grid, "right").numpy()
     assert _kept_pixels_equal(_native(img, randar), _native(image, randar), ~cells, randar.downsample)

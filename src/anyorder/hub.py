@@ -72,19 +72,45 @@ def _read_config(config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
     return read_config_file(config)
 
 
-def _load_into(model: AnyOrderModel, sd: dict[str, torch.Tensor], source: str) -> AnyOrderModel:
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+          "fp16": torch.float16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """``"fp32"`` / ``"bf16"`` / ``"fp16"`` (or a ``torch.dtype``, or None: keep fp32) to a ``torch.dtype``."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[str(dtype)]
+
+
+def _load_into(model: AnyOrderModel, sd: dict[str, torch.Tensor], source: str,
+               dtype: torch.dtype | None = None) -> AnyOrderModel:
+    """Load ``sd`` into ``model`` — built on the meta device — by *assigning* the checkpoint's tensors as the
+    parameters (no random initialisation before, no second copy of the weights), cast key by key to ``dtype``
+    (default: the model's fp32), then recompute the non-persistent buffers (RandAR's RoPE table, fp32)."""
     if type(model).is_official_state_dict(sd):
         sd = type(model).convert_official_state_dict(sd)
     check_state_dict(model.state_dict(), sd, source)
-    model.load_state_dict(sd, strict=True)
+    want = {k: v.dtype for k, v in model.state_dict().items()}
+    for k in list(sd):  # in place, so each old tensor is freed as its cast replaces it
+        target = dtype if (dtype is not None and sd[k].is_floating_point()) else want[k]
+        sd[k] = sd[k].to(target)
+    model.load_state_dict(sd, strict=True, assign=True)
+    model.reset_buffers()
     return model
 
 
 def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | os.PathLike | None = None,
-                  preset: str | None = None, device: torch.device | str = "cpu") -> AnyOrderModel:
+                  preset: str | None = None, device: torch.device | str = "cpu",
+                  dtype: torch.dtype | str | None = None) -> AnyOrderModel:
     """Load a checkpoint (official or ours) given its hyper-parameters (official ``config.json``,
-    our ``config.json``, or a preset name)."""
+    our ``config.json``, or a preset name). The model is built on the meta device and takes the checkpoint's
+    tensors (``assign=True``): peak memory is one copy of the weights. ``dtype`` (``"bf16"``, ...) casts the
+    weights for inference; RandAR's RoPE table stays fp32."""
     checkpoint = Path(checkpoint)
+    dtype = resolve_dtype(dtype)
     sd = load_state_dict(checkpoint)
     if config is None and preset is None:
         beside = checkpoint.parent / CONFIG_NAME
@@ -102,16 +128,19 @@ def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | 
         if "family" in cfg:
             extra = cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}
             sampling = dict(extra.get("sampling") or {})
-            model = build_model(cfg, source="config" if isinstance(config, dict) else str(config))
+            with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
+                model = build_model(cfg, source="config" if isinstance(config, dict) else str(config))
         else:
-            model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
+            with torch.device("meta"):
+                model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
             sampling = _official_sampling(cfg, family)
         if not sampling and checkpoint.stem in PRESETS and PRESETS[checkpoint.stem].family == model.family:
             sampling = dict(PRESETS[checkpoint.stem].sampling)
     else:
-        model = build_model(preset)
+        with torch.device("meta"):
+            model = build_model(preset)
         sampling = dict(get_preset(preset).sampling)
-    model = _load_into(model, sd, str(checkpoint)).to(device).eval()
+    model = _load_into(model, sd, str(checkpoint), dtype).to(device).eval()
     model.sampling_defaults = sampling  # what the run / release samples with (anyorder.sampling.model_sampling)
     return model
 
@@ -165,7 +194,7 @@ def load_module(directory: str | os.PathLike, device: torch.device | str = "cpu"
 
 def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None,
                     config: dict[str, Any] | str | os.PathLike | None = None, preset: str | None = None,
-                    device: torch.device | str = "cpu") -> AnyOrderModel:
+                    device: torch.device | str = "cpu", dtype: torch.dtype | str | None = None) -> AnyOrderModel:
     """Load a model from a local directory, a local file, or a hub id (``owner/name`` + ``filename``).
 
     A directory holds our ``config.json`` + ``model.safetensors`` (or an official checkpoint with its
@@ -181,15 +210,16 @@ def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None
         weights = _weights_in_directory(path)
         if config is None and preset is None and not cfg_path.is_file():
             raise FileNotFoundError(f"{path}: no {CONFIG_NAME}; pass config= or preset=")
-        return load_official(weights, config if config is not None else (None if preset else cfg_path), preset, device)
+        return load_official(weights, config if config is not None else (None if preset else cfg_path), preset, device,
+                             dtype)
     if path.is_file():
-        return load_official(path, config, preset, device)
+        return load_official(path, config, preset, device, dtype)
     if not _looks_like_hub_id(str(name_or_path)) or path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
         raise FileNotFoundError(f"{name_or_path}: no such file or directory (nor a hub id like 'owner/name')")
     local = hub_download(str(name_or_path), filename)
     if preset is None and config is None and Path(local).stem in _preset_names():
         preset = Path(local).stem
-    return load_official(local, config, preset, device)
+    return load_official(local, config, preset, device, dtype)
 
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")

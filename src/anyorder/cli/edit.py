@@ -32,6 +32,7 @@ from anyorder.editing import (
 from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
 from anyorder.sampling.policy import model_sampling
+from anyorder.training.loop import resolve_device
 
 __all__ = ["add_editing_commands"]
 
@@ -229,7 +230,8 @@ def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--model", required=True, help="run/model directory, preset name (with --checkpoint) or hub id")
     p.add_argument("--checkpoint", help="official or our checkpoint file")
     p.add_argument("--tokenizer", help="tokenizer file or demo tokenizer dir (default: the run's tokenizer/)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="auto", type=lambda d: str(resolve_device(d)),
+                   help="auto (default): CUDA when present, else CPU")
     p.add_argument("--seed", type=int, default=0)
     if sampling:  # default: the settings the model was made with (its run's, its release's)
         add_sampling_options(p, randar_only=True)
