@@ -7,12 +7,14 @@
 #   anyorder demo --model rar    --out runs/demo_rar    --threads 1
 #   anyorder demo --model randar --out runs/demo_randar --threads 1
 # Usage: bash benchmarks/eval_digits.sh [RUNS_DIR (default runs)] [NUM_SAMPLES (default 1000)]
-# Writes RUNS_DIR/eval_digits/*.npz, *_metrics.json and docs/eval_digits.json (the table in docs/EVALUATION.md).
+# Writes RUNS_DIR/eval_digits/*.npz, *_metrics.json and $JSON_OUT (default docs/eval_digits.json, the table in
+# docs/EVALUATION.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
 N=${2:-1000}
 OUT=$RUNS/eval_digits
+JSON_OUT=${JSON_OUT:-docs/eval_digits.json}
 JUDGE=$RUNS/demo_rar   # one judge scores everything (a reference records its judge's hash)
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
@@ -47,11 +49,11 @@ for name in $names; do
     --out "$OUT/${name}_metrics.json" --quiet
 done
 
-python3 - "$OUT" $names <<'EOF'
+python3 - "$OUT" "$JSON_OUT" $names <<'EOF'
 import json
 import sys
 from pathlib import Path
-out, names = Path(sys.argv[1]), sys.argv[2:]
+out, json_out, names = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:]
 rows = {}
 for name in names:
     m = json.loads((out / f"{name}_metrics.json").read_text())
@@ -68,7 +70,7 @@ doc = {"protocol": "anyorder eval --features judge (the digit judge's 32-d featu
                    "see docs/EVALUATION.md and benchmarks/eval_digits.sh",
        "judge": json.loads((out / f"{names[0]}_metrics.json").read_text()).get("judge_sha256"),
        "results": rows}
-Path("docs/eval_digits.json").write_text(json.dumps(doc, indent=2) + "\n")
+json_out.write_text(json.dumps(doc, indent=2) + "\n")
 print(f"{'':12} {'n':>5} {'FID':>8} {'acc':>6} {'IS':>6} {'prec':>6} {'recall':>6}")
 for name, r in rows.items():
     print(f"{name:12} {r['num_samples']:5d} {r['fid']:8.2f} {r['judge_accuracy']:6.3f} {r['inception_score']:6.2f} "

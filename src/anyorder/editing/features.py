@@ -31,7 +31,8 @@ def _hidden(model: Any, codes: Tensor, classes: Tensor, passes: list[Tensor], la
     gen = torch.cat([orders_lib.permute(codes, o) for o in passes], dim=1)
     allo = torch.cat(passes, dim=1)
     L = allo.shape[1]
-    _, hidden = model.forward(gen, classes, allo, hidden_layers=tuple(sorted({la - 1 for la in layers})))
+    # stops after the deepest requested block: no later blocks, no vocabulary head
+    _, hidden = model.forward(gen, classes, allo, hidden_layers=tuple(sorted({la - 1 for la in layers})), head=False)
     by_layer = dict(zip(sorted(set(layers)), hidden))
     first = (1 if read == "instruction" else 2) + 2 * (L - T)
     return [orders_lib.unpermute(by_layer[la][:, first::2][:, :T], passes[-1]) for la in layers]

@@ -161,9 +161,11 @@ class RandAR(AnyOrderModel):
 
     # ---- teacher forcing ----------------------------------------------------------------------------
     def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor, table: Tensor | None = None,
-                hidden_layers: tuple[int, ...] = ()) -> Tensor | tuple[Tensor, list[Tensor]]:
+                hidden_layers: tuple[int, ...] = (), head: bool = True) -> Tensor | tuple[Tensor | None, list[Tensor]]:
         """Logits ``[B, T, V]`` read at the instruction slots for tokens ``gen_ids [B, T]`` already in
-        generation order ``orders``; logit ``j`` predicts ``gen_ids[:, j]``."""
+        generation order ``orders``; logit ``j`` predicts ``gen_ids[:, j]``. ``hidden_layers`` also returns the
+        residual streams after those blocks (0-based); with ``head=False`` the forward stops after the last of
+        them and returns ``(None, hidden)`` (feature extraction: no later blocks, no vocabulary head)."""
         B, T = gen_ids.shape
         instr = self.instruction_tokens(orders, table)
         toks = self.tok_embeddings(gen_ids)
@@ -171,6 +173,11 @@ class RandAR(AnyOrderModel):
         rows = self.rope_rows(orders, table)
         table0 = (self.freqs_cis if table is None else table)[:1].expand(B, -1, -1, -1)
         rope = torch.cat([table0, interleave(rows, rows)], dim=1)
+        if not head:
+            if not hidden_layers:
+                raise ValueError("head=False returns hidden states only: give hidden_layers")
+            _, hidden = self.transformer(x, rope=rope, hidden_layers=hidden_layers, stop_after=max(hidden_layers) + 1)
+            return None, hidden
         out = self.transformer(x, rope=rope, hidden_layers=hidden_layers)
         if hidden_layers:
             logits, hidden = out

@@ -1,0 +1,121 @@
+"""One sampling policy per family: which settings apply, the step plan, the guidance schedule."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from anyorder.models import PRESETS, build_model
+from anyorder.sampling import RandARSampling, RARSampling, generate, model_sampling, sampling_config
+from anyorder.sampling.schedules import parallel_decoding_schedule, parallel_decoding_schedule_from
+
+extrapolate_mod = importlib.import_module("anyorder.editing.extrapolate")  # the module, not the function
+
+
+def tiny(family: str):
+    torch.manual_seed(0)
+    if family == "rar":
+        return build_model({"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
+                            "codebook_size": 16, "num_classes": 3, "pos_extra": 2, "timestep_extra": 2}).eval()
+    model = build_model({"family": "randar", "dim": 32, "depth": 1, "n_head": 2, "seq_len": 16, "codebook_size": 16,
+                         "num_classes": 3, "multiple_of": 16}).eval()
+    torch.nn.init.normal_(model.transformer.final.head.weight, std=0.5)  # LlamaGen zero-inits the head
+    return model
+
+
+@pytest.mark.parametrize("family, foreign", [("rar", "steps"), ("rar", "guidance_start"),
+                                             ("randar", "guidance_power"), ("randar", "guidance_stepz")])
+def test_a_setting_the_family_cannot_use_is_an_error(family: str, foreign: str) -> None:
+    with pytest.raises(ValueError, match=f"{foreign}.*does not apply to a {family} model"):
+        sampling_config(family, {foreign: 2})
+    with pytest.raises(ValueError, match=f"{foreign}.*does not apply to a {family} model"):
+        generate(tiny(family), [0], **{foreign: 2})
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_preset_carries_valid_settings_for_its_family(name: str) -> None:
+    p = PRESETS[name]
+    cfg = sampling_config(p.family, p.sampling)
+    assert cfg.family == p.family and cfg.to_dict() == {**type(cfg)().to_dict(), **p.sampling}
+
+
+def test_the_step_plans_are_the_papers() -> None:
+    assert RARSampling(guidance_scale=4).plan(16) == [1] * 16  # raster, one token per step
+    assert RandARSampling().plan(16) == [1] * 16  # steps 0: one token per step
+    assert RandARSampling(steps=6).plan(16) == parallel_decoding_schedule(6, 16)
+    assert RandARSampling(steps=88).plan_clamped(10) == [1] * 10  # an edit with fewer tokens than steps
+    with pytest.raises(ValueError, match="steps must be"):
+        RandARSampling(steps=17).plan(16)
+
+
+def test_the_guidance_schedules_are_the_papers() -> None:
+    rar = RARSampling(guidance_scale=8.0, guidance_power=2.75).guidance()
+    for s in (0, 5, 15):
+        assert rar(s, 16) == pytest.approx(1 + 7 * (1 - math.cos(math.pi * (s / 16) ** 2.75)) / 2)
+    randar = RandARSampling(guidance_scale=4.0, guidance_start=1.0).guidance()
+    assert [randar(s, 16) for s in (0, 8, 16)] == [1.0, 2.5, 4.0]
+    assert not RandARSampling(guidance_scale=1.0).guidance().enabled
+
+
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_a_config_and_its_keywords_sample_the_same(family: str) -> None:
+    model = tiny(family)
+    cfg = sampling_config(family, {"guidance_scale": 2.0, "temperature": 0.9, "top_k": 5})
+    a = generate(model, [0, 1, 2], cfg, seed=3)
+    b = generate(model, [0, 1, 2], seed=3, **cfg.to_dict())
+    c = generate(model, [0, 1, 2], seed=3, guidance_scale=2.0, temperature=0.2, top_k=5)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_a_model_samples_by_default_with_what_it_was_made_with() -> None:
+    model = tiny("randar")
+    assert model_sampling(model) == RandARSampling()
+    model.sampling_defaults = {"guidance_scale": 3.0, "steps": 8}
+    assert model_sampling(model) == RandARSampling(guidance_scale=3.0, steps=8)
+    assert model_sampling(model, steps=4, top_k=None) == RandARSampling(guidance_scale=3.0, steps=4)
+
+
+def _official_extrapolation_counts(steps: int, total: int, done: int) -> list[int]:
+    """The official loop's bookkeeping (resolution_extrapolation.py), written out independently: the query
+    pointer starts after the low-res tokens with one query; after each step the next count is the cosine
+    target over the whole canvas minus what is decoded, clamped to [1, remaining]."""
+    counts, idx, n, step = [], done, 1, 0
+    while idx < total:
+        counts.append(min(n, total - idx))
+        step += 1
+        target = min(int((1.0 - math.cos(math.pi / 2.0 * (step + 1) / steps)) * total + 1), total)
+        nxt = max(target - idx - n, 1)
+        nxt = min(nxt, total - idx - n) if total - idx - n > 0 else nxt
+        idx, n = idx + n, nxt
+    return counts
+
+
+@pytest.mark.parametrize("steps, total, done", [(10, 196, 49), (88, 1024, 256), (20, 64, 16), (6, 16, 0)])
+def test_extrapolation_schedule_runs_over_the_whole_canvas_from_the_placed_tokens(steps, total, done) -> None:
+    plan = parallel_decoding_schedule_from(steps, total, done)
+    assert sum(plan) == total - done and min(plan) >= 1
+    assert plan == _official_extrapolation_counts(steps, total, done)
+    # while the curve is still below the low-resolution tokens already placed, each step decodes one token
+    below = sum(1 for s in range(1, steps) if int((1 - math.cos(math.pi / 2 * (s + 1) / steps)) * total + 1)
+                <= done + s)
+    assert plan[: max(1, below)] == [1] * max(1, below)
+    if done == 0:  # nothing placed: the ordinary parallel-decoding schedule
+        assert plan == parallel_decoding_schedule(steps, total)
+
+
+def test_extrapolate_decodes_on_that_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = tiny("randar")
+    seen = {}
+    real = extrapolate_mod.decode
+
+    def spy(model, classes, orders, plan, *args, **kwargs):
+        seen.setdefault("plans", []).append(list(plan))
+        return real(model, classes, orders, plan, *args, **kwargs)
+
+    monkeypatch.setattr(extrapolate_mod, "decode", spy)
+    extrapolate_mod.extrapolate(model, [1], factor=2, steps=6, low_res_steps=4, seed=0)
+    T, P = 4 * model.seq_len, model.seq_len
+    assert seen["plans"][-1] == parallel_decoding_schedule_from(6, T, P)
