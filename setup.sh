@@ -26,6 +26,9 @@ if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   "$VPY" -m pip install -q "torch==2.13.0"
 fi
 "$VPY" -m pip install -q -e ".[all]"
+# Inception for FID (anyorder eval): torch-fidelity without its torchvision requirement (torchvision does not
+# install beside every torch build, and anyorder only uses torch-fidelity's torch-only modules)
+"$VPY" -m pip install -q --no-deps "torch-fidelity==0.4.0"
 
 if ! command -v chromium >/dev/null 2>&1 && [ -x .ci/install_browser.sh ]; then
   bash .ci/install_browser.sh || echo "setup.sh: could not install chromium; the browser test will say so" >&2

@@ -9,8 +9,10 @@ tokens it does not regenerate exactly as given.
 
 from __future__ import annotations
 
+import importlib
 import io
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -45,7 +47,7 @@ TINY = {
 def _need(module: str):
     """Import an optional test dependency; missing, it skips (outside CI) or fails (CI must run everything)."""
     if IN_CI:
-        return __import__(module)
+        return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"{module} is not installed (pip install {module})")
 
 
@@ -239,7 +241,24 @@ def test_api_generate_and_two_users_at_once(client, randar, rar):
     assert np.array_equal(np.asarray(Image.open(img_b).convert("RGB")),
                           np.asarray(_reference(rar, [2] * 4, 22, **sampling)))
     assert status_a.startswith("done") and "random orders" in status_a and "raster order" in status_b
-    assert len(job_a.outputs()) >= 2  # streamed: partial images before the final one
+    # streamed: a partial image (some tokens placed) comes before the final one, and soon after the click
+    t0 = time.perf_counter()
+    job = client.submit(randar.name, 0, 8, *ui.values(), 1, 20, api_name="/generate")
+    first = None
+    while not job.done() and first is None:
+        if any(_placed(out[2]) for out in job.outputs()):
+            first = time.perf_counter() - t0
+        time.sleep(0.005)
+    final = time.perf_counter() - t0
+    job.result(timeout=60)
+    print(f"first partial image after {first} s, done after {final:.2f} s")
+    assert first is not None and first < min(3.0, final)
+
+
+def _placed(status: str) -> int:
+    """Tokens placed so far, from a status line (``... step 3/16, 3/16 tokens ...``); 0 before the first step."""
+    m = re.search(r"(\d+)/(\d+) tokens", status)
+    return int(m.group(1)) if m else 0
 
 
 def test_api_upload_and_edit(client, randar, rar, tmp_path):
@@ -283,6 +302,20 @@ def _browser():
     return _need("playwright.sync_api")
 
 
+def _wait_done(page, status: str, timeout_s: float = 90.0) -> str:
+    """Wait until the status line ``status`` says done; an error toast or a timeout fails with what the page shows."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout_s:
+        text = page.inner_text(status)
+        if text.startswith("done"):
+            return text
+        toasts = page.locator(".toast-body")
+        if toasts.count():
+            pytest.fail(f"the page shows an error: {toasts.first.inner_text()!r} (status {text!r})")
+        page.wait_for_timeout(100)
+    pytest.fail(f"{status} not done after {timeout_s:.0f} s: {page.inner_text(status)!r}")
+
+
 def test_browser_generate_and_inpaint(server, randar):
     """Headless Chromium loads the page, generates, sends image #1 to the editor, brushes a stroke and inpaints."""
     sync_api = _browser()
@@ -303,12 +336,13 @@ def test_browser_generate_and_inpaint(server, randar):
                 return Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
 
             page.click("#generate-btn")  # defaults: 8 images of the first class, seed 0, the model's settings
-            page.wait_for_selector("#gen-status :text('done')", timeout=60_000)
+            _wait_done(page, "#gen-status")
             ref = _reference(randar, [0] * 8, 0, steps=0)
             assert np.array_equal(np.asarray(fetch("#gen-result")), np.asarray(ref))
 
             page.click("#to-editor-btn")
             page.wait_for_selector("#edit-note :text('in the editor')", timeout=30_000)
+            page.wait_for_timeout(500)  # the editor draws its canvas after the value arrives
             box = page.locator("#editor canvas").first.bounding_box()
             x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
             page.mouse.move(x - 40, y - 40)
@@ -317,8 +351,7 @@ def test_browser_generate_and_inpaint(server, randar):
                 page.mouse.move(x - 40 + 4 * i, y - 40 + 2 * i)
             page.mouse.up()
             page.click("#inpaint-btn")
-            page.wait_for_selector("#edit-status :text('done')", timeout=60_000)
-            status = page.inner_text("#edit-status")
+            status = _wait_done(page, "#edit-status")
             result, order = fetch("#result"), fetch("#order")
             given = _given_cells(order, randar)
             h, w = randar.model.grid

@@ -226,3 +226,28 @@ def test_bf16_autocast_forward_runs_and_stays_close(randar):
         low = randar.logits(codes, classes, orders)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
+
+
+@torch.no_grad()
+def test_features_stop_at_the_requested_layer(randar):
+    """``features`` runs the blocks up to the requested layer only: no later block, no vocabulary head, and the
+    same residual stream as the full forward's hidden states."""
+    from anyorder.editing.features import features_by_layer
+
+    codes, classes, orders = _data(randar)
+    ran: list[str] = []
+    hooks = [b.register_forward_hook(lambda *_, k=k: ran.append(f"block{k}")) for k, b in
+             enumerate(randar.transformer.blocks)]
+    hooks.append(randar.transformer.final.register_forward_hook(lambda *_: ran.append("head")))
+    try:
+        feats = features_by_layer(randar, codes.view(-1, *randar.grid), classes, layers=[1], orders=orders)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ran == ["block0"]  # one pass of the stacked sequence through block 0, nothing after it
+    gen = permute(codes, orders)
+    _, hidden = randar.forward(torch.cat([gen, gen], 1), classes, torch.cat([orders, orders], 1), hidden_layers=(0,))
+    T = randar.seq_len
+    full = hidden[0][:, 1 + 2 * T :: 2][:, :T]  # the second pass's instruction slots, generation order
+    expect = torch.empty_like(full).scatter_(1, orders[..., None].expand_as(full), full)
+    torch.testing.assert_close(feats[1][0], expect)

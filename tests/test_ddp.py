@@ -75,8 +75,11 @@ def test_two_processes_equal_one_at_twice_the_batch_for_ddp_and_fsdp(tmp_path):
 if __name__ == "__main__":  # under torchrun: the DDP run, then the FSDP run, both through the CLI
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     from anyorder.cli.main import main
+    from anyorder.training.distributed import init_distributed, shutdown
 
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
+    init_distributed()  # one process group for both runs
     rc = main(_args(data, out / "ddp"))
     rc = rc or main(_args(data, out / "fsdp", "train.fsdp=true"))
+    shutdown()
     sys.exit(rc)

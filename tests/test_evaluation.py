@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 
 import numpy as np
@@ -244,6 +245,10 @@ def test_inception_builds_loads_library_weights_and_gives_documented_shapes(tmp_
     """A state dict in torch-fidelity's weight format (random values; the published file has no
     num_batches_tracked buffers) loads strictly; the outputs have the documented shapes and the pool
     features / unbiased logits equal the library's own extractor."""
+    try:
+        _fidelity_inception_module()
+    except ImportError as e:  # setup.sh installs it; only a bare checkout without it skips
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"torch-fidelity not installed: {e}")
     torch.manual_seed(0)
     net = InceptionV3()
     state = {k: (torch.randn_like(v) * 0.1 if v.is_floating_point() else v) for k, v in net.state_dict().items()
@@ -292,7 +297,7 @@ def judge_ref(tmp_path_factory):
     save_pretrained(judge, tmp / "run" / "judge")
     ref = tmp / "ref.npz"
     assert main(["eval", "--make-ref", "digits:test", "--features", "judge", "--judge", str(tmp / "run"),
-                 "--out", str(ref), "--quiet"]) == 0
+                 "--out", str(ref), "--batch-size", "500", "--quiet"]) == 0
     return tmp / "run", judge.config, ref
 
 

@@ -35,7 +35,7 @@ def decode_pixels(tok, codes: Tensor) -> Tensor:
 
 def cells(token_mask: Tensor, ds: int) -> Tensor:
     """A token mask ``[B, h, w]`` as a pixel mask ``[B, 1, h*ds, w*ds]`` (each token is a ``ds x ds`` cell)."""
-    return token_mask.repeat_interleave(ds, -2).repeat_interleave(ds, -1)[:, None]
+    return torch.nn.functional.interpolate(token_mask[:, None].float(), scale_factor=ds, mode="nearest").bool()
 
 
 def frame_pixels(tok, frame: Frame, base: Tensor | None = None) -> Tensor:
@@ -68,28 +68,28 @@ def order_map(frame: Frame, ds: int, cmap: str = "viridis") -> Tensor:
     rgb = colors[(frac * 255).round().long().clamp(0, 255)]  # [B, h, w, 3]
     rgb = torch.where((step == 0)[..., None], torch.full_like(rgb, GIVEN), rgb)
     rgb = torch.where((step < 0)[..., None], torch.full_like(rgb, PENDING), rgb)
-    rgb = rgb.permute(0, 3, 1, 2)
-    return rgb.repeat_interleave(ds, -2).repeat_interleave(ds, -1)
+    return torch.nn.functional.interpolate(rgb.permute(0, 3, 1, 2), scale_factor=ds, mode="nearest")
 
 
 def tile(images: Tensor, scale: int = 1, cols: int | None = None, pad: int = 4) -> Image.Image:
-    """``[B, C, H, W]`` in ``[0, 1]`` -> one RGB PIL image: ``cols`` per row (default: up to 4), each image
-    upscaled ``scale`` x (nearest), white gaps of ``pad`` pixels between them (none for a single image)."""
+    """``[B, C, H, W]`` in ``[0, 1]`` -> one RGB PIL image: ``cols`` per row (default: up to 4), upscaled
+    ``scale`` x (nearest), white gaps of about ``pad`` pixels (a multiple of ``scale``) between them (none for a
+    single image). Native pixel ``(y, x)`` of image ``i`` in row ``r``, column ``c`` is at
+    ``((r * (H + g) + y) * scale, (c * (W + g) + x) * scale)`` with ``g = ceil(pad / scale)``."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected images [B, C, H, W] with C in (1, 3), got shape {tuple(images.shape)}")
     B, _, H, W = images.shape
     cols = max(1, min(cols or 4, B))
     rows = -(-B // cols)
-    arr = (images.float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).expand(-1, 3, -1, -1)
-    arr = arr.repeat_interleave(scale, -2).repeat_interleave(scale, -1).permute(0, 2, 3, 1).numpy()
-    if B == 1:
-        return Image.fromarray(np.ascontiguousarray(arr[0]))
-    h, w = H * scale, W * scale
-    out = np.full((rows * h + (rows - 1) * pad, cols * w + (cols - 1) * pad, 3), 255, dtype=np.uint8)
+    g = 0 if B == 1 else -(-pad // scale)
+    arr = (images.detach().float().clamp(0, 1) * 255 + 0.5).to(torch.uint8).expand(-1, 3, -1, -1)
+    arr = arr.permute(0, 2, 3, 1).cpu().numpy()
+    out = np.full((rows * (H + g) - g, cols * (W + g) - g, 3), 255, dtype=np.uint8)
     for i in range(B):
         r, c = divmod(i, cols)
-        out[r * (h + pad) : r * (h + pad) + h, c * (w + pad) : c * (w + pad) + w] = arr[i]
-    return Image.fromarray(out)
+        out[r * (H + g) : r * (H + g) + H, c * (W + g) : c * (W + g) + W] = arr[i]
+    img = Image.fromarray(out)
+    return img if scale == 1 else img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
 
 
 def pil_to_pixels(image: Image.Image, channels: int) -> Tensor:

@@ -33,9 +33,9 @@ __all__ = ["build_app", "launch"]
 INTRO = """# anyorder: any-order image generation
 Pick a class and **Generate**: the image is drawn step by step in the order the model generates its tokens
 (grey = not generated yet); the map beside it shows *when* each token was placed (dark blue = first step,
-yellow = last, light grey = kept as given). RAR generates in raster order, one token per step; RandAR in a random order,
-decoding several tokens per step when **steps** is below the token count. With a RandAR model, **Inpaint / outpaint** regenerates
-the tokens you brush over, or extends the image on one side."""
+yellow = last, light grey = kept as given). RAR generates in raster order, one token per step; RandAR in a
+random order, several tokens per step when **steps** is below the token count. With a RandAR model,
+**Inpaint / outpaint** regenerates the tokens you brush over, or extends the image on one side."""
 
 CSS = """
 #result img, #order img, #gen-result img, #gen-order img { image-rendering: pixelated; }
@@ -60,21 +60,32 @@ def _updates_for(entry: AppModel) -> tuple:
     T = entry.model.seq_len
     editable = entry.family == "randar"
     h, w = entry.model.grid
-    default_cls = 0 if entry.model.num_classes <= 10 else 207 if entry.model.num_classes == 1000 else 0
     return (
-        gr.update(choices=class_choices(entry), value=default_cls),
+        gr.update(choices=class_choices(entry), value=_default_class(entry)),
         gr.update(value=s["guidance_scale"]),
         gr.update(value=s["temperature"]),
         gr.update(value=s["top_k"], maximum=entry.model.codebook_size),
         gr.update(value=s["top_p"]),
         gr.update(value=min(s["steps"], T), maximum=T, visible=editable,
                   info=f"{T} = one token per step"),
-        gr.update(value=f"**{entry.label}**: {'sampling, inpainting and outpainting' if editable else RAR_NOTE}"),
+        gr.update(value=_model_note(entry)),
         gr.update(visible=not editable, value=f"⚠️ {RAR_NOTE}"),
         gr.update(interactive=editable),
         gr.update(interactive=editable),
-        gr.update(maximum=max(h, w), value=min(max(1, w // 2), max(h, w))),
+        gr.update(maximum=max(h, w), value=_amount(entry)),
     )
+
+
+def _default_class(entry: AppModel) -> int:
+    return 207 if entry.model.num_classes == 1000 else 0  # golden retriever, as in the papers' figures
+
+
+def _model_note(entry: AppModel) -> str:
+    return f"**{entry.label}**: {'sampling, inpainting and outpainting' if entry.family == 'randar' else RAR_NOTE}"
+
+
+def _amount(entry: AppModel) -> int:
+    return max(1, entry.model.grid[1] // 2)
 
 
 def _error(e: Exception) -> gr.Error:
@@ -89,6 +100,8 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
     if len(by_name) != len(models):
         raise ValueError(f"model names must be unique, got {[m.name for m in models]}")
     first = models[0]
+    s0 = _settings(first)
+    T0, editable0 = first.model.seq_len, first.family == "randar"
 
     def entry_of(name: str) -> AppModel:
         if name not in by_name:
@@ -163,18 +176,20 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
             gr.Markdown(n)
         with gr.Row():
             model = gr.Dropdown([(m.label, m.name) for m in models], value=first.name, label="model", scale=2)
-            cls = gr.Dropdown(class_choices(first), value=0, label="class", scale=2)
+            cls = gr.Dropdown(class_choices(first), value=_default_class(first), label="class", scale=2)
             n_images = gr.Slider(1, 16, value=8, step=1, label="images", scale=1)
             seed = gr.Number(0, label="seed", precision=0, scale=1)
-        model_note = gr.Markdown()
+        model_note = gr.Markdown(_model_note(first))
         with gr.Accordion("sampling settings", open=True):
             with gr.Row():
-                guidance = gr.Slider(0.0, 10.0, step=0.25, label="guidance scale",
+                guidance = gr.Slider(0.0, 10.0, value=s0["guidance_scale"], step=0.25, label="guidance scale",
                                      info="classifier-free guidance (1 = off)")
-                temperature = gr.Slider(0.05, 2.0, step=0.05, label="temperature")
-                top_k = gr.Slider(0, first.model.codebook_size, step=1, label="top-k", info="0 = off")
-                top_p = gr.Slider(0.05, 1.0, step=0.05, label="top-p", info="1 = off")
-                steps = gr.Slider(1, first.model.seq_len, step=1, label="steps (RandAR)")
+                temperature = gr.Slider(0.05, 2.0, value=s0["temperature"], step=0.05, label="temperature")
+                top_k = gr.Slider(0, first.model.codebook_size, value=s0["top_k"], step=1, label="top-k",
+                                  info="0 = off")
+                top_p = gr.Slider(0.05, 1.0, value=s0["top_p"], step=0.05, label="top-p", info="1 = off")
+                steps = gr.Slider(1, T0, value=min(s0["steps"], T0), step=1, label="steps (RandAR)", visible=editable0,
+                                  info=f"{T0} = one token per step")
                 delay = gr.Slider(0, 200, value=30, step=10, label="ms per shown step",
                                   info="0 = as fast as it decodes")
         with gr.Tabs() as tabs:
@@ -190,7 +205,7 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
                     pick = gr.Number(1, label="image # to edit", precision=0, minimum=1)
                     to_editor = gr.Button("Edit this image →", elem_id="to-editor-btn")
             with gr.Tab("Inpaint / outpaint", id="edit"):
-                rar_note = gr.Markdown(visible=False)
+                rar_note = gr.Markdown(f"⚠️ {RAR_NOTE}", visible=not editable0)
                 upload = gr.File(label="upload an image (any size: it is fitted to the model)", type="filepath",
                                  elem_id="upload")
                 editor = gr.ImageEditor(label="brush over the part to regenerate", type="pil", format="png",
@@ -200,10 +215,11 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
                 edit_note = gr.Markdown(elem_id="edit-note")
                 with gr.Row():
                     inpaint_btn = gr.Button("Inpaint (regenerate the brushed tokens)", variant="primary",
-                                            elem_id="inpaint-btn")
+                                            elem_id="inpaint-btn", interactive=editable0)
                     side = gr.Radio(list(SIDES), value="right", label="outpaint side")
-                    amount = gr.Slider(1, max(first.model.grid), step=1, label="outpaint by (tokens)")
-                    outpaint_btn = gr.Button("Outpaint", elem_id="outpaint-btn")
+                    amount = gr.Slider(1, max(first.model.grid), value=_amount(first), step=1,
+                                       label="outpaint by (tokens)")
+                    outpaint_btn = gr.Button("Outpaint", elem_id="outpaint-btn", interactive=editable0)
                 with gr.Row():
                     result = gr.Image(label="result", type="pil", format="png", interactive=False, elem_id="result")
                     order = gr.Image(label="order: when each token was placed", type="pil", format="png",
@@ -214,7 +230,6 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         picked = [cls, guidance, temperature, top_k, top_p, steps, model_note, rar_note, inpaint_btn, outpaint_btn,
                   amount]
         model.change(lambda name: _updates_for(entry_of(name)), model, picked, api_name="select_model")
-        app.load(lambda name: _updates_for(entry_of(name)), model, picked, api_name=False)
         sampling = [guidance, temperature, top_k, top_p, steps, seed, delay]
         decode_slot = {"concurrency_limit": 1, "concurrency_id": "decode"}
         gen_btn.click(on_generate, [model, cls, n_images, *sampling], [gen_image, gen_order, gen_status, last],

@@ -26,6 +26,13 @@ def _fmt(value) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    try:
+        return _run(args)
+    except ImportError as e:  # torch-fidelity missing: a message, not a traceback
+        raise RuntimeError(str(e)) from e
+
+
+def _run(args: argparse.Namespace) -> int:
     common = dict(judge=args.judge, inception_weights=args.inception_weights, batch_size=args.batch_size,
                   device=args.device, progress=not args.quiet)
     if args.make_ref is not None:

@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from anyorder.data.codes import open_codes
 from anyorder.demo.run import run_demo
@@ -54,6 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _run_config(args, "train")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    owner = not dist.is_initialized()  # tear down only a process group this command set up
     rank, world = init_distributed()
     try:
         if cfg.data.source == "mnist":
@@ -78,7 +80,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                             Path(cfg.out_dir) / "model", extra={"sampling": cfg.sampling_config().to_dict()})
             print(f"saved {Path(cfg.out_dir) / 'model'}")
     finally:
-        shutdown()
+        if owner:
+            shutdown()
     return 0
 
 

@@ -175,6 +175,14 @@ def evaluate(
     samples_npz, ref_npz = Path(samples_npz), Path(ref_npz)
     info = open_images(samples_npz)  # validate both files before loading any network
     ref = read_reference(ref_npz, require_spatial=features == "inception", features=features)
+    need = max(2, num_splits, k + 1)
+    if info.count < need:
+        raise ValueError(f"{samples_npz}: {info.count} sample(s) are too few for a covariance (2), the Inception "
+                         f"Score's {num_splits} splits and k={k} neighbours: give at least {need}")
+    assert ref.images is not None
+    if ref.images.count <= k:
+        raise ValueError(f"{ref_npz}: {ref.images.count} reference images; precision / recall with k={k} need "
+                         f"more than {k}")
     net, meta = _load_network(features, judge, inception_weights, dev)
     if features == "judge" and ref.judge_sha256 != meta["judge_sha256"]:
         raise ValueError(f"{ref_npz}: its statistics were computed by another digit judge (sha256 "
@@ -182,7 +190,6 @@ def evaluate(
                          f"judge --judge {judge} --out REF.npz`")
     smp = compute_features(iter_image_batches(samples_npz, batch_size), net, info.count, dev, "sample features",
                            progress)
-    assert ref.images is not None
     ref_feats = compute_features(iter_image_batches(ref_npz, batch_size), net, ref.images.count, dev,
                                  "reference features", progress)
     smp_pool = feature_statistics(smp["pool"], f"{samples_npz}: {features} features")

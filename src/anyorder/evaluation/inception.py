@@ -24,6 +24,7 @@ is enough.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -63,6 +64,7 @@ _LIB_MODULE = "torch_fidelity.feature_extractor_inceptionv3"
 _LIB_RESIZE = "torch_fidelity.interpolate_compat_tensorflow"
 
 
+@functools.cache
 def _fidelity_inception_module() -> tuple[types.ModuleType, types.ModuleType]:
     """``torch_fidelity.feature_extractor_inceptionv3`` and its TF-compatible resize module.
 
@@ -73,11 +75,13 @@ def _fidelity_inception_module() -> tuple[types.ModuleType, types.ModuleType]:
     try:
         return importlib.import_module(_LIB_MODULE), importlib.import_module(_LIB_RESIZE)
     except ModuleNotFoundError as e:
-        if e.name is None or not e.name.startswith("torchvision"):
+        if e.name is not None and e.name.split(".")[0] == _LIB:
             raise ImportError(
                 "the Inception feature network comes from torch-fidelity, which is not installed: "
                 "pip install --no-deps torch-fidelity==0.4.0 (--no-deps: it needs only torch for this)"
             ) from e
+        if e.name is None or e.name.split(".")[0] != "torchvision":
+            raise ImportError(f"torch-fidelity could not be imported: {e}") from e
     spec = importlib.util.find_spec(_LIB)
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(f"cannot locate the {_LIB} package")

@@ -87,7 +87,7 @@ def feature_statistics(features: ArrayLike, name: str = "features") -> GaussianS
                          f"(and more than the {f} feature dimensions for a non-singular one)")
     if n <= f:
         warnings.warn(f"{name}: {n} samples for {f} feature dimensions: the covariance is singular and the "
-                      f"Fréchet distance is biased upwards (ADM uses 50,000 samples for 2048-d features)",
+                      f"Fréchet distance is biased upwards (ADM scores 50,000 samples)",
                       stacklevel=2)
     return GaussianStats(feats.mean(0), np.cov(feats, rowvar=False), n)
 

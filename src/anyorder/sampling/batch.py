@@ -187,23 +187,21 @@ def _distributed() -> tuple[int, int, bool]:
 def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int) -> None:
     """The chunks in ``parts`` must come from the same job: same model, settings, seed, layout."""
     f = parts / _JOB_FILE
+    verdict: list[str | None] = [None]
     if rank == 0:
         if f.is_file():
             old = json.loads(f.read_text())
             if old != job:
                 diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
-                raise ValueError(f"{parts} holds chunks of another sampling job (differs in {', '.join(diff)}): "
-                                 f"delete {parts} or rerun with the settings in {f}")
+                verdict = [f"{parts} holds chunks of another sampling job (differs in {', '.join(diff)}): "
+                           f"delete {parts} or rerun with the settings in {f}"]
         else:
             parts.mkdir(parents=True, exist_ok=True)
             atomic_write_json(f, job)
-    if world > 1:  # the other ranks wait for rank 0's verdict
-        verdict = [None]
-        if rank == 0:
-            verdict = [json.loads(f.read_text()) == job]
+    if world > 1:  # every rank learns rank 0's verdict (and waits for the parts directory)
         dist.broadcast_object_list(verdict, src=0)
-        if not verdict[0]:
-            raise ValueError(f"{parts} holds chunks of another sampling job (see rank 0)")
+    if verdict[0] is not None:
+        raise ValueError(verdict[0])
 
 
 def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batch_size: int, seed: int,
@@ -242,7 +240,8 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
             for i in mine:
                 y = labels[i * batch_size : (i + 1) * batch_size]
                 codes = sample_chunk(model, y, seed, i, sampling)
-                images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)))
+                with torch.no_grad():
+                    images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)))
                 atomic_write_bytes(_chunk_path(parts, i), _npz_bytes(arr_0=images, arr_1=y.numpy()))
                 bar.update(len(y))
         seconds = time.perf_counter() - t0

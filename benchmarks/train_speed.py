@@ -1,0 +1,206 @@
+"""One training step — forward, backward, AdamW step, random orders — of anyorder against the official RAR and
+RandAR implementations, same shapes and same weights, timed side by side in one process.
+
+The official code is imported at run time from checkouts (never copied here), as ``make_fixture_twins.py``
+does (its importer is reused: timm's ``Mlp`` stand-in when timm cannot import, ``BaseModel`` only)::
+
+    git clone https://github.com/bytedance/1d-tokenizer /tmp/official/bytedance+1d-tokenizer
+    git clone https://github.com/ziqipang/RandAR /tmp/official/ziqipang+RandAR
+    python benchmarks/train_speed.py --official /tmp/official --threads 1 --reps 5
+
+(``--rar-repo`` / ``--randar-repo`` point at checkouts elsewhere.) Model: width 256, 4 layers, 4 heads, 256 tokens
+(16x16), codebook 1024, 1000 classes, batch 8; RAR with random-order probability r = 0.5 and class dropout 0.1
+(the official ``sample_orders`` / ``preprocess_condition``), RandAR with a random order per sample. Both sides
+use ``torch.optim.AdamW`` (lr 1e-4, betas (0.9, 0.96), weight decay 0.03). Reported: image tokens per second,
+the median of per-repetition ratios (ours / official), and the fraction of this machine's measured fp32 matmul
+peak (one ``n x n`` matmul, same thread count) that the step's matmul FLOPs reach. ``--compile`` adds
+``torch.compile``-d variants (slow to build on a shared CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kv_cache_speed import environment, markdown_table  # noqa: E402
+from make_fixture_twins import AttrDict, official_modules  # noqa: E402
+
+from anyorder.models.randar import RandAR  # noqa: E402
+from anyorder.models.rar import RAR  # noqa: E402
+from anyorder.nn import orders as orders_lib  # noqa: E402
+
+SHAPE = {"dim": 256, "depth": 4, "heads": 4, "T": 256, "V": 1024, "C": 1000, "batch": 8}
+QUICK = {"dim": 64, "depth": 2, "heads": 4, "T": 64, "V": 128, "C": 10, "batch": 4}
+R, CLASS_DROP = 0.5, 0.1
+
+
+def _noise(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+
+
+def _optim(model: torch.nn.Module) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.96), weight_decay=0.03)
+
+
+def build_pair(off: dict, family: str, s: dict, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The official model (noised official init) and ours loaded from its state dict."""
+    torch.manual_seed(seed)
+    if family == "rar":
+        gen = {"hidden_size": s["dim"], "num_hidden_layers": s["depth"], "num_attention_heads": s["heads"],
+               "intermediate_size": 4 * s["dim"], "image_seq_len": s["T"], "condition_num_classes": s["C"],
+               "dropout": 0.0, "attn_drop": 0.0}
+        theirs = off["rar"].RAR(AttrDict(model={"generator": gen, "vq_model": {"codebook_size": s["V"]}}))
+        theirs.set_random_ratio(R)
+        ours_cls, cfg = RAR, RAR.config_from_official({**gen, "codebook_size": s["V"]})
+    else:
+        theirs = off["randar_gpt"].RandARTransformer(
+            dim=s["dim"], n_layer=s["depth"], n_head=s["heads"], multiple_of=256, vocab_size=s["V"],
+            num_classes=s["C"], block_size=s["T"], token_dropout_p=0.0, resid_dropout_p=0.0, ffn_dropout_p=0.0,
+            attn_dropout_p=0.0, class_dropout_prob=CLASS_DROP, cls_token_num=1, rope_base=10000, norm_eps=1e-5,
+            grad_checkpointing=False)
+        ours_cls = RandAR
+        cfg = RandAR.config_from_official({"dim": s["dim"], "n_layer": s["depth"], "n_head": s["heads"],
+                                           "block_size": s["T"], "vocab_size": s["V"], "num_classes": s["C"],
+                                           "multiple_of": 256, "class_dropout_prob": CLASS_DROP})
+    _noise(theirs, seed)
+    sd = {k: v.detach().clone() for k, v in theirs.state_dict().items() if "freqs_cis" not in k}
+    ours = ours_cls(cfg)
+    ours.load_state_dict(ours_cls.convert_official_state_dict(sd))
+    return theirs.train(), ours.train()
+
+
+def steps(family: str, theirs, ours, s: dict, seed: int) -> dict[str, Callable[[], float]]:
+    """One training step per side (fresh optimizers), each returning its loss."""
+    B, T, V, C = s["batch"], s["T"], s["V"], s["C"]
+    g = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, V, (B, T), generator=g)
+    classes = torch.randint(0, C, (B,), generator=g)
+    opt_t, opt_o = _optim(theirs), _optim(ours)
+    base = torch.arange(T)
+
+    def official() -> float:
+        opt_t.zero_grad(set_to_none=True)
+        if family == "rar":
+            cond = theirs.preprocess_condition(classes.clone(), cond_drop_prob=CLASS_DROP)
+            logits, labels = theirs(codes, cond, return_labels=True)
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels.reshape(-1))
+        else:
+            order = torch.stack([torch.randperm(T) for _ in range(B)])
+            _, loss, _ = theirs(codes, classes[:, None], token_order=order, targets=codes)
+        loss.backward()
+        opt_t.step()
+        return float(loss)
+
+    def anyorder() -> float:
+        opt_o.zero_grad(set_to_none=True)
+        drop = torch.rand(B) < CLASS_DROP
+        cls = torch.where(drop, torch.full_like(classes, ours.null_class), classes)
+        o = (orders_lib.training_orders(B, base, R) if family == "rar" else orders_lib.random_orders(B, T))
+        loss = ours.training_loss(codes, cls, o)
+        loss.backward()
+        opt_o.step()
+        return float(loss)
+
+    return {"official": official, "anyorder": anyorder}
+
+
+def matmul_flops_per_step(model: torch.nn.Module, positions: int, s: dict) -> float:
+    """Forward + backward matmul FLOPs: 6 per weight of every linear per position, plus attention
+    (``QK^T`` and ``PV``: 4 * positions^2 * dim per layer forward, x3 with backward, causal half)."""
+    lin = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return s["batch"] * (6 * lin * positions + 3 * 4 * positions**2 * s["dim"] * s["depth"] / 2)
+
+
+def matmul_peak(n: int = 1024, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    return 2 * n**3 / best
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--official", type=Path, default=Path("/tmp/official"),
+                    help="folder with bytedance+1d-tokenizer and ziqipang+RandAR checkouts")
+    ap.add_argument("--rar-repo", type=Path, help="1d-tokenizer checkout (default OFFICIAL/bytedance+1d-tokenizer)")
+    ap.add_argument("--randar-repo", type=Path, help="RandAR checkout (default OFFICIAL/ziqipang+RandAR)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=3, help="training steps per timed repetition")
+    ap.add_argument("--families", nargs="+", default=["rar", "randar"])
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile-d models (both sides)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    root = args.official
+    if args.rar_repo or args.randar_repo:  # official_modules expects one folder holding both checkouts
+        link = Path("/tmp/anyorder_official_links")
+        link.mkdir(exist_ok=True)
+        for name, repo in (("bytedance+1d-tokenizer", args.rar_repo), ("ziqipang+RandAR", args.randar_repo)):
+            target = repo or root / name
+            (link / name).unlink(missing_ok=True)
+            (link / name).symlink_to(target.resolve())
+        root = link
+    off = official_modules(root)
+    s = QUICK if args.quick else SHAPE
+    peak = matmul_peak()
+    results, rows = {}, []
+    for family in args.families:
+        theirs, ours = build_pair(off, family, s, args.seed)
+        variants = {"eager": (theirs, ours)}
+        if args.compile:
+            variants["compiled"] = (torch.compile(theirs), torch.compile(ours))
+        for mode, (t_model, o_model) in variants.items():
+            fns = steps(family, t_model, o_model, s, args.seed)
+            for fn in fns.values():  # warm-up (and compilation)
+                fn()
+            times: dict[str, list[float]] = {k: [] for k in fns}
+            names = list(fns)
+            for r in range(args.reps):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    times[name].append(_timed(lambda fn=fns[name]: [fn() for _ in range(args.steps)]) / args.steps)
+            tokens = s["batch"] * s["T"]
+            positions = s["T"] + 2 if family == "rar" else 2 * s["T"] + 1
+            flops = matmul_flops_per_step(ours, positions, s)
+            res = {k: {"step_s": statistics.median(v), "tokens_per_s": tokens / statistics.median(v),
+                       "matmul_peak_fraction": flops / statistics.median(v) / peak, "all_s": v}
+                   for k, v in times.items()}
+            res["ratio_official_over_anyorder_time"] = statistics.median(
+                a / b for a, b in zip(times["official"], times["anyorder"]))
+            results[f"{family} {mode}"] = res
+            rows.append([f"{family} {mode}", f"{res['official']['tokens_per_s']:.0f}",
+                         f"{res['anyorder']['tokens_per_s']:.0f}", f"{res['ratio_official_over_anyorder_time']:.2f}x",
+                         f"{res['anyorder']['matmul_peak_fraction']:.2f}"])
+            print(rows[-1], flush=True)
+    print(markdown_table(["step", "official tok/s", "anyorder tok/s", "anyorder speed-up", "anyorder / matmul peak"],
+                         rows))
+    print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} thread(s))")
+    if args.json:
+        args.json.write_text(json.dumps({"shape": s, "reps": args.reps, "steps": args.steps, "peak_flops": peak,
+                                         "env": environment(args.threads), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
