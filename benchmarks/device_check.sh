@@ -29,8 +29,8 @@ timeout "$TEST_LIMIT" python3 -m pytest -q -p no:cacheprovider -x "${TESTS[@]}" 
 test_rc=$?
 tail -3 "$DEST/device_check_tests.log"
 
-left=$(( 440 - ($(date +%s) - start) ))
-python3 benchmarks/device_check.py $SMOKE --budget-s $(( left > 60 ? left - 60 : 30 )) --json "$DEST/device_check.bench.json"
+left=$(( 450 - ($(date +%s) - start) ))
+python3 benchmarks/device_check.py $SMOKE --budget-s $(( left > 90 ? left - 90 : 30 )) --json "$DEST/device_check.bench.json"
 bench_rc=$?
 
 python3 - "$DEST" "$test_rc" "$bench_rc" "$(( $(date +%s) - start ))" <<'PY'

@@ -99,10 +99,10 @@ def steps(family: str, theirs, ours, s: dict, seed: int) -> dict[str, Callable[[
             loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels.reshape(-1))
         else:
             order = torch.stack([torch.randperm(T) for _ in range(B)])
-            _, loss, _ = theirs(codes, classes[:, None], token_order=order, targets=codes)
+            _, loss, _ = theirs(codes, classes, token_order=order, targets=codes)
         loss.backward()
         opt_t.step()
-        return float(loss)
+        return float(loss.detach())
 
     def anyorder() -> float:
         opt_o.zero_grad(set_to_none=True)
@@ -112,7 +112,7 @@ def steps(family: str, theirs, ours, s: dict, seed: int) -> dict[str, Callable[[
         loss = ours.training_loss(codes, cls, o)
         loss.backward()
         opt_o.step()
-        return float(loss)
+        return float(loss.detach())
 
     return {"official": official, "anyorder": anyorder}
 

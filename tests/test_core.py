@@ -251,3 +251,25 @@ def test_features_stop_at_the_requested_layer(randar):
     full = hidden[0][:, 1 + 2 * T :: 2][:, :T]  # the second pass's instruction slots, generation order
     expect = torch.empty_like(full).scatter_(1, orders[..., None].expand_as(full), full)
     torch.testing.assert_close(feats[1][0], expect)
+
+
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_loading_builds_on_the_meta_device_and_assigns_the_weights(family, rar, randar, tmp_path, monkeypatch):
+    """No random initialisation of real tensors when loading: the model is built on the meta device and takes the
+    checkpoint's tensors; non-persistent buffers (RandAR's RoPE table) are recomputed."""
+    from anyorder.hub import from_pretrained, save_pretrained
+
+    model = rar if family == "rar" else randar
+    save_pretrained(model, tmp_path)
+    built_on: list[str] = []
+    cls = type(model)
+    init = cls.init_weights
+    monkeypatch.setattr(cls, "init_weights", lambda self: (built_on.append(next(self.parameters()).device.type),
+                                                           init(self))[1])
+    loaded = from_pretrained(tmp_path)
+    assert built_on == ["meta"]
+    sd = loaded.state_dict()
+    assert all(v.device.type == "cpu" for v in sd.values())
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    for name, buf in model.named_buffers():
+        assert torch.equal(buf, dict(loaded.named_buffers())[name]), name

@@ -85,6 +85,13 @@ def test_npz_is_the_adm_format_with_settings_beside_it(tmp_path: Path) -> None:
     assert not parts_dir(out).exists()  # merged, parts removed
 
 
+def test_classes_restrict_the_balanced_labels(tmp_path: Path) -> None:
+    out = tmp_path / "two.npz"
+    assert main(rar_args(out, 5, "--classes", "3", "1")) == 0
+    assert read_adm_npz(out)[1].tolist() == [3, 1, 3, 1, 3]
+    assert json.loads(out.with_suffix(".json").read_text())["class_counts"] == {"1": 2, "3": 3}
+
+
 def test_every_batch_has_its_own_stream_and_the_seed_reproduces(tmp_path: Path) -> None:
     C = num_classes("rar")
     # batch = all classes: chunk 0 and chunk 1 ask for exactly the same labels

@@ -5,11 +5,18 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
-from anyorder.sampling.schedules import GuidanceSchedule, linear_guidance, parallel_decoding_schedule, pow_cosine_guidance
-from anyorder.training.schedules import anneal_ratio, lr_at
+from anyorder.sampling.schedules import (
+    GuidanceSchedule,
+    linear_guidance,
+    parallel_decoding_schedule,
+    pow_cosine_guidance,
+)
+from anyorder.training import fitting
 from anyorder.training.config import TrainConfig
 from anyorder.training.loop import permutation_ratio
+from anyorder.training.schedules import anneal_ratio, lr_at
 
 
 def test_r_is_1_before_start_and_0_after_end():
@@ -76,3 +83,32 @@ def test_parallel_schedule_rejects_bad_steps():
         parallel_decoding_schedule(0, 16)
     with pytest.raises(ValueError, match="steps"):
         parallel_decoding_schedule(17, 16)
+
+
+def test_the_helper_networks_use_the_same_cosine_schedule(monkeypatch):
+    """One cosine schedule: the demo's small fitting loop asks lr_at (no warm-up, down to 5% of lr) every step."""
+    seen = []
+
+    def spy(step, base_lr, warmup, total, end_lr=0.0):
+        seen.append((step, base_lr, warmup, total, end_lr))
+        return lr_at(step, base_lr, warmup, total, end_lr)
+
+    monkeypatch.setattr(fitting, "lr_at", spy)
+    lin = torch.nn.Linear(2, 1)
+    lrs = []
+
+    def step_loss(idx):
+        return lin(torch.ones(len(idx), 2)).square().mean(), {}
+
+    orig_step = torch.optim.Adam.step
+
+    def record(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return orig_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", record)
+    gen = torch.Generator().manual_seed(0)
+    fitting.fit(lin, step_loss, 4, 5, 2, 0.5, gen, torch.device("cpu"), "t", progress=False)
+    assert [s[0] for s in seen] == list(range(5)) and {s[1:] for s in seen} == {(0.5, 0, 5, 0.5 * 0.05)}
+    assert lrs == [lr_at(s, 0.5, 0, 5, 0.5 * 0.05) for s in range(5)]
+    assert lrs[0] == pytest.approx(0.5)

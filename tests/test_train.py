@@ -49,13 +49,13 @@ def test_training_reduces_the_loss(family, tmp_path):
     torch.manual_seed(0)
     model = build_model(TINY[family])
     codes, labels = _data()
-    summary = train(model, codes, labels, _cfg(steps=40, ckpt_every=0, anneal_start=10, anneal_end=25, log_every=5),
+    summary = train(model, codes, labels, _cfg(steps=25, ckpt_every=0, anneal_start=5, anneal_end=15, log_every=5),
                     tmp_path, progress=False)
     first, last = summary["history"][0]["loss"], summary["history"][-1]["loss"]
     assert last < first - 0.5
     rs = [h["r"] for h in summary["history"]]
     assert rs[0] == 1.0 and rs[-1] == 0.0
-    assert summary["epochs"] == pytest.approx(40 * 8 / 40)  # epochs count images
+    assert summary["epochs"] == pytest.approx(25 * 8 / 40)  # epochs count images
 
 
 def test_rar_anneals_as_the_paper_unless_told_otherwise():

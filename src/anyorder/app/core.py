@@ -200,29 +200,27 @@ def _fit_image(image: Image.Image, entry: AppModel) -> tuple[Tensor, list[str]]:
     return render.pil_to_pixels(fitted, entry.tokenizer.in_channels), notes
 
 
-def _fit_mask(mask: np.ndarray, size: tuple[int, int], S: int) -> np.ndarray:
-    """A boolean pixel mask on the editor's canvas (``size`` = the background's W, H) -> ``S x S`` bool,
-    with the same crop / scaling as the image; a pixel of the result is masked if any pixel it covers is."""
-    w, h = size
-    m = Image.fromarray(mask.astype(np.uint8) * 255)
-    if m.size != (w, h):
-        m = m.resize((w, h), Image.Resampling.NEAREST)
-    fitted, _ = render.fit_square(m, S, resample=Image.Resampling.BOX)
-    if fitted.size != (S, S):
-        fitted = fitted.resize((S, S), Image.Resampling.BOX)
+def _fit_mask(mask: np.ndarray, S: int) -> np.ndarray:
+    """A boolean pixel mask on the editor's canvas -> ``S x S`` bool, cropped and scaled as the image is
+    (:func:`anyorder.app.render.fit_square`); a pixel of the result is masked if any pixel it covers is."""
+    fitted, _ = render.fit_square(Image.fromarray(mask.astype(np.uint8) * 255), S, resample=Image.Resampling.BOX)
     return np.asarray(fitted) > 0
 
 
-def _brushed(layers: list[Any] | None) -> np.ndarray | None:
-    """Union of the editor layers' painted pixels (alpha > 0), or ``None`` when there are no layers."""
+def _brushed(layers: list[Any] | None, size: tuple[int, int]) -> np.ndarray | None:
+    """Union of the editor layers' painted pixels (alpha > 0; any non-zero channel without alpha), ``[H, W]``
+    bool on the background's canvas (``size`` = its W, H; a layer of another size is scaled to it), or
+    ``None`` when nothing was painted on any layer."""
     out = None
     for layer in layers or []:
         if layer is None:
             continue
-        arr = np.asarray(layer.convert("RGBA") if isinstance(layer, Image.Image) else layer)
-        alpha = arr[..., 3] > 0 if arr.ndim == 3 and arr.shape[2] == 4 else np.asarray(arr).reshape(
-            arr.shape[0], arr.shape[1], -1).max(-1) > 0
-        out = alpha if out is None else (out | alpha if out.shape == alpha.shape else out)
+        img = layer if isinstance(layer, Image.Image) else Image.fromarray(np.asarray(layer).astype(np.uint8))
+        arr = np.asarray(img)
+        painted = arr[..., 3] > 0 if img.mode == "RGBA" else (arr.reshape(arr.shape[0], arr.shape[1], -1) > 0).any(-1)
+        if img.size != size:
+            painted = np.asarray(Image.fromarray(painted).resize(size, Image.Resampling.NEAREST))
+        out = painted if out is None else out | painted
     return out
 
 
@@ -254,8 +252,8 @@ def inpaint_updates(entry: AppModel, background: Image.Image | None, layers: lis
         raise ValueError("no image to inpaint: upload one or send a generated image to the editor first")
     pixels, notes = _fit_image(background, entry)
     S = entry.image_size
-    brushed = _brushed(layers)
-    pix_mask = np.zeros((S, S), bool) if brushed is None else _fit_mask(brushed, background.size, S)
+    brushed = _brushed(layers, background.size)
+    pix_mask = np.zeros((S, S), bool) if brushed is None else _fit_mask(brushed, S)
     token_mask = mask_from_image(torch.from_numpy(pix_mask), S, entry.model.grid, rule="any")
     codes = _encode(entry, pixels)
     h, w = entry.model.grid

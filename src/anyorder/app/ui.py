@@ -81,7 +81,9 @@ def _default_class(entry: AppModel) -> int:
 
 
 def _model_note(entry: AppModel) -> str:
-    return f"**{entry.label}**: {'sampling, inpainting and outpainting' if entry.family == 'randar' else RAR_NOTE}"
+    what = ("sampling, inpainting and outpainting" if entry.family == "randar"
+            else "sampling only (its scan order is fixed: no editing)")
+    return f"**{entry.label}**: {what}"
 
 
 def _amount(entry: AppModel) -> int:

@@ -36,7 +36,7 @@ def cmd_app(args: argparse.Namespace) -> int:
     try:  # gradio is an optional dependency (pip install 'anyorder[app]'): imported by this command only
         from anyorder.app import ui
     except ImportError as e:
-        raise RuntimeError(f"anyorder app needs gradio ({e}): pip install 'gradio>=5,<7'") from e
+        raise RuntimeError(f"anyorder app needs gradio ({e}): pip install 'gradio>=6,<7'") from e
     device = str(resolve_device(args.device))
     models = _models(args, device)
     app = ui.build_app(models)

@@ -66,6 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             return 0
         data = open_codes(cfg.data.source)
         device = resolve_device(cfg.train.device)
+        if device.type == "cuda":  # TF32 matmuls for what runs outside bf16 autocast, as the official trainers
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         h, w = data.grid
         torch.manual_seed(cfg.train.seed)
         model = build_model({**cfg.model_dict(), "seq_len": h * w}, device=device, source="model")

@@ -178,11 +178,8 @@ class RandAR(AnyOrderModel):
                 raise ValueError("head=False returns hidden states only: give hidden_layers")
             _, hidden = self.transformer(x, rope=rope, hidden_layers=hidden_layers, stop_after=max(hidden_layers) + 1)
             return None, hidden
-        out = self.transformer(x, rope=rope, hidden_layers=hidden_layers)
-        if hidden_layers:
-            logits, hidden = out
-            return deinterleave(logits[:, 1:])[0], hidden
-        return deinterleave(out[:, 1:])[0]
+        # the head runs on the instruction slots only (1, 3, ..., 2T - 1): the predictions
+        return self.transformer(x, rope=rope, hidden_layers=hidden_layers, rows=slice(1, None, 2))
 
     def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
         codes = self.check_codes(codes)

@@ -178,12 +178,14 @@ class Transformer(nn.Module):
     def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
                 input_pos: Tensor | None = None, return_hidden: bool = False,
                 hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
-                last: int | None = None, stop_after: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+                last: int | None = None, stop_after: int | None = None,
+                rows: slice | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
         ``kv_len`` (a host int: one past the highest slot written, with ``input_pos`` the ``L`` slots just
         below it) limits attention to the filled part of the cache; without it (the static, compilable
         step) attention runs over the whole cache under its precomputed causal mask. ``last`` computes the
-        output head for the last ``last`` positions only.
+        output head for the last ``last`` positions only; ``rows`` (a slice of positions) for those only
+        (RandAR reads its logits at every other slot: the head, its backward and the loss skip the rest).
         ``hidden_layers`` additionally returns the residual stream after those blocks (0-based).
         ``stop_after``: run only the first ``stop_after`` blocks and return their residual stream in place
         of the logits (no later blocks, no final layer or vocabulary head: feature extraction)."""
@@ -205,6 +207,10 @@ class Transformer(nn.Module):
             if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:  # per-position conditions
                 c = c[:, -last:]
             x = x[:, -last:]
+        if rows is not None:
+            if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:
+                c = c[:, rows]
+            x = x[:, rows]
         logits = self.final(x, c)
         return (logits, hidden) if (return_hidden or hidden_layers) else logits
 

@@ -65,7 +65,8 @@ def wrap(module: nn.Module, blocks: list[nn.Module], fsdp: bool) -> nn.Module:
         return module
     if world > 1:
         device = next(module.parameters()).device
-        return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
+                                                   gradient_as_bucket_view=True)
     return module
 
 

@@ -33,6 +33,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -242,6 +243,15 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     params = [p for p in model.parameters() if p.requires_grad]
     pin = device.type == "cuda"
 
+    def fetch(position: int) -> tuple[Tensor, Tensor]:
+        """This rank's share of the global batch at stream ``position``: codes and labels (host, pinned on CUDA)."""
+        images, views = stream.take(position + rank * per_rank, per_rank)
+        x, y = data.gather(images, views), torch.from_numpy(data.labels[images])
+        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
+
+    loader = ThreadPoolExecutor(max_workers=1)  # reads the next batch while a step runs
+    pending = loader.submit(fetch, seen)
+
     def save(at: int) -> None:
         msd, osd = full_state(loss_module, opt, prefix="model.")  # collective under FSDP
         if rank == 0:
@@ -277,10 +287,8 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
                 g["lr"] = lr
             orders = orders_lib.training_orders(cfg.batch_size, base_order, r, generator=gen)
             drop = torch.rand(cfg.batch_size, generator=gen, device=gen.device) < class_dropout
-            images, views = stream.take(seen + rank * per_rank, per_rank)
-            x_all, y_all = data.gather(images, views), torch.from_numpy(data.labels[images])
-            if pin:
-                x_all, y_all = x_all.pin_memory(), y_all.pin_memory()
+            x_all, y_all = pending.result()
+            pending = loader.submit(fetch, seen + cfg.batch_size)
             step_loss = torch.zeros((), device=device)
             for m in range(cfg.grad_accum):
                 local = slice(m * micro, (m + 1) * micro)
@@ -331,6 +339,7 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
         save(step)
     finally:
         model.validate_inputs = True
+        loader.shutdown(wait=True, cancel_futures=True)
     seconds = time.perf_counter() - t0
     summary = {"steps": step, "final_loss": loss_val, "seconds": seconds, "epochs": seen / len(data),
                "history": history}
