@@ -18,7 +18,7 @@ from safetensors.torch import save_file
 from anyorder.cli.main import main
 from anyorder.training import loop
 
-STEPS = 24
+STEPS = 300  # long enough that the run is still going when the kill comes
 
 
 def _args(data: Path, out: Path) -> list[str]:
@@ -38,10 +38,16 @@ def test_a_run_killed_at_a_random_step_and_rerun_ends_bit_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = tmp_path / "killed" / "checkpoints" / "last.pt"
+    target = random.randint(4, 60)  # kill somewhere after this checkpoint: mid-step or mid-write
     deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    time.sleep(random.uniform(0.0, 1.5))  # somewhere after the first checkpoint: mid-step or mid-write
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            if torch.load(ckpt, weights_only=True)["step"] >= target:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):  # not written yet (writes are atomic renames)
+            pass
+        time.sleep(0.005)
+    time.sleep(random.uniform(0.0, 0.02))
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     killed_at = torch.load(ckpt, weights_only=True)["step"]

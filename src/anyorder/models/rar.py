@@ -143,22 +143,25 @@ class RAR(AnyOrderModel):
         return x, c
 
     # ---- teacher forcing (official training and no-cache sampling paths) -------------------------
-    def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
+    def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor | None = None,
+                rows: slice = slice(1, None)) -> Tensor:
         """Official ``forward_fn`` without cache: ``gen_ids [B, L]`` (``L <= T``) in generation order,
-        returns ``[B, L + 1, V]`` (the cls slot dropped); logit ``k`` predicts generation index ``k``."""
+        returns ``[B, L + 1, V]`` (the cls slot dropped); logit ``k`` predicts generation index ``k``.
+        ``rows``: the slots of ``[cls, cond, x_1 .. x_L]`` the head runs on."""
         B, L = gen_ids.shape
         if orders is None:
             orders = self.default_order().expand(B, -1)
         cond = self.condition_tokens(classes).expand(B)
         table = self.position_table(orders)
         x, c = self._embed(gen_ids, cond, table, slice(0, L + 2))
-        return self.transformer(x, c)[:, 1:]
+        return self.transformer(x, c, rows=rows)
 
     def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
         codes = self.check_codes(codes)
         if orders is None:
             orders = self.default_order().expand(codes.shape[0], -1)
-        return self.forward(orders_lib.permute(codes, orders), classes, orders)[:, :-1]
+        # the head on the T slots that predict tokens only (not cls, not the last token): no slicing copy
+        return self.forward(orders_lib.permute(codes, orders), classes, orders, rows=slice(1, -1))
 
     # ---- KV-cached decoding ----------------------------------------------------------------------
     def start_decoding(self, classes: Tensor, orders: Tensor, static: bool = False) -> DecodeState:
