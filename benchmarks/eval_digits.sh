@@ -50,17 +50,19 @@ EOF
     score train_all
     score "train_$N"
     ;;
-  rar)  # the run's own recorded sampling settings (guidance 3, constant)
+  rar)  # the demo's sampling settings (guidance 3, constant), spelled out: runs made before the demo recorded
+        # them in model/config.json would otherwise sample with the family's defaults (no guidance)
     need_run demo_rar
     anyorder sample --model "$RUNS/demo_rar" --num-samples "$N" --npz "$OUT/rar.npz" --batch-size 100 --seed 0 \
-      --device cpu --quiet
+      --guidance-scale 3 --guidance-power 0 --temperature 1 --device cpu --quiet
     score rar
     ;;
-  randar)  # the run's own settings (guidance linear from 1 to 3) at 49 / 17 / 8 / 4 steps
+  randar)  # the demo's settings (guidance linear from 1 to 3, spelled out as above) at 49 / 17 / 8 / 4 steps
     need_run demo_randar
     for steps in 49 17 8 4; do
       anyorder sample --model "$RUNS/demo_randar" --steps "$steps" --num-samples "$N" \
-        --npz "$OUT/randar_${steps}.npz" --batch-size 100 --seed 0 --device cpu --quiet
+        --npz "$OUT/randar_${steps}.npz" --batch-size 100 --seed 0 \
+        --guidance-scale 3 --guidance-start 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
       score "randar_$steps"
     done
     ;;

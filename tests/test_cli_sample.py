@@ -202,3 +202,22 @@ def test_png_batches_do_not_repeat_each_other(tmp_path: Path, capsys: pytest.Cap
         return grid[2 : 2 + side, x0 : x0 + side]
 
     assert not np.array_equal(np.stack([tile(0), tile(1)]), np.stack([tile(2), tile(3)]))
+
+
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_compiled_and_bf16_sampling_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  family: str) -> None:
+    """``--compile`` (here dynamo's light ``eager`` backend; inductor takes minutes on a CPU) gives the eager
+    greedy image; ``--dtype bf16`` samples with bf16 weights."""
+    tokenizer = maskgit() if family == "rar" else llamagen()
+    c = fixture_geometry(family)["num_classes"] - 1
+    base = ["sample", "--model", str(fixture_dir(family)), "--tokenizer", tokenizer, "--classes", str(c), "0",
+            "--top-k", "1", "--device", "cpu"]
+    assert run([*base, "--out", str(tmp_path / "eager.png")], capsys)[0] == 0
+    assert run([*base, "--compile", "eager", "--out", str(tmp_path / "compiled.png")], capsys)[0] == 0
+    assert (tmp_path / "eager.png").read_bytes() == (tmp_path / "compiled.png").read_bytes()
+    assert json.loads((tmp_path / "compiled.json").read_text())["sampling"]["compile"] == "eager"
+    code, _, err = run([*base, "--dtype", "bf16", "--out", str(tmp_path / "bf16.png")], capsys)
+    assert code == 0, err
+    with Image.open(tmp_path / "bf16.png") as im, Image.open(tmp_path / "eager.png") as ref:
+        assert im.size == ref.size

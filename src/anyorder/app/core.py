@@ -32,7 +32,7 @@ from anyorder.editing import SIDES, mask_from_image
 from anyorder.sampling import model_sampling
 
 __all__ = ["AppModel", "Update", "RAR_NOTE", "class_choices", "generate_updates", "inpaint_updates",
-           "outpaint_updates", "load_upload", "classes_for", "sampling_settings"]
+           "outpaint_updates", "load_upload", "classes_for", "sampling_settings", "warm_up"]
 
 RAR_NOTE = ("RAR offers sampling only: it generates its tokens in one fixed raster scan order, so it cannot "
             "condition on known tokens at arbitrary positions. Inpainting and outpainting need a RandAR model.")
@@ -175,6 +175,14 @@ def generate_updates(entry: AppModel, cls: int, n: int = 8, seed: int | None = 0
     job = generation_job(entry.model, classes, seed=None if seed is None else int(seed), **settings)
     what = f"{n} image{'s' if n != 1 else ''}" + (" in raster order" if entry.family == "rar" else " in random orders")
     yield from _run(entry, job, what, None, [], delay)
+
+
+def warm_up(models: list[AppModel]) -> None:
+    """One tiny generation per model (first calls of torch kernels, the colour map): the first user's first
+    partial image then comes as quickly as the later ones."""
+    for entry in models:
+        for _ in generate_updates(entry, 0, 1, seed=0):
+            pass
 
 
 # ---- images and masks from the browser --------------------------------------------------------------------

@@ -9,6 +9,7 @@ API names (for ``gradio_client``): ``/generate``, ``/inpaint``, ``/outpaint``, `
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +26,7 @@ from anyorder.app.core import (
     inpaint_updates,
     load_upload,
     outpaint_updates,
+    warm_up,
 )
 from anyorder.editing import SIDES
 
@@ -243,11 +245,18 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         upload.upload(on_upload, [model, upload], [editor, edit_note], api_name="upload")
         to_editor.click(on_to_editor, [model, last, pick], [editor, edit_note, tabs], api_name="to_editor")
     app.queue(default_concurrency_limit=1, max_size=64)
+    app.anyorder_models = models  # for launch's warm-up
     return app
 
 
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, block: bool = True, quiet: bool = False):
-    """Serve ``app`` on ``host:port`` (no share link, no analytics, no server-side rendering)."""
-    return app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block, quiet=quiet,
+    """Serve ``app`` on ``host:port`` (no share link, no analytics, no server-side rendering). The models are
+    warmed up in the background (:func:`anyorder.app.core.warm_up`) once the server is up."""
+    out = app.launch(server_name=host, server_port=port, share=False, quiet=quiet,
                       ssr_mode=False, show_error=True, theme=_theme(), css=CSS, footer_links=["api"],
-                      max_file_size="20mb")
+                      max_file_size="20mb", prevent_thread_lock=True)
+    models = getattr(app, "anyorder_models", [])
+    threading.Thread(target=warm_up, args=(models,), name="anyorder-warm-up", daemon=True).start()
+    if block:
+        app.block_thread()
+    return out

@@ -38,23 +38,23 @@ def parse_classes(items: list[str], num_classes: int) -> list[int]:
     return [class_index(c, num_classes) for c in items]
 
 
-def load_generator(model: str, checkpoint: str | None, device: str):
+def load_generator(model: str, checkpoint: str | None, device: str, dtype: str | None = None):
     """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id.
 
     ``--model rar_b --checkpoint rar_b.bin`` (preset + file), ``--model DIR`` (our or an official
     folder), ``--model owner/name --checkpoint rar_b.bin`` (hub repo + file name; offline, the error says
-    which file to download and where from).
+    which file to download and where from). ``dtype``: ``"fp32"`` or ``"bf16"`` inference weights.
     """
     if checkpoint:
         if not Path(checkpoint).exists() and not Path(model).exists() and _looks_like_hub_id(model):
-            return from_pretrained(model, filename=checkpoint, device=device)
-        return from_pretrained(checkpoint, preset=model if model in PRESETS else None, device=device)
+            return from_pretrained(model, filename=checkpoint, device=device, dtype=dtype)
+        return from_pretrained(checkpoint, preset=model if model in PRESETS else None, device=device, dtype=dtype)
     if model in PRESETS:
         raise ValueError(f"--model {model} is a preset: give its weights with --checkpoint FILE (e.g. {model}.bin)")
     path = Path(model)
     if (path / "model").is_dir():  # a demo / train run directory
         path = path / "model"
-    return from_pretrained(path, device=device)
+    return from_pretrained(path, device=device, dtype=dtype)
 
 
 def load_tokenizer(spec: str | None, model_path: str, device: str):

@@ -29,9 +29,13 @@ __all__ = ["add_sample_command", "cmd_sample"]
 def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
     """The settings to sample with: what the model was made / released with (its run's recorded sampling
     settings, the official YAML's, or its preset's), overridden by the options given. An option the family
-    does not use (``--guidance-power`` for RandAR, ``--steps`` for RAR, ...) is an error. Includes ``seed``."""
+    does not use (``--guidance-power`` for RandAR, ``--steps`` for RAR, ...) is an error. Includes ``seed``, and
+    ``compile`` when asked for."""
     given = {name: getattr(args, name, None) for name in SAMPLING_OPTIONS}
-    return {**model_sampling(model, **given).to_dict(), "seed": args.seed}
+    kw = {**model_sampling(model, **given).to_dict(), "seed": args.seed}
+    if getattr(args, "compile", False):  # the compiled step draws differently: recorded with the settings
+        kw["compile"] = args.compile
+    return kw
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -42,7 +46,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    model = load_generator(args.model, args.checkpoint, str(device)).eval()
+    model = load_generator(args.model, args.checkpoint, str(device), dtype=args.dtype).eval()
     if model.family == "rar" and args.steps not in (None, model.seq_len):
         raise ValueError("--steps is for RandAR's parallel decoding; RAR decodes one token per step")
     classes = parse_classes(args.classes, model.num_classes) if args.classes else list(range(model.num_classes))
@@ -101,6 +105,11 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto: CUDA (cuda:LOCAL_RANK under torchrun) when present")
+    p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                   help="inference weights (bf16: softmax, guidance mixing and sampling stay fp32)")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
+                   help="torch.compile the static-shape decode step (inductor, with CUDA graphs on GPU; or the "
+                   "torch.compile backend named)")
     p.add_argument("--out", default="samples.png", help="PNG grid (without --npz)")
     p.add_argument("--npz", help="write the ADM sample format (arr_0 uint8 [N,H,W,3], arr_1 labels) and a JSON "
                    "of the settings beside it; resumable by chunk, runs under torchrun")

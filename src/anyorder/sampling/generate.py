@@ -17,7 +17,8 @@ __all__ = ['generate']
 @torch.no_grad()
 def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict[str, Any] | None = None, *,
              orders: Tensor | None = None, seed: int | None = None, generator: torch.Generator | None = None,
-             return_orders: bool = False, **settings: Any) -> Tensor | tuple[Tensor, Tensor]:
+             return_orders: bool = False, compile: bool | str = False,
+             **settings: Any) -> Tensor | tuple[Tensor, Tensor]:
     """Sample codes ``[B, h, w]`` (raster order) for ``classes`` with the model family's sampling policy.
 
     ``sampling`` (a :class:`~anyorder.sampling.policy.SamplingConfig` or dict) and ``settings`` (its fields as
@@ -33,7 +34,9 @@ def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict
     Unset settings take the family's defaults (unguided, temperature 1); the settings a run or release was
     made with are ``anyorder.sampling.model_sampling(model)``. Without ``orders``, the model's
     :meth:`~anyorder.models.base.AnyOrderModel.sampling_orders` are used. A ``seed`` (or ``generator``) makes
-    the result reproducible (orders and samples).
+    the result reproducible (orders and samples). ``compile=True`` runs the static-shape decode step under
+    ``torch.compile`` (CUDA graphs on GPU; a string names another compile backend): same greedy ids, and a seed
+    is reproducible, but a seeded sample differs from the eager loop's (another sampling draw).
     """
     policy = sampling_config(model.family, sampling)
     if settings:
@@ -54,7 +57,8 @@ def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict
     was_training = model.training
     model.eval()
     try:
-        gen = decode(model, classes, orders, plan, guidance, policy.temperature, policy.top_k, policy.top_p, generator)
+        gen = decode(model, classes, orders, plan, guidance, policy.temperature, policy.top_k, policy.top_p, generator,
+                     compile=compile)
     finally:
         model.train(was_training)
     codes = orders_lib.unpermute(gen, orders).view(B, *model.grid)
