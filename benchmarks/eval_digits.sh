@@ -7,7 +7,7 @@
 #   anyorder demo --model rar    --out runs/demo_rar    --threads 1
 #   anyorder demo --model randar --out runs/demo_randar --threads 1
 # Usage: bash benchmarks/eval_digits.sh [RUNS_DIR (default runs)] [NUM_SAMPLES (default 1000)] [STAGE ...]
-#   stages: refs (needs only runs/demo_rar/judge), rar, randar, table (default: all four, in that order)
+#   stages: refs (needs only runs/demo_rar/judge), rar, randar, unguided, table (default: all, in that order)
 # Writes RUNS_DIR/eval_digits/*.npz, *_metrics.json and $JSON_OUT (default docs/eval_digits.json, the table in
 # docs/EVALUATION.md).
 set -euo pipefail
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
 N=${2:-1000}
 shift $(( $# < 2 ? $# : 2 ))
-STAGES=${*:-refs rar randar table}
+STAGES=${*:-refs rar randar unguided table}
 OUT=$RUNS/eval_digits
 JSON_OUT=${JSON_OUT:-docs/eval_digits.json}
 JUDGE=$RUNS/demo_rar   # one judge scores everything (a reference records its judge's hash)
@@ -66,8 +66,19 @@ EOF
       score "randar_$steps"
     done
     ;;
+  unguided)  # the same runs without guidance (scale 1), RandAR one token per step
+    need_run demo_rar
+    need_run demo_randar
+    anyorder sample --model "$RUNS/demo_rar" --num-samples "$N" --npz "$OUT/rar_unguided.npz" --batch-size 100 \
+      --seed 0 --guidance-scale 1 --temperature 1 --device cpu --quiet
+    score rar_unguided
+    anyorder sample --model "$RUNS/demo_randar" --steps 49 --num-samples "$N" --npz "$OUT/randar_49_unguided.npz" \
+      --batch-size 100 --seed 0 --guidance-scale 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
+    score randar_49_unguided
+    ;;
   table)
-    python3 - "$OUT" "$JSON_OUT" train_all "train_$N" rar randar_49 randar_17 randar_8 randar_4 <<'EOF'
+    python3 - "$OUT" "$JSON_OUT" train_all "train_$N" rar randar_49 randar_17 randar_8 randar_4 \
+      rar_unguided randar_49_unguided <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -89,12 +100,12 @@ doc = {"protocol": "anyorder eval --features judge (the digit judge's 32-d featu
        "judge_sha256": json.loads((out / f"{names[0]}_metrics.json").read_text()).get("judge_sha256"),
        "results": rows}
 json_out.write_text(json.dumps(doc, indent=2) + "\n")
-print(f"{'':12} {'n':>5} {'FID':>8} {'acc':>6} {'IS':>6} {'prec':>6} {'recall':>6}")
+print(f"{'':18} {'n':>5} {'FID':>8} {'acc':>6} {'IS':>6} {'prec':>6} {'recall':>6}")
 for name, r in rows.items():
-    print(f"{name:12} {r['num_samples']:5d} {r['fid']:8.2f} {r['judge_accuracy']:6.3f} {r['inception_score']:6.2f} "
+    print(f"{name:18} {r['num_samples']:5d} {r['fid']:8.2f} {r['judge_accuracy']:6.3f} {r['inception_score']:6.2f} "
           f"{r['precision']:6.3f} {r['recall']:6.3f}")
 EOF
     ;;
-  *) echo "unknown stage $stage (refs, rar, randar, table)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (refs, rar, randar, unguided, table)" >&2; exit 2 ;;
   esac
 done

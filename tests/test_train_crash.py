@@ -71,7 +71,7 @@ def test_a_run_killed_at_a_random_step_and_rerun_ends_bit_identical(tmp_path):
 
 def test_an_interrupted_checkpoint_write_never_replaces_the_last_good_one(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / loop.LAST_CKPT
-    loop._atomic_torch_save(path, {"step": 2, "w": torch.ones(3)})
+    loop.atomic_torch_save(path, {"step": 2, "w": torch.ones(3)})
 
     def dies_half_way(obj, f):
         f.write(b"PK\x03\x04 half a zip")
@@ -79,7 +79,7 @@ def test_an_interrupted_checkpoint_write_never_replaces_the_last_good_one(tmp_pa
 
     monkeypatch.setattr(loop.torch, "save", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
-        loop._atomic_torch_save(path, {"step": 4, "w": torch.zeros(3)})
+        loop.atomic_torch_save(path, {"step": 4, "w": torch.zeros(3)})
     monkeypatch.undo()
     assert loop.load_checkpoint(path)["step"] == 2
     assert [p.name for p in path.parent.iterdir()] == [loop.LAST_CKPT]  # no temporary file left behind

@@ -9,8 +9,16 @@ API names (for ``gradio_client``): ``/generate``, ``/inpaint``, ``/outpaint``, `
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import io
+import os
+import shutil
+import tempfile
 import threading
+from collections import deque
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -92,6 +100,36 @@ def _amount(entry: AppModel) -> int:
     return max(1, entry.model.grid[1] // 2)
 
 
+class _ImageFiles:
+    """PNG files for the images the app returns, one per content, written atomically and never rewritten.
+
+    Gradio saves a returned PIL image by rewriting a file named after its content, so two identical images
+    in a row (or two users' identical first frames) could let a browser read a half-written file. A file path
+    is copied into Gradio's cache under a temporary name and renamed instead. The newest ``keep`` files are
+    kept (the directory is removed at exit)."""
+
+    def __init__(self, keep: int = 4096) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="anyorder-app-"))
+        self.keep, self.paths, self.lock = keep, deque(), threading.Lock()
+        atexit.register(shutil.rmtree, self.dir, True)
+
+    def __call__(self, image: Image.Image) -> str:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data = buf.getvalue()
+        path = self.dir / f"{hashlib.sha256(data).hexdigest()[:40]}.png"
+        with self.lock:
+            if not path.exists():
+                fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".part")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, path)
+                self.paths.append(path)
+                while len(self.paths) > self.keep:
+                    self.paths.popleft().unlink(missing_ok=True)
+        return str(path)
+
+
 def _error(e: Exception) -> gr.Error:
     return gr.Error(str(e), print_exception=False)
 
@@ -104,6 +142,7 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
     if len(by_name) != len(models):
         raise ValueError(f"model names must be unique, got {[m.name for m in models]}")
     first = models[0]
+    files = _ImageFiles()
     s0 = _settings(first)
     T0, editable0 = first.model.seq_len, first.family == "randar"
 
@@ -115,10 +154,11 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
     def _stream(updates: Iterator[Update], state_out: bool) -> Iterator[tuple]:
         try:
             for u in updates:
+                image, order = files(u.image), files(u.order)
                 if state_out:
-                    yield u.image, u.order, u.status, (u.pixels if u.final else gr.skip())
+                    yield image, order, u.status, (u.pixels if u.final else gr.skip())
                 else:
-                    yield u.image, u.order, u.status
+                    yield image, order, u.status
         except ValueError as e:
             raise _error(e) from e
 
@@ -161,7 +201,8 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         for n in notes:
             gr.Warning(n)
         msg = " ".join(notes) or f"Loaded a {entry.image_size}x{entry.image_size} image."
-        return {"background": image, "layers": [], "composite": image}, msg + " Brush over what to regenerate."
+        path = files(image)
+        return {"background": path, "layers": [], "composite": path}, msg + " Brush over what to regenerate."
 
     def on_to_editor(name, pixels, index):
         entry = entry_of(name)
@@ -170,11 +211,12 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         i = int(index or 1) - 1
         if not 0 <= i < pixels.shape[0]:
             raise gr.Error(f"image # must be in 1..{pixels.shape[0]}, got {i + 1}")
-        image = render.tile(pixels[i : i + 1], entry.scale)
-        return ({"background": image, "layers": [], "composite": image},
+        path = files(render.tile(pixels[i : i + 1], entry.scale))
+        return ({"background": path, "layers": [], "composite": path},
                 f"Image #{i + 1} is in the editor: brush over what to regenerate.", gr.update(selected="edit"))
 
-    with gr.Blocks(title="anyorder", analytics_enabled=False) as app:
+    # delete_cache: Gradio's copies of the streamed frames older than an hour go, checked every half hour
+    with gr.Blocks(title="anyorder", analytics_enabled=False, delete_cache=(1800, 3600)) as app:
         gr.Markdown(INTRO)
         for n in notes or []:
             gr.Markdown(n)

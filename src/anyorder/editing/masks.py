@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from anyorder.editing.common import _pair
+from anyorder.io.images import open_image
 
 __all__ = ['SIDES', 'MASK_RULES', 'half_mask', 'box_mask', 'mask_from_image']
 
@@ -57,13 +58,9 @@ def _mask_array(mask: Any) -> Tensor:
 
     if isinstance(mask, (str, os.PathLike)):
         try:
-            with Image.open(mask) as img:
-                img.load()
-                mask = img.convert("L")
-        except FileNotFoundError as e:
-            raise ValueError(f"cannot load mask {mask}: file not found") from e
-        except OSError as e:
-            raise ValueError(f"cannot load mask {mask}: unreadable or not an image ({e})") from e
+            mask = open_image(mask, "L")
+        except ValueError as e:
+            raise ValueError(f"mask: {e}") from e
     if isinstance(mask, Image.Image):
         mask = np.asarray(mask.convert("L"))
     if isinstance(mask, np.ndarray):

@@ -6,13 +6,14 @@ Nothing here ever unpickles arbitrary objects. A pickle that carries code is ref
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import Tensor
@@ -21,6 +22,7 @@ __all__ = [
     "CheckpointError",
     "load_state_dict",
     "save_state_dict",
+    "atomic_write",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_torch_save",
@@ -76,14 +78,16 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
     return _unwrap(obj, path)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never half-written)."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Stream ``write(file)`` into a temporary file beside ``path``, fsync it, rename it over ``path`` and fsync the
+    directory: ``path`` is either the old file or the complete new one, never half-written (a crash mid-write
+    leaves the last good file in place and no temporary file behind)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -91,6 +95,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # make the rename itself durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_write`)."""
+    atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -107,13 +122,9 @@ def save_state_dict(path: str | os.PathLike, state_dict: Mapping[str, Tensor], m
 
 
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
-    """``torch.save`` to a temp file then rename. Use only plain containers of tensors/numbers/strings
-    so the file loads again with ``weights_only=True``."""
-    import io as _io
-
-    buf = _io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    """``torch.save`` streamed atomically to ``path`` (:func:`atomic_write`; no copy in memory). Use only plain
+    containers of tensors / numbers / strings, so the file loads again with ``weights_only=True``."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def check_state_dict(

@@ -32,23 +32,29 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if arr.shape[2] == 1 else arr))
 
 
-def load_image(path: str | os.PathLike, image_size: int | None = None) -> Tensor:
-    """Read an image file as float32 RGB ``[3, H, W]`` in ``[0, 1]``.
-
-    With ``image_size`` the image is first centre-cropped with :func:`center_crop_arr`.
-    Raises :class:`ValueError` naming the file if it is missing, truncated, corrupt or not an image.
-    """
+def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
+    """Read an image file fully and convert it to ``mode``; :class:`ValueError` naming the file if it is missing,
+    a directory, truncated, corrupt or not an image."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            rgb = img.convert("RGB")
+            return img.convert(mode)
     except FileNotFoundError as e:
         raise ValueError(f"cannot load image {path}: file not found") from e
     except IsADirectoryError as e:
         raise ValueError(f"cannot load image {path}: it is a directory") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot load image {path}: unreadable or corrupt ({type(e).__name__}: {e})") from e
+
+
+def load_image(path: str | os.PathLike, image_size: int | None = None) -> Tensor:
+    """Read an image file as float32 RGB ``[3, H, W]`` in ``[0, 1]``.
+
+    With ``image_size`` the image is first centre-cropped with :func:`center_crop_arr`.
+    Raises :class:`ValueError` naming the file if it is missing, truncated, corrupt or not an image.
+    """
+    rgb = open_image(path, "RGB")
     if image_size is not None:
         rgb = center_crop_arr(rgb, image_size)
     return pil_to_tensor(rgb)

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -44,7 +43,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from anyorder.data.codes import CodeSource, EpochStream, TensorCodes
-from anyorder.io import CheckpointError, atomic_write_json
+from anyorder.io import CheckpointError, atomic_torch_save, atomic_write_json
 from anyorder.models.base import AnyOrderModel
 from anyorder.nn import orders as orders_lib
 from anyorder.training.config import TrainConfig, config_to_dict
@@ -146,28 +145,6 @@ def _seed(*parts: int) -> int:
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------------------
-def _atomic_torch_save(path: Path, obj: Any) -> None:
-    """``torch.save`` streamed to a temporary file beside ``path``, fsynced, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, loaded on the CPU (memory-mapped), tensors and plain containers only."""
     path = Path(path)
@@ -255,7 +232,7 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     def save(at: int) -> None:
         msd, osd = full_state(loss_module, opt, prefix="model.")  # collective under FSDP
         if rank == 0:
-            _atomic_torch_save(ckpt_path, {
+            atomic_torch_save(ckpt_path, {
                 "format": CKPT_FORMAT, "model": msd, "optimizer": osd, "step": at, "samples_seen": seen,
                 "epoch": seen / len(data), "history": history, "world_size": world,
                 "model_config": model.config_dict(), "train_config": config_to_dict(cfg),
