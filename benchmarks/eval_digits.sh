@@ -7,7 +7,7 @@
 #   anyorder demo --model rar    --out runs/demo_rar    --threads 1
 #   anyorder demo --model randar --out runs/demo_randar --threads 1
 # Usage: bash benchmarks/eval_digits.sh [RUNS_DIR (default runs)] [NUM_SAMPLES (default 1000)] [STAGE ...]
-#   stages: refs (needs only runs/demo_rar/judge), rar, randar, unguided, table (default: all, in that order)
+#   stages: refs (needs only runs/demo_rar/judge), rar, randar, unguided, seeds, table (default: all, in order)
 # Writes RUNS_DIR/eval_digits/*.npz, *_metrics.json and $JSON_OUT (default docs/eval_digits.json, the table in
 # docs/EVALUATION.md).
 set -euo pipefail
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
 N=${2:-1000}
 shift $(( $# < 2 ? $# : 2 ))
-STAGES=${*:-refs rar randar unguided table}
+STAGES=${*:-refs rar randar unguided seeds table}
 OUT=$RUNS/eval_digits
 JSON_OUT=${JSON_OUT:-docs/eval_digits.json}
 JUDGE=$RUNS/demo_rar   # one judge scores everything (a reference records its judge's hash)
@@ -76,9 +76,20 @@ EOF
       --batch-size 100 --seed 0 --guidance-scale 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
     score randar_49_unguided
     ;;
+  seeds)  # seed-to-seed spread: RandAR at 49 and 17 steps with seeds 1 and 2
+    need_run demo_randar
+    for seed in 1 2; do
+      for steps in 49 17; do
+        anyorder sample --model "$RUNS/demo_randar" --steps "$steps" --num-samples "$N" \
+          --npz "$OUT/seed${seed}_randar_${steps}.npz" --batch-size 100 --seed "$seed" \
+          --guidance-scale 3 --guidance-start 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
+        score "seed${seed}_randar_${steps}"
+      done
+    done
+    ;;
   table)
     python3 - "$OUT" "$JSON_OUT" train_all "train_$N" rar randar_49 randar_17 randar_8 randar_4 \
-      rar_unguided randar_49_unguided <<'EOF'
+      rar_unguided randar_49_unguided seed1_randar_49 seed1_randar_17 seed2_randar_49 seed2_randar_17 <<'EOF'
 import json
 import sys
 from pathlib import Path
@@ -106,6 +117,6 @@ for name, r in rows.items():
           f"{r['precision']:6.3f} {r['recall']:6.3f}")
 EOF
     ;;
-  *) echo "unknown stage $stage (refs, rar, randar, unguided, table)" >&2; exit 2 ;;
+  *) echo "unknown stage $stage (refs, rar, randar, unguided, seeds, table)" >&2; exit 2 ;;
   esac
 done
