@@ -81,7 +81,7 @@ def _sample_npz(args: argparse.Namespace, model, tok, classes: list[int], kw: di
     labels = balanced_labels(n, classes)
     settings = {"model": _as_recorded(args.model), "checkpoint": _as_recorded(args.checkpoint),
                 "tokenizer": _as_recorded(args.tokenizer), "classes": classes if args.classes else "all",
-                "family": model.family, "grid": list(model.grid)}
+                "family": model.family, "grid": list(model.grid), "dtype": getattr(args, "dtype", "fp32")}
     record = sample_npz(model, tok, args.npz, labels, batch_size=args.batch_size, seed=args.seed, sampling=kw,
                         settings=settings, progress=not args.quiet, keep_parts=args.keep_parts)
     if record is not None:  # rank 0
