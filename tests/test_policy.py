@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 
 import pytest
@@ -119,3 +120,13 @@ def test_extrapolate_decodes_on_that_schedule(monkeypatch: pytest.MonkeyPatch) -
     extrapolate_mod.extrapolate(model, [1], factor=2, steps=6, low_res_steps=4, seed=0)
     T, P = 4 * model.seq_len, model.seq_len
     assert seen["plans"][-1] == parallel_decoding_schedule_from(6, T, P)
+
+
+def test_generate_streams_every_step_in_generation_order() -> None:
+    model = tiny("randar")
+    seen: list[tuple[int, torch.Tensor]] = []
+    codes, orders = generate(model, [0, 1], steps=5, seed=0, return_orders=True,
+                             step_callback=lambda done, tokens: seen.append((done, tokens[:, :done].clone())))
+    assert [d for d, _ in seen] == list(itertools.accumulate(parallel_decoding_schedule(5, model.seq_len)))
+    final = seen[-1][1]  # the generation-order tokens, put back in raster order, are the result
+    assert torch.equal(final.gather(1, orders.argsort(1)), codes.reshape(2, -1))

@@ -17,7 +17,7 @@ __all__ = ['generate']
 @torch.no_grad()
 def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict[str, Any] | None = None, *,
              orders: Tensor | None = None, seed: int | None = None, generator: torch.Generator | None = None,
-             return_orders: bool = False, compile: bool | str = False,
+             return_orders: bool = False, compile: bool | str = False, step_callback=None,
              **settings: Any) -> Tensor | tuple[Tensor, Tensor]:
     """Sample codes ``[B, h, w]`` (raster order) for ``classes`` with the model family's sampling policy.
 
@@ -37,6 +37,7 @@ def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict
     the result reproducible (orders and samples). ``compile=True`` runs the static-shape decode step under
     ``torch.compile`` (CUDA graphs on GPU; a string names another compile backend): same greedy ids, and a seed
     is reproducible, but a seeded sample differs from the eager loop's (another sampling draw).
+    ``step_callback(done, tokens)`` is called after every step (tokens in generation order; see ``decode``).
     """
     policy = sampling_config(model.family, sampling)
     if settings:
@@ -58,7 +59,7 @@ def generate(model, classes: Tensor | list[int], sampling: SamplingConfig | dict
     model.eval()
     try:
         gen = decode(model, classes, orders, plan, guidance, policy.temperature, policy.top_k, policy.top_p, generator,
-                     compile=compile)
+                     step_callback=step_callback, compile=compile)
     finally:
         model.train(was_training)
     codes = orders_lib.unpermute(gen, orders).view(B, *model.grid)
