@@ -134,7 +134,7 @@ def test_codebook_mismatch_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
 def test_bad_options_exit_code_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = ["sample", "--model", str(fixture_dir("rar")), "--tokenizer", maskgit(), "--out", str(tmp_path / "x.png")]
     code, _, err = run([*base, "--steps", "4", "--classes", "1"], capsys)
-    assert code == 2 and "--steps is for RandAR" in err
+    assert code == 2 and "'steps' does not apply to a rar model" in err
     code, _, err = run([*base, "--per-class", "0", "--classes", "1"], capsys)
     assert code == 2 and "--per-class" in err
     code, _, err = run(["sample", "--model", str(fixture_dir("rar")), "--tokenizer", str(tmp_path / "missing.bin"),
@@ -221,3 +221,25 @@ def test_compiled_and_bf16_sampling_from_the_cli(tmp_path: Path, capsys: pytest.
     assert code == 0, err
     with Image.open(tmp_path / "bf16.png") as im, Image.open(tmp_path / "eager.png") as ref:
         assert im.size == ref.size
+
+
+def test_an_official_yaml_gives_the_checkpoints_hyper_parameters_on_the_cli(tmp_path: Path,
+                                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """``--config rar.yaml`` (1d-tokenizer's layout: codebook size under model.vq_model) for a checkpoint with no
+    config.json beside it; the YAML's sampling settings become the defaults."""
+    import yaml
+
+    cfg = json.loads((fixture_dir("rar") / "config.json").read_text())
+    shutil.copy(fixture_dir("rar") / "checkpoint.bin", tmp_path / "weights.bin")
+    doc = {"model": {"vq_model": {"codebook_size": cfg["codebook_size"]},
+                     "generator": {k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
+                                                       "intermediate_size", "image_seq_len", "condition_num_classes")}
+                     | {"randomize_temperature": 1.02, "guidance_scale": 6.9, "guidance_scale_pow": 1.5}}}
+    (tmp_path / "rar.yaml").write_text(yaml.safe_dump(doc))
+    out = tmp_path / "y.png"
+    code, _, err = run(["sample", "--model", "x", "--checkpoint", str(tmp_path / "weights.bin"), "--config",
+                        str(tmp_path / "rar.yaml"), "--tokenizer", maskgit(), "--classes", "0", "--out", str(out)],
+                       capsys)
+    assert code == 0, err
+    settings = json.loads(out.with_suffix(".json").read_text())["sampling"]
+    assert (settings["temperature"], settings["guidance_scale"], settings["guidance_power"]) == (1.02, 6.9, 1.5)

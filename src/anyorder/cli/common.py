@@ -38,17 +38,22 @@ def parse_classes(items: list[str], num_classes: int) -> list[int]:
     return [class_index(c, num_classes) for c in items]
 
 
-def load_generator(model: str, checkpoint: str | None, device: str, dtype: str | None = None):
+def load_generator(model: str, checkpoint: str | None, device: str, dtype: str | None = None,
+                   config: str | None = None):
     """A generator from a run/model directory, a checkpoint file (+ preset name), or a hub id.
 
     ``--model rar_b --checkpoint rar_b.bin`` (preset + file), ``--model DIR`` (our or an official
     folder), ``--model owner/name --checkpoint rar_b.bin`` (hub repo + file name; offline, the error says
-    which file to download and where from). ``dtype``: ``"fp32"`` or ``"bf16"`` inference weights.
+    which file to download and where from). ``dtype``: ``"fp32"`` or ``"bf16"`` inference weights. ``config``:
+    the checkpoint's hyper-parameters (a config.json or an official YAML) when no file beside it says them.
     """
     if checkpoint:
         if not Path(checkpoint).exists() and not Path(model).exists() and _looks_like_hub_id(model):
             return from_pretrained(model, filename=checkpoint, device=device, dtype=dtype)
-        return from_pretrained(checkpoint, preset=model if model in PRESETS else None, device=device, dtype=dtype)
+        preset = model if model in PRESETS and config is None else None
+        return from_pretrained(checkpoint, config=config, preset=preset, device=device, dtype=dtype)
+    if config is not None:
+        raise ValueError("--config gives the hyper-parameters of a --checkpoint file: pass the checkpoint too")
     if model in PRESETS:
         raise ValueError(f"--model {model} is a preset: give its weights with --checkpoint FILE (e.g. {model}.bin)")
     path = Path(model)

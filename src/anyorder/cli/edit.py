@@ -39,7 +39,7 @@ __all__ = ["add_editing_commands"]
 
 # ---- loading --------------------------------------------------------------------------------------------
 def _load(args: argparse.Namespace):
-    model = load_generator(args.model, args.checkpoint, args.device).eval()
+    model = load_generator(args.model, args.checkpoint, args.device, config=args.config).eval()
     require_randar(model, f"anyorder {args.command}", random_orders=False)  # the library warns where it applies
     tok = load_tokenizer(args.tokenizer, args.model, args.device).eval()
     return model, tok
@@ -229,6 +229,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--model", required=True, help="run/model directory, preset name (with --checkpoint) or hub id")
     p.add_argument("--checkpoint", help="official or our checkpoint file")
+    p.add_argument("--config", help="hyper-parameters of --checkpoint (config.json or an official YAML)")
     p.add_argument("--tokenizer", help="tokenizer file or demo tokenizer dir (default: the run's tokenizer/)")
     p.add_argument("--device", default="auto", type=lambda d: str(resolve_device(d)),
                    help="auto (default): CUDA when present, else CPU")

@@ -46,9 +46,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
-    model = load_generator(args.model, args.checkpoint, str(device), dtype=args.dtype).eval()
-    if model.family == "rar" and args.steps not in (None, model.seq_len):
-        raise ValueError("--steps is for RandAR's parallel decoding; RAR decodes one token per step")
+    model = load_generator(args.model, args.checkpoint, str(device), dtype=args.dtype, config=args.config).eval()
     classes = parse_classes(args.classes, model.num_classes) if args.classes else list(range(model.num_classes))
     tok = load_tokenizer(args.tokenizer, args.model, str(device))
     check_tokenizer_fits(model, tok, args.tokenizer or args.model)
@@ -98,6 +96,8 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
                        "splits the chunks over K processes; the file is the same for any K).")
     p.add_argument("--model", required=True, help="preset name (with --checkpoint), run/model directory or hub id")
     p.add_argument("--checkpoint", help="official or our checkpoint file")
+    p.add_argument("--config", help="hyper-parameters of --checkpoint: a config.json or an official YAML "
+                   "(1d-tokenizer's rar.yaml, RandAR's configs/randar/*.yaml)")
     p.add_argument("--tokenizer", help="tokenizer file (MaskGIT-VQGAN .bin, LlamaGen .pt) or demo tokenizer dir")
     p.add_argument("--classes", nargs="*", help="class indices or ImageNet names (default: all classes)")
     p.add_argument("--per-class", type=int, default=1)

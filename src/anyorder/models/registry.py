@@ -37,10 +37,12 @@ def model_config(family: str, values: dict[str, Any], source: str = "config"):
 def build_model(config: dict[str, Any] | str, device: torch.device | str | None = None,
                 source: str = "config") -> AnyOrderModel:
     """A randomly initialised model from ``{"family": ..., **fields}`` (our ``config.json``; its
-    ``extra`` metadata entry is ignored) or a preset name. ``source`` names the config in errors."""
+    ``extra`` metadata entry is ignored) or a preset name (whose sampling settings the model keeps as
+    ``sampling_defaults``). ``source`` names the config in errors."""
+    sampling: dict[str, Any] = {}
     if isinstance(config, str):
         p = get_preset(config)
-        config = {"family": p.family, **p.model}
+        config, sampling = {"family": p.family, **p.model}, dict(p.sampling)
     config = dict(config)
     config.pop("extra", None)  # save_pretrained(..., extra=...) metadata, not a model field
     family = config.pop("family", None)
@@ -48,4 +50,5 @@ def build_model(config: dict[str, Any] | str, device: torch.device | str | None 
         raise ValueError(f"{source}: model config needs a 'family' key ('rar' or 'randar')")
     cfg = model_config(family, config, source)  # validates the family and the keys first
     model = FAMILIES[family](cfg)
+    model.sampling_defaults = sampling  # a preset's sampling settings (anyorder.sampling.model_sampling)
     return model.to(device) if device is not None else model

@@ -1,7 +1,8 @@
 """One sampler loop for both families: KV-cached, batched, with classifier-free guidance.
 
-:func:`generate` drives a model's :meth:`~anyorder.models.base.AnyOrderModel.decode_one_step` through a
-*step plan* — how many tokens each step decodes. RAR decodes one token per step (``T`` steps) in its
+:func:`decode` drives a model's :meth:`~anyorder.models.base.AnyOrderModel.decode_one_step` through a
+*step plan* — how many tokens each step decodes (:func:`anyorder.sampling.generate` and the editing tasks
+build it from the family's policy). RAR decodes one token per step (``T`` steps) in its
 final scan order; RandAR decodes any number per step (``parallel_decoding_schedule``) in a random
 order per sample, or in orders the caller supplies. Guidance batches the conditional and the
 null-class rows together and mixes them as ``u + (c - u) * scale``.

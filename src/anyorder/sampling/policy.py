@@ -86,6 +86,9 @@ class RandARSampling(SamplingConfig):
         super().__post_init__()
         if self.steps < 0:
             raise ValueError(f"steps must be >= 0 (0: one token per step), got {self.steps}")
+        if self.guidance_start != 1.0 and self.guidance_scale <= 1.0:
+            raise ValueError(f"guidance_start={self.guidance_start} has no effect with guidance_scale="
+                             f"{self.guidance_scale}: RandAR guides only when its final scale exceeds 1")
 
     def plan(self, total: int) -> list[int]:
         """``steps`` cosine steps over ``total`` tokens; more steps than tokens is an error here (editing tasks

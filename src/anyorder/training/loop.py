@@ -12,7 +12,8 @@ bf16 autocast on CUDA, gradient accumulation (``grad_accum``), activation checkp
 stream (:class:`anyorder.data.codes.EpochStream`, by position), the global batch's orders and label dropout (one
 generator on the device, the same draws on every rank, each rank taking its slice), and the model's dropout (the
 global RNG reseeded per step and rank). So 2 ranks at batch b equal 1 rank at batch 2b equal 2 accumulated
-micro-batches of b, and a run killed at any point and rerun with the same command ends bit-identical to an
+micro-batches of b (exactly with dropout 0; with dropout each rank / micro-batch draws its own masks, the same
+distribution), and a run killed at any point and rerun with the same command ends bit-identical to an
 uninterrupted one: nothing but the step and the position in the stream needs restoring.
 
 **No host syncs inside a step** except at logging / checkpoint steps: the data are validated once at load, the
