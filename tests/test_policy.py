@@ -130,3 +130,12 @@ def test_generate_streams_every_step_in_generation_order() -> None:
     assert [d for d, _ in seen] == list(itertools.accumulate(parallel_decoding_schedule(5, model.seq_len)))
     final = seen[-1][1]  # the generation-order tokens, put back in raster order, are the result
     assert torch.equal(final.gather(1, orders.argsort(1)), codes.reshape(2, -1))
+
+
+def test_saving_keeps_the_settings_a_model_samples_with(tmp_path) -> None:
+    from anyorder import from_pretrained, save_pretrained
+
+    model = build_model("randar_demo")
+    assert model.sampling_defaults == PRESETS["randar_demo"].sampling
+    save_pretrained(model, tmp_path / "m")
+    assert from_pretrained(tmp_path / "m").sampling_defaults == PRESETS["randar_demo"].sampling

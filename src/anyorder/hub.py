@@ -154,11 +154,14 @@ def save_pretrained(model: nn.Module, directory: str | os.PathLike, extra: dict[
 
     Generators record their ``family`` and config fields; the small modules of :data:`MODULE_TYPES`
     (demo tokenizer, digit judge) their ``model_type`` and config fields. ``extra`` is free-form metadata
-    stored under ``"extra"`` (e.g. the tokenizer a generator was trained with)."""
+    stored under ``"extra"`` (e.g. the tokenizer a generator was trained with); a generator's
+    ``sampling_defaults`` are stored as ``extra["sampling"]`` unless ``extra`` gives them."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if isinstance(model, AnyOrderModel):
         config, meta = model.config_dict(), {"family": model.family}
+        if model.sampling_defaults and "sampling" not in (extra or {}):  # keep what it samples with
+            extra = {**(extra or {}), "sampling": dict(model.sampling_defaults)}
     else:
         model_type = getattr(model, "model_type", None)
         if MODULE_TYPES.get(model_type) is not type(model):
