@@ -22,14 +22,7 @@ from anyorder.io import load_state_dict
 from anyorder.models.presets import PRESETS
 from anyorder.tokenizers.official import MASKGIT_VQGAN, build_tokenizer, infer_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is faster than two contending ones on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contending ones
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -18,14 +18,7 @@ from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig, codebook_usage, re
 from anyorder.training.config import config_from_dict
 from anyorder.training.small_models import train_demo_vq, train_digit_classifier
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Single-threaded: tiny models gain little from 2 threads and stall badly on a loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contending ones
 
 
 @pytest.fixture(scope="module")

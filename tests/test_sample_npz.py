@@ -27,12 +27,7 @@ from anyorder.tokenizers.official import load_official_tokenizer
 BATCH = 4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contending ones
 
 
 def rar_args(out: Path, n: int, *extra: str) -> list[str]:

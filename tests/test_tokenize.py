@@ -41,12 +41,7 @@ SIZES = [(23, 31), (40, 27), (19, 19)]  # (h, w): wide, tall, square -> the crop
 BAD = {"zebra/broken.png": "truncated", "bee/fake.jpg": "not an image", "Ant/readme.txt": "not an image file"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contending ones
 
 
 def _png(arr: np.ndarray) -> bytes:

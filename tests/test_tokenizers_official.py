@@ -41,13 +41,7 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """The models here are tiny: one intra-op thread avoids OpenMP oversubscription on busy CI machines."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contending ones
 
 
 def _fixture(kind: str) -> tuple[Path, Path, dict, dict[str, torch.Tensor]]:
