@@ -14,7 +14,7 @@ from pathlib import Path
 from anyorder.app.core import AppModel
 from anyorder.app.models import DEMO_FAMILIES, demo_models, ensure_demo_runs
 from anyorder.cli.common import check_tokenizer_fits, load_generator, load_tokenizer
-from anyorder.training.loop import resolve_device
+from anyorder.nn.device import resolve_device
 
 __all__ = ["add_app_command", "cmd_app"]
 

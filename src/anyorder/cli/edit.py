@@ -31,8 +31,8 @@ from anyorder.editing import (
 )
 from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
+from anyorder.nn.device import resolve_device
 from anyorder.sampling.policy import model_sampling
-from anyorder.training.loop import resolve_device
 
 __all__ = ["add_editing_commands"]
 

@@ -19,9 +19,9 @@ from anyorder.cli.common import (
 from anyorder.demo.run import decode_batched
 from anyorder.io import atomic_write_json
 from anyorder.io.images import save_image_grid
+from anyorder.nn.device import resolve_device
 from anyorder.sampling.batch import balanced_labels, sample_chunk, sample_npz
 from anyorder.sampling.policy import model_sampling
-from anyorder.training.loop import resolve_device
 
 __all__ = ["add_sample_command", "cmd_sample"]
 

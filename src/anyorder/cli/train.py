@@ -17,9 +17,10 @@ import torch.distributed as dist
 from anyorder.data.codes import open_codes
 from anyorder.demo.run import run_demo
 from anyorder.hub import build_model, save_pretrained
+from anyorder.nn.device import resolve_device
 from anyorder.training.config import RunConfig, load_run_config
 from anyorder.training.distributed import barrier, init_distributed, shutdown
-from anyorder.training.loop import LAST_CKPT, load_checkpoint, resolve_device, train
+from anyorder.training.loop import LAST_CKPT, load_checkpoint, train
 
 __all__ = ["add_run_commands"]
 

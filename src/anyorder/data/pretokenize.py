@@ -42,6 +42,7 @@ from anyorder.data.augment import AUGMENTATIONS, CROP_RANGE, num_views, view_nam
 from anyorder.data.images import ImageSource, Part, Sample, decode_sample, open_source
 from anyorder.hub import load_module
 from anyorder.io import atomic_write_bytes, atomic_write_json
+from anyorder.nn.device import resolve_device
 from anyorder.tokenizers.base import ImageTokenizer
 from anyorder.tokenizers.official import load_official_tokenizer
 
@@ -101,14 +102,6 @@ def _default_resolution(tok: ImageTokenizer) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return 256
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def _dist_env() -> tuple[int, int]:
@@ -292,7 +285,7 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
         raise ValueError(f"--out {out} exists and is not a folder")
     target, weights = _tokenizer_files(tokenizer)
     source = open_source(data)
-    dev = _resolve_device(device)
+    dev = resolve_device(device)
     tok = load_tokenizer_any(target, dev, tokenizer_config)
     ds = int(tok.downsample)
     res = _default_resolution(tok) if resolution is None else int(resolution)

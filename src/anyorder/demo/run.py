@@ -27,10 +27,11 @@ from anyorder.hub import build_model, from_pretrained, load_module, save_pretrai
 from anyorder.io import atomic_write_json
 from anyorder.io.images import save_image_grid
 from anyorder.models.digit_judge import DigitClassifier
+from anyorder.nn.device import resolve_device
 from anyorder.sampling.generate import generate
 from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig, reconstruction_error
 from anyorder.training.config import RunConfig, config_to_dict
-from anyorder.training.loop import resolve_device, train
+from anyorder.training.loop import train
 from anyorder.training.small_models import train_demo_vq, train_digit_classifier
 
 __all__ = ["run_demo", "encode_batched", "decode_batched", "sample_per_class", "judge_samples"]

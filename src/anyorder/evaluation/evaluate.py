@@ -54,6 +54,7 @@ from anyorder.evaluation.metrics import (
 )
 from anyorder.hub import load_module
 from anyorder.models.digit_judge import DigitClassifier
+from anyorder.nn.device import resolve_device
 
 __all__ = [
     "FEATURE_KINDS",
@@ -69,13 +70,6 @@ __all__ = [
 FEATURE_KINDS = ("inception", "judge")
 DIGIT_SOURCES = ("digits:test", "digits:train")
 DEFAULT_BATCH_SIZE = 64  # ADM's batch size for the Inception graph
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"``: CUDA when present, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def resolve_judge_dir(path: str | os.PathLike) -> Path:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable
@@ -47,6 +46,7 @@ from anyorder.data.codes import CodeSource, EpochStream, TensorCodes
 from anyorder.io import CheckpointError, atomic_torch_save, atomic_write_json
 from anyorder.models.base import AnyOrderModel
 from anyorder.nn import orders as orders_lib
+from anyorder.nn.device import resolve_device
 from anyorder.training.config import TrainConfig, config_to_dict
 from anyorder.training.distributed import dist_info, full_state, init_distributed, load_full_state, wrap
 from anyorder.training.optim import make_optimizer
@@ -59,14 +59,6 @@ LAST_CKPT = "last.pt"
 CKPT_FORMAT = 2
 # model-config keys that change how a step runs, not what is trained: free to differ on resume
 _RUNTIME_KEYS = {"grad_checkpointing"}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(name)
 
 
 def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
