@@ -29,7 +29,7 @@ from anyorder.io import (
     save_state_dict,
 )
 from anyorder.models.base import AnyOrderModel
-from anyorder.models.presets import PRESETS, get_preset
+from anyorder.models.presets import PRESETS
 from anyorder.models.randar import RandAR
 from anyorder.models.rar import RAR
 from anyorder.models.registry import FAMILIES, MODULE_TYPES, build_model
@@ -138,8 +138,8 @@ def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | 
             sampling = dict(PRESETS[checkpoint.stem].sampling)
     else:
         with torch.device("meta"):
-            model = build_model(preset)
-        sampling = dict(get_preset(preset).sampling)
+            model = build_model(preset)  # keeps the preset's sampling settings
+        sampling = model.sampling_defaults
     model = _load_into(model, sd, str(checkpoint), dtype).to(device).eval()
     model.sampling_defaults = sampling  # what the run / release samples with (anyorder.sampling.model_sampling)
     return model
