@@ -38,6 +38,9 @@ from make_fixture_twins import AttrDict, official_modules  # noqa: E402
 from anyorder.models.randar import RandAR  # noqa: E402
 from anyorder.models.rar import RAR  # noqa: E402
 from anyorder.nn import orders as orders_lib  # noqa: E402
+from anyorder.training.config import TrainConfig  # noqa: E402
+from anyorder.training.loop import TrainingLoss, autocast_context  # noqa: E402
+from anyorder.training.optim import make_optimizer  # noqa: E402
 
 SHAPE = {"dim": 256, "depth": 4, "heads": 4, "T": 256, "V": 1024, "C": 1000, "batch": 8}
 QUICK = {"dim": 64, "depth": 2, "heads": 4, "T": 64, "V": 128, "C": 10, "batch": 4}
@@ -51,8 +54,12 @@ def _noise(model: torch.nn.Module, seed: int) -> None:
             p.add_(torch.randn(p.shape, generator=g) * 0.02)
 
 
-def _optim(model: torch.nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.96), weight_decay=0.03)
+LR, BETAS, WD = 1e-4, (0.9, 0.96), 0.03
+
+
+def _official_optim(model: torch.nn.Module) -> torch.optim.Optimizer:
+    """What both official trainers build off CUDA: a plain (for-loop) AdamW (RandAR fuses only on CUDA)."""
+    return torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
 
 
 def build_pair(off: dict, family: str, s: dict, seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -82,24 +89,36 @@ def build_pair(off: dict, family: str, s: dict, seed: int) -> tuple[torch.nn.Mod
     return theirs.train(), ours.train()
 
 
-def steps(family: str, theirs, ours, s: dict, seed: int) -> dict[str, Callable[[], float]]:
-    """One training step per side (fresh optimizers), each returning its loss."""
+def steps(family: str, theirs: torch.nn.Module, ours: torch.nn.Module, s: dict, seed: int,
+          compiled: bool = False, precision: str = "fp32") -> dict[str, Callable[[], float]]:
+    """One training step per side (fresh optimizers), each returning its loss. Ours is what ``anyorder train``
+    runs: ``TrainingLoss`` (compiled whole when ``compiled``, as ``train.compile=true`` does) and
+    ``make_optimizer``; the official side is its model's ``forward`` (``torch.compile``-d when ``compiled``) and
+    the AdamW its trainer builds. ``precision="bf16"``: both forwards under bf16 autocast (the official trainers'
+    ``mixed_precision: bf16``)."""
     B, T, V, C = s["batch"], s["T"], s["V"], s["C"]
     g = torch.Generator().manual_seed(seed)
     codes = torch.randint(0, V, (B, T), generator=g)
     classes = torch.randint(0, C, (B,), generator=g)
-    opt_t, opt_o = _optim(theirs), _optim(ours)
+    opt_t = _official_optim(theirs)
+    opt_o = make_optimizer(ours, TrainConfig(lr=LR, betas=BETAS, weight_decay=WD))
+    their_fwd = torch.compile(theirs) if compiled else theirs
+    ours.validate_inputs = False  # as the training loop: the data were validated once at load
+    our_fwd = TrainingLoss(ours)
+    our_fwd = torch.compile(our_fwd) if compiled else our_fwd
     base = torch.arange(T)
+    cpu = torch.device("cpu")
 
     def official() -> float:
         opt_t.zero_grad(set_to_none=True)
-        if family == "rar":
-            cond = theirs.preprocess_condition(classes.clone(), cond_drop_prob=CLASS_DROP)
-            logits, labels = theirs(codes, cond, return_labels=True)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, V), labels.reshape(-1))
-        else:
-            order = torch.stack([torch.randperm(T) for _ in range(B)])
-            _, loss, _ = theirs(codes, classes, token_order=order, targets=codes)
+        with autocast_context(cpu, precision):
+            if family == "rar":
+                cond = theirs.preprocess_condition(classes.clone(), cond_drop_prob=CLASS_DROP)
+                logits, labels = their_fwd(codes, cond, return_labels=True)
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), labels.reshape(-1))
+            else:
+                order = torch.stack([torch.randperm(T) for _ in range(B)])
+                _, loss, _ = their_fwd(codes, classes, token_order=order, targets=codes)
         loss.backward()
         opt_t.step()
         return float(loss.detach())
@@ -109,7 +128,8 @@ def steps(family: str, theirs, ours, s: dict, seed: int) -> dict[str, Callable[[
         drop = torch.rand(B) < CLASS_DROP
         cls = torch.where(drop, torch.full_like(classes, ours.null_class), classes)
         o = (orders_lib.training_orders(B, base, R) if family == "rar" else orders_lib.random_orders(B, T))
-        loss = ours.training_loss(codes, cls, o)
+        with autocast_context(cpu, precision):
+            loss = our_fwd(codes, cls, o)
         loss.backward()
         opt_o.step()
         return float(loss.detach())
@@ -147,7 +167,9 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=3, help="training steps per timed repetition")
     ap.add_argument("--families", nargs="+", default=["rar", "randar"])
-    ap.add_argument("--compile", action="store_true", help="also time torch.compile-d models (both sides)")
+    ap.add_argument("--compile", action="store_true", help="also time torch.compile-d steps (both sides)")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                    help="bf16: both forwards under bf16 autocast (mixed precision, as the official trainers)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path)
@@ -167,42 +189,48 @@ def main() -> None:
     s = QUICK if args.quick else SHAPE
     peak = matmul_peak()
     results, rows = {}, []
+    modes = ["eager", "compiled"] if args.compile else ["eager"]
     for family in args.families:
         theirs, ours = build_pair(off, family, s, args.seed)
-        variants = {"eager": (theirs, ours)}
+        fns: dict[str, Callable[[], float]] = {}
+        for mode in modes:  # every variant in the same alternating rounds: all ratios are paired
+            for side, fn in steps(family, theirs, ours, s, args.seed, mode == "compiled", args.precision).items():
+                fns[f"{side} {mode}"] = fn
+        for fn in fns.values():  # warm-up (and compilation)
+            fn()
+            fn()
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        names = list(fns)
+        for r in range(args.reps):
+            for name in names if r % 2 == 0 else names[::-1]:
+                times[name].append(_timed(lambda fn=fns[name]: [fn() for _ in range(args.steps)]) / args.steps)
+        tokens = s["batch"] * s["T"]
+        positions = s["T"] + 2 if family == "rar" else 2 * s["T"] + 1
+        flops = matmul_flops_per_step(ours, positions, s)
+        res: dict = {k: {"step_s": statistics.median(v), "tokens_per_s": tokens / statistics.median(v),
+                         "matmul_peak_fraction": flops / statistics.median(v) / peak, "all_s": v}
+                     for k, v in times.items()}
+        pairs = [(f"anyorder {m}", f"official {m}") for m in modes]
         if args.compile:
-            variants["compiled"] = (torch.compile(theirs), torch.compile(ours))
-        for mode, (t_model, o_model) in variants.items():
-            fns = steps(family, t_model, o_model, s, args.seed)
-            for fn in fns.values():  # warm-up (and compilation)
-                fn()
-            times: dict[str, list[float]] = {k: [] for k in fns}
-            names = list(fns)
-            for r in range(args.reps):
-                for name in names if r % 2 == 0 else names[::-1]:
-                    times[name].append(_timed(lambda fn=fns[name]: [fn() for _ in range(args.steps)]) / args.steps)
-            tokens = s["batch"] * s["T"]
-            positions = s["T"] + 2 if family == "rar" else 2 * s["T"] + 1
-            flops = matmul_flops_per_step(ours, positions, s)
-            res = {k: {"step_s": statistics.median(v), "tokens_per_s": tokens / statistics.median(v),
-                       "matmul_peak_fraction": flops / statistics.median(v) / peak, "all_s": v}
-                   for k, v in times.items()}
-            res["ratio_official_over_anyorder_time"] = statistics.median(
-                a / b for a, b in zip(times["official"], times["anyorder"]))
+            pairs.append(("anyorder compiled", "official eager"))
+        for ours_k, theirs_k in pairs:
+            ratio = statistics.median(a / b for a, b in zip(times[theirs_k], times[ours_k]))
             # the fastest repetition of each side: least disturbed by other jobs on a shared machine
-            res["ratio_best_official_over_best_anyorder"] = min(times["official"]) / min(times["anyorder"])
-            results[f"{family} {mode}"] = res
-            rows.append([f"{family} {mode}", f"{res['official']['tokens_per_s']:.0f}",
-                         f"{res['anyorder']['tokens_per_s']:.0f}", f"{res['ratio_official_over_anyorder_time']:.2f}x",
-                         f"{res['ratio_best_official_over_best_anyorder']:.2f}x",
-                         f"{res['anyorder']['matmul_peak_fraction']:.2f}"])
+            best = min(times[theirs_k]) / min(times[ours_k])
+            res[f"speedup {ours_k} vs {theirs_k}"] = {"median_ratio": ratio, "best_vs_best": best}
+            rows.append([f"{family} {args.precision}", ours_k, theirs_k, f"{res[theirs_k]['tokens_per_s']:.0f}",
+                         f"{res[ours_k]['tokens_per_s']:.0f}", f"{ratio:.2f}x", f"{best:.2f}x",
+                         f"{res[ours_k]['matmul_peak_fraction']:.2f}"])
             print(rows[-1], flush=True)
-    print(markdown_table(["step", "official tok/s", "anyorder tok/s", "anyorder speed-up (median of ratios)",
-                          "best vs best", "anyorder / matmul peak"],
+        results[f"{family} {args.precision}"] = res
+    print(markdown_table(["family, precision", "anyorder step", "official step", "official tok/s", "anyorder tok/s",
+                          "anyorder speed-up (median of paired ratios)", "best vs best", "anyorder / matmul peak"],
                          rows))
     print(f"matmul peak: {peak / 1e9:.1f} GFLOP/s ({args.threads} thread(s))")
     if args.json:
-        args.json.write_text(json.dumps({"shape": s, "reps": args.reps, "steps": args.steps, "peak_flops": peak,
+        args.json.write_text(json.dumps({"shape": s, "reps": args.reps, "steps": args.steps,
+                                         "precision": args.precision,
+                                         "peak_flops": peak,
                                          "env": environment(args.threads), "results": results}, indent=1))
 
 

@@ -273,3 +273,34 @@ def test_loading_builds_on_the_meta_device_and_assigns_the_weights(family, rar, 
     assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
     for name, buf in model.named_buffers():
         assert torch.equal(buf, dict(loaded.named_buffers())[name]), name
+
+
+def test_rope_rotates_each_pair_by_its_angle_in_eager_and_compiled_forms() -> None:
+    """``apply_rope`` is a complex product in eager mode and real products under ``torch.compile``: both rotate
+    every adjacent pair ``(x0, x1)`` by the table's angle, with the same gradients."""
+    from anyorder.nn.rope import apply_rope
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, 8, generator=g)
+    angle = torch.rand(1, 5, 4, generator=g) * 6.28
+    table = torch.stack([angle.cos(), angle.sin()], dim=-1)
+    pairs = x.reshape(2, 5, 3, 4, 2)
+    c, s = angle.cos()[:, :, None], angle.sin()[:, :, None]
+    expected = torch.stack([pairs[..., 0] * c - pairs[..., 1] * s, pairs[..., 1] * c + pairs[..., 0] * s], -1)
+    expected = expected.flatten(-2)
+    graphs: list[str] = []
+
+    def record(gm: torch.fx.GraphModule, _inputs: list) -> object:
+        graphs.append(gm.code)
+        return gm.forward
+
+    for fn in (apply_rope, torch.compile(apply_rope, backend=record, fullgraph=True)):
+        xi = x.clone().requires_grad_()
+        out = fn(xi, table)
+        assert torch.allclose(out, expected, atol=1e-6)
+        out.pow(2).sum().backward()  # a rotation keeps each pair's norm: d/dx |R x|^2 = 2x
+        assert torch.allclose(xi.grad, 2 * x, atol=1e-5)
+    assert len(graphs) == 1 and "view_as_complex" not in graphs[0]  # the compiled form: real products
+    # bf16 inputs are rotated in fp32 and returned in bf16
+    out = apply_rope(x.bfloat16(), table)
+    assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), expected, atol=0.05)

