@@ -78,7 +78,7 @@ if __name__ == "__main__":  # under torchrun: the DDP run, then the FSDP run, bo
     from anyorder.training.distributed import init_distributed, shutdown
 
     data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    init_distributed()  # one process group for both runs
+    init_distributed("cpu")  # one process group for both runs (gloo: the runs say train.device=cpu)
     rc = main(_args(data, out / "ddp"))
     rc = rc or main(_args(data, out / "fsdp", "train.fsdp=true"))
     shutdown()

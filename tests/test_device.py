@@ -118,3 +118,22 @@ def test_train_and_resume_on_the_device(family: str, device: str, tmp_path: Path
     assert next(resumed.parameters()).device.type == device
     for (k, a), b in zip(resumed.state_dict().items(), straight.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 if device == "cuda" else 0, msg=k)
+
+
+@pytest.mark.parametrize("device,backend", [("cpu", "gloo"), ("auto", "nccl"), ("cuda:1", "nccl")])
+def test_the_process_group_backend_follows_the_run_device_not_the_host(monkeypatch, device, backend):
+    """Under torchrun on a GPU host, a ``train.device=cpu`` run gets gloo (NCCL cannot carry CPU tensors)."""
+    from anyorder.training import distributed
+
+    calls: dict[str, object] = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("cuda_device", d))
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda b, **_: calls.setdefault("backend", b))
+    monkeypatch.setattr(distributed, "dist_info", lambda: (1, 2))
+    assert distributed.init_distributed(device) == (1, 2)
+    assert calls["backend"] == backend
+    assert calls.get("cuda_device") == (None if backend == "gloo" else 1)

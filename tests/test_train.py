@@ -159,6 +159,24 @@ def test_weight_decay_groups_match_the_official_trainer(family, checkpoint):
     assert opt.defaults["betas"] == (0.9, 0.96)
 
 
+def test_the_optimizer_is_fused_where_the_device_has_the_kernel_and_steps_like_the_loop():
+    """One fused AdamW kernel (CPU since torch 2.4, CUDA) instead of the per-tensor loop: same update."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    b.load_state_dict(a.state_dict())
+    fused = make_optimizer(a, TrainConfig(lr=1e-2, weight_decay=0.1))
+    assert fused.defaults["fused"] is True
+    loop = torch.optim.AdamW([{"params": [b.weight], "weight_decay": 0.1}, {"params": [b.bias], "weight_decay": 0.0}],
+                             lr=1e-2, betas=(0.9, 0.96), foreach=False)
+    x = torch.randn(4, 8)
+    for _ in range(3):
+        for m, o in ((a, fused), (b, loop)):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    assert torch.allclose(a.weight, b.weight, atol=1e-6) and torch.allclose(a.bias, b.bias, atol=1e-6)
+
+
 def test_bad_training_inputs_are_named(tmp_path):
     model = build_model(TINY["rar"])
     codes, labels = _data()

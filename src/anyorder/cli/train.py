@@ -57,7 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     owner = not dist.is_initialized()  # tear down only a process group this command set up
-    rank, world = init_distributed()
+    rank, world = init_distributed(cfg.train.device)
     try:
         if cfg.data.source == "mnist":
             if world > 1:

@@ -18,6 +18,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
+from anyorder.nn.device import resolve_device
+
 __all__ = ["init_distributed", "dist_info", "wrap", "full_state", "load_full_state", "barrier", "shutdown"]
 
 
@@ -28,13 +30,16 @@ def dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def init_distributed() -> tuple[int, int]:
-    """Initialise the process group under ``torchrun`` (NCCL on CUDA, gloo on CPU); no-op otherwise."""
+def init_distributed(device: str | torch.device = "auto") -> tuple[int, int]:
+    """Initialise the process group under ``torchrun``: NCCL when the run's ``device`` (resolved as
+    :func:`~anyorder.nn.device.resolve_device` does) is CUDA, gloo otherwise (a CPU run on a GPU host included).
+    A no-op in one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend)
+        dev = resolve_device(device)
+        if dev.type == "cuda":
+            local = int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count())
+            torch.cuda.set_device(dev.index if dev.index is not None else local)
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return dist_info()
 
 
