@@ -14,15 +14,7 @@ import torch
 from scipy import linalg
 
 from anyorder.cli.main import main
-from anyorder.evaluation.adm import (
-    iter_image_batches,
-    open_images,
-    read_labels,
-    read_reference,
-    write_npz,
-    write_reference,
-    write_samples,
-)
+from anyorder.evaluation.adm import read_reference, write_reference
 from anyorder.evaluation.evaluate import compute_features, evaluate, make_reference
 from anyorder.evaluation.inception import (
     INCEPTION_WEIGHTS_ENV,
@@ -44,6 +36,7 @@ from anyorder.evaluation.metrics import (
 )
 from anyorder.hub import load_module, save_pretrained
 from anyorder.io.checkpoint import CheckpointError
+from anyorder.io.npz import iter_image_batches, open_images, read_labels, write_npz, write_samples
 from anyorder.models.digit_judge import DigitClassifier, DigitClassifierConfig
 
 

@@ -21,7 +21,8 @@ from conftest import fixture_dir
 import anyorder.sampling.batch as batch_lib
 from anyorder.cli.main import main
 from anyorder.hub import from_pretrained
-from anyorder.sampling.batch import balanced_labels, parts_dir, read_adm_npz, write_adm_npz
+from anyorder.io.npz import read_samples, write_samples
+from anyorder.sampling.batch import balanced_labels, parts_dir
 from anyorder.tokenizers.official import load_official_tokenizer
 
 BATCH = 4
@@ -65,7 +66,7 @@ def test_npz_is_the_adm_format_with_settings_beside_it(tmp_path: Path) -> None:
     n = 2 * C + 3  # a remainder, and a last chunk shorter than the batch
     out = tmp_path / "rar.npz"
     assert main(rar_args(out, n, "--seed", "3")) == 0
-    images, labels = read_adm_npz(out)
+    images, labels = read_samples(out)
     model = from_pretrained(fixture_dir("rar"))
     tok = load_official_tokenizer(fixture_dir("maskgit_vqgan") / "vqgan_checkpoint.bin")
     h, w = (g * tok.downsample for g in model.grid)
@@ -83,7 +84,7 @@ def test_npz_is_the_adm_format_with_settings_beside_it(tmp_path: Path) -> None:
 def test_classes_restrict_the_balanced_labels(tmp_path: Path) -> None:
     out = tmp_path / "two.npz"
     assert main(rar_args(out, 5, "--classes", "3", "1")) == 0
-    assert read_adm_npz(out)[1].tolist() == [3, 1, 3, 1, 3]
+    assert read_samples(out)[1].tolist() == [3, 1, 3, 1, 3]
     assert json.loads(out.with_suffix(".json").read_text())["class_counts"] == {"1": 2, "3": 3}
 
 
@@ -93,7 +94,7 @@ def test_every_batch_has_its_own_stream_and_the_seed_reproduces(tmp_path: Path) 
     args = rar_args(tmp_path / "a.npz", 2 * C)
     args[args.index("--batch-size") + 1] = str(C)
     assert main(args) == 0
-    images, labels = read_adm_npz(tmp_path / "a.npz")
+    images, labels = read_samples(tmp_path / "a.npz")
     assert labels[:C].tolist() == labels[C:].tolist()
     differ = (images[:C] != images[C:]).reshape(C, -1).any(axis=1)
     assert differ.mean() > 0.5, "the second batch repeats the first: batches share a random stream"
@@ -103,7 +104,7 @@ def test_every_batch_has_its_own_stream_and_the_seed_reproduces(tmp_path: Path) 
     other = [*args, "--seed", "1"]
     other[other.index("--npz") + 1] = str(tmp_path / "c.npz")
     assert main(other) == 0
-    assert not np.array_equal(read_adm_npz(tmp_path / "c.npz")[0], images)
+    assert not np.array_equal(read_samples(tmp_path / "c.npz")[0], images)
 
 
 class Killed(Exception):
@@ -159,12 +160,12 @@ def test_bad_npz_options_and_files(tmp_path: Path, capsys: pytest.CaptureFixture
     bad = tmp_path / "float.npz"
     np.savez(bad, arr_0=np.zeros((2, 8, 8, 3), np.float32))
     with pytest.raises(ValueError, match="uint8"):
-        read_adm_npz(bad)
+        read_samples(bad)
     gray = tmp_path / "gray.npz"
-    write_adm_npz(gray, images=np.zeros((2, 8, 8, 3), np.uint8), labels=np.array([0, 1]))
-    assert read_adm_npz(gray)[0].shape == (2, 8, 8, 3)
+    write_samples(gray, np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1]))
+    assert read_samples(gray)[0].shape == (2, 8, 8, 3)
     with pytest.raises(ValueError, match=r"\[N, H, W, 3\]"):
-        write_adm_npz(gray, images=np.zeros((2, 8, 8), np.uint8), labels=np.array([0, 1]))
+        write_samples(gray, np.zeros((2, 8, 8), np.uint8), np.array([0, 1]))
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed not built")

@@ -34,16 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from anyorder.data.mnist import load_mnist
-from anyorder.evaluation.adm import (
-    IMAGE_KEY,
-    iter_image_batches,
-    load_image_folder,
-    open_images,
-    read_images,
-    read_labels,
-    read_reference,
-    write_reference,
-)
+from anyorder.evaluation.adm import load_image_folder, read_reference, write_reference
 from anyorder.evaluation.inception import InceptionV3, load_inception, resolve_inception_weights
 from anyorder.evaluation.judge import class_probabilities, extract_features, images_from_uint8
 from anyorder.evaluation.metrics import (
@@ -53,6 +44,7 @@ from anyorder.evaluation.metrics import (
     precision_recall,
 )
 from anyorder.hub import load_module
+from anyorder.io.npz import IMAGE_KEY, iter_image_batches, open_images, read_images, read_labels
 from anyorder.models.digit_judge import DigitClassifier
 from anyorder.nn.device import resolve_device
 

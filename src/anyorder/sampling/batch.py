@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import io
 import json
 import os
 import time
-import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,14 +33,14 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from anyorder.io import atomic_write_bytes, atomic_write_json
+from anyorder.io import atomic_write_json
+from anyorder.io.npz import IMAGE_KEY, LABEL_KEY, array_header, merge_sample_chunks, read_labels, write_samples
 from anyorder.sampling.generate import generate
 
 __all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "parts_dir",
-           "write_adm_npz", "read_adm_npz", "npz_array_shape", "sample_npz"]
+           "sample_npz"]
 
 _JOB_FILE = "job.json"
-_ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: the same samples give the same bytes
 
 
 def balanced_labels(num_samples: int, classes: Sequence[int]) -> Tensor:
@@ -95,79 +93,6 @@ def parts_dir(out: str | os.PathLike) -> Path:
 
 def _chunk_path(parts: Path, i: int) -> Path:
     return parts / f"chunk_{i:05d}.npz"
-
-
-def _npz_bytes(**arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for name, arr in arrays.items():
-            with zf.open(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), "w") as f:
-                np.lib.format.write_array(f, np.ascontiguousarray(arr), allow_pickle=False)
-    return buf.getvalue()
-
-
-def write_adm_npz(path: str | os.PathLike, chunks: Sequence[str | os.PathLike] | None = None,
-                  images: np.ndarray | None = None, labels: np.ndarray | None = None) -> None:
-    """Write the ADM sample format: ``arr_0`` uint8 ``[N, H, W, 3]``, ``arr_1`` int64 labels ``[N]``.
-
-    Either from arrays (``images``, ``labels``) or streamed from chunk files (each an npz with ``arr_0``
-    and ``arr_1``), one chunk in memory at a time. Atomic: a temp file renamed over ``path``.
-    """
-    path = Path(path)
-    if chunks is None:
-        if images is None or labels is None:
-            raise ValueError("write_adm_npz needs chunks or images and labels")
-        atomic_write_bytes(path, _npz_bytes(arr_0=_check_images(images, str(path)),
-                                            arr_1=np.asarray(labels, dtype=np.int64)))
-        return
-    shapes, all_labels = [], []
-    for c in chunks:  # headers and labels only: mmap keeps the images on disk
-        with np.load(c, mmap_mode="r") as z:
-            if "arr_0" not in z or "arr_1" not in z:
-                raise ValueError(f"{c}: not a sample chunk (needs arr_0 and arr_1, has {sorted(z.files)}); "
-                                 "delete it and rerun to sample it again")
-            shapes.append(_check_images(z["arr_0"], str(c)).shape)
-            all_labels.append(np.asarray(z["arr_1"], dtype=np.int64))
-    if len({s[1:] for s in shapes}) > 1:
-        raise ValueError(f"chunks have different image shapes {sorted({s[1:] for s in shapes})}")
-    shape = (sum(s[0] for s in shapes), *shapes[0][1:])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-            with zf.open(zipfile.ZipInfo("arr_0.npy", _ZIP_TIME), "w", force_zip64=True) as f:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                          "shape": shape}
-                np.lib.format.write_array_header_2_0(f, header)
-                for c in chunks:
-                    with np.load(c) as z:
-                        f.write(np.ascontiguousarray(z["arr_0"]).tobytes())
-            with zf.open(zipfile.ZipInfo("arr_1.npy", _ZIP_TIME), "w") as f:
-                np.lib.format.write_array(f, np.concatenate(all_labels), allow_pickle=False)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _check_images(arr: np.ndarray, source: str) -> np.ndarray:
-    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"{source}: arr_0 must be uint8 [N, H, W, 3], got {arr.dtype} {list(arr.shape)}")
-    return arr
-
-
-def read_adm_npz(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(images uint8 [N, H, W, 3], labels int64 [N] or None)`` from an ADM-format sample npz, checked."""
-    with np.load(path) as z:
-        if "arr_0" not in z:
-            raise ValueError(f"{path}: no arr_0 (the ADM sample format stores images as arr_0 uint8 [N, H, W, 3])")
-        images = _check_images(z["arr_0"], str(path))
-        labels = z["arr_1"] if "arr_1" in z else None
-    if labels is not None and (labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer)):
-        raise ValueError(f"{path}: arr_1 must hold {len(images)} integer labels, got {labels.dtype} "
-                         f"{list(labels.shape)}")
-    return images, labels
 
 
 def _distributed() -> tuple[int, int, bool]:
@@ -242,7 +167,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
                 codes = sample_chunk(model, y, seed, i, sampling)
                 with torch.no_grad():
                     images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)))
-                atomic_write_bytes(_chunk_path(parts, i), _npz_bytes(arr_0=images, arr_1=y.numpy()))
+                write_samples(_chunk_path(parts, i), images, y.numpy())
                 bar.update(len(y))
         seconds = time.perf_counter() - t0
         sampled = todo
@@ -277,15 +202,17 @@ def _merge(out: Path, parts: Path, labels: Tensor, n_chunks: int, job: dict[str,
         raise RuntimeError(f"{len(missing)} chunks missing in {parts} ({', '.join(missing[:3])} ...): under "
                            "torchrun on several nodes, --npz must be on a file system that every rank shares")
     bs = job["batch_size"]
-    for i, c in enumerate(chunks):  # arr_1 only: cheap
-        with np.load(c) as z:
-            ok = "arr_1" in z and np.array_equal(z["arr_1"], labels[i * bs : (i + 1) * bs].numpy())
-        if not ok:
+    for i, c in enumerate(chunks):  # the labels only: cheap
+        try:
+            chunk_labels = read_labels(c)
+        except ValueError:
+            chunk_labels = None
+        if chunk_labels is None or not np.array_equal(chunk_labels, labels[i * bs : (i + 1) * bs].numpy()):
             raise RuntimeError(f"{c}: its labels are not this job's; delete it and rerun to sample it again")
-    write_adm_npz(out, chunks=chunks)
-    shape = npz_array_shape(out, "arr_0")
+    merge_sample_chunks(out, chunks)
+    shape, _, _ = array_header(out, IMAGE_KEY)
     counts = torch.bincount(labels)
-    record = {**job, "format": "ADM sample batch: arr_0 uint8 [N, H, W, 3], arr_1 int64 labels",
+    record = {**job, "format": f"ADM sample batch: {IMAGE_KEY} uint8 [N, H, W, 3], {LABEL_KEY} int64 labels",
               "file": str(out.resolve()), "image_shape": list(shape[1:]),
               "class_counts": {str(c): int(counts[c]) for c in torch.nonzero(counts).flatten().tolist()},
               "seed_stream": "chunk i (labels[i*batch_size:(i+1)*batch_size]) samples from "
@@ -306,18 +233,3 @@ def _merge(out: Path, parts: Path, labels: Tensor, n_chunks: int, job: dict[str,
         except OSError:
             pass
     return record
-
-
-def npz_array_shape(path: str | os.PathLike, name: str) -> tuple[int, ...]:
-    """The shape of array ``name`` in an npz, read from its header (the data stays on disk)."""
-    with zipfile.ZipFile(path) as zf:
-        try:
-            f = zf.open(f"{name}.npy")
-        except KeyError:
-            raise ValueError(f"{path}: no {name} (has {sorted(n.removesuffix('.npy') for n in zf.namelist())})") \
-                from None
-        with f:
-            version = np.lib.format.read_magic(f)
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, _, _ = read(f)
-    return tuple(shape)
