@@ -1,4 +1,5 @@
-"""The bottom layer: safe checkpoint I/O, atomic writes, images, and typed config files."""
+"""The bottom layer: safe checkpoint I/O, atomic writes, images, typed config files, and the ADM ``.npz``
+layout (:mod:`anyorder.io.npz`)."""
 
 from anyorder.io.checkpoint import (
     CheckpointError,
