@@ -41,11 +41,11 @@ for stage in $STAGES; do
     python3 - "$OUT" "$N" <<'EOF'
 import sys
 import numpy as np
-from anyorder.sampling.batch import read_adm_npz, write_adm_npz
+from anyorder.io.npz import read_samples, write_samples
 out, n = sys.argv[1], int(sys.argv[2])
-images, labels = read_adm_npz(f"{out}/train_all.npz")
+images, labels = read_samples(f"{out}/train_all.npz")
 keep = np.sort(np.random.default_rng(0).permutation(len(images))[:n])
-write_adm_npz(f"{out}/train_{n}.npz", images=images[keep], labels=labels[keep])
+write_samples(f"{out}/train_{n}.npz", images[keep], labels[keep])
 EOF
     score train_all
     score "train_$N"
