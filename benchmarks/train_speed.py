@@ -10,11 +10,13 @@ does (its importer is reused: timm's ``Mlp`` stand-in when timm cannot import, `
 
 (``--rar-repo`` / ``--randar-repo`` point at checkouts elsewhere.) Model: width 256, 4 layers, 4 heads, 256 tokens
 (16x16), codebook 1024, 1000 classes, batch 8; RAR with random-order probability r = 0.5 and class dropout 0.1
-(the official ``sample_orders`` / ``preprocess_condition``), RandAR with a random order per sample. Both sides
-use ``torch.optim.AdamW`` (lr 1e-4, betas (0.9, 0.96), weight decay 0.03). Reported: image tokens per second,
-the median of per-repetition ratios (ours / official), and the fraction of this machine's measured fp32 matmul
-peak (one ``n x n`` matmul, same thread count) that the step's matmul FLOPs reach. ``--compile`` adds
-``torch.compile``-d variants (slow to build on a shared CPU).
+(the official ``sample_orders`` / ``preprocess_condition``), RandAR with a random order per sample. Each side
+uses its trainer's AdamW (lr 1e-4, betas (0.9, 0.96), weight decay 0.03): ours ``make_optimizer``, RandAR's
+``configure_optimizer``, 1d-tokenizer's plain ``AdamW``. Reported: image tokens per second, the median of
+per-repetition ratios (official time / ours), and the fraction of this machine's measured matmul peak in the
+run's precision (one ``n x n`` matmul, same thread count) that the step's matmul FLOPs reach. ``--compile``
+adds ``torch.compile``-d steps of both sides (slow to build on a shared CPU); ``--precision bf16`` runs both
+forwards under bf16 autocast.
 """
 
 from __future__ import annotations

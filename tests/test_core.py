@@ -301,6 +301,11 @@ def test_rope_rotates_each_pair_by_its_angle_in_eager_and_compiled_forms() -> No
         out.pow(2).sum().backward()  # a rotation keeps each pair's norm: d/dx |R x|^2 = 2x
         assert torch.allclose(xi.grad, 2 * x, atol=1e-5)
     assert len(graphs) == 1 and "view_as_complex" not in graphs[0]  # the compiled form: real products
+    # layouts a complex view cannot take (odd offset, transposed) fall back to the real products
+    odd = torch.cat([torch.zeros(2, 5, 3, 1), x], dim=-1)[..., 1:]
+    assert odd.storage_offset() % 2 == 1 and torch.allclose(apply_rope(odd, table), expected, atol=1e-6)
+    flipped = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    assert flipped.stride(-1) != 1 and torch.allclose(apply_rope(flipped, table), expected, atol=1e-6)
     # bf16 inputs are rotated in fp32 and returned in bf16
     out = apply_rope(x.bfloat16(), table)
     assert out.dtype == torch.bfloat16 and torch.allclose(out.float(), expected, atol=0.05)

@@ -120,9 +120,11 @@ def test_train_and_resume_on_the_device(family: str, device: str, tmp_path: Path
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6 if device == "cuda" else 0, msg=k)
 
 
-@pytest.mark.parametrize("device,backend", [("cpu", "gloo"), ("auto", "nccl"), ("cuda:1", "nccl")])
-def test_the_process_group_backend_follows_the_run_device_not_the_host(monkeypatch, device, backend):
-    """Under torchrun on a GPU host, a ``train.device=cpu`` run gets gloo (NCCL cannot carry CPU tensors)."""
+@pytest.mark.parametrize("device,backend,gpu", [("cpu", "gloo", None), ("auto", "nccl", 1), ("cuda", "nccl", 1),
+                                                ("cuda:0", "nccl", 0)])
+def test_the_process_group_backend_follows_the_run_device_not_the_host(monkeypatch, device, backend, gpu):
+    """Under torchrun on a GPU host (rank 1 of 2), a ``train.device=cpu`` run gets gloo (NCCL cannot carry CPU
+    tensors); a CUDA run binds LOCAL_RANK's GPU unless the device names one."""
     from anyorder.training import distributed
 
     calls: dict[str, object] = {}
@@ -133,7 +135,6 @@ def test_the_process_group_backend_follows_the_run_device_not_the_host(monkeypat
     monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("cuda_device", d))
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
     monkeypatch.setattr(distributed.dist, "init_process_group", lambda b, **_: calls.setdefault("backend", b))
-    monkeypatch.setattr(distributed, "dist_info", lambda: (1, 2))
-    assert distributed.init_distributed(device) == (1, 2)
+    distributed.init_distributed(device)
     assert calls["backend"] == backend
-    assert calls.get("cuda_device") == (None if backend == "gloo" else 1)
+    assert calls.get("cuda_device") == gpu

@@ -59,3 +59,9 @@ def test_bad_chunks_and_arrays_are_named(tmp_path: Path) -> None:
         write_npz(tmp_path / "x.npy", a=np.zeros(2))
     with pytest.raises(ValueError, match=r"no mu in the npz; keys: \['arr_0', 'arr_1'\]"):
         array_header(ok, "mu")
+
+
+def test_object_arrays_are_refused_naming_the_file_and_key(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"x\.npz: meta is an object array"):
+        write_npz(tmp_path / "x.npz", arr_0=_images(1, 0), meta=np.array([{"a": 1}], dtype=object))
+    assert not (tmp_path / "x.npz").exists()

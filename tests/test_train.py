@@ -175,6 +175,26 @@ def test_the_optimizer_is_fused_where_the_device_has_the_kernel_and_steps_like_t
             m(x).square().mean().backward()
             o.step()
     assert torch.allclose(a.weight, b.weight, atol=1e-6) and torch.allclose(a.bias, b.bias, atol=1e-6)
+    with torch.device("meta"):  # no fused kernel there: the per-tensor loop
+        assert make_optimizer(torch.nn.Linear(8, 8), TrainConfig()).defaults["fused"] is None
+
+
+def test_a_checkpoint_of_the_per_tensor_loop_resumes_fused():
+    """Loading an optimizer state copies the saved groups' flags; resuming keeps this run's fused update."""
+    from anyorder.training.distributed import full_state, load_full_state
+
+    torch.manual_seed(0)
+    m, x = torch.nn.Linear(8, 8), torch.randn(4, 8)
+    loop = torch.optim.AdamW([{"params": [m.weight]}, {"params": [m.bias], "weight_decay": 0.0}], foreach=False)
+    m(x).square().mean().backward()
+    loop.step()
+    msd, osd = full_state(m, loop)
+    m.zero_grad(set_to_none=True)  # as in a fresh process
+    opt = make_optimizer(m, TrainConfig())
+    load_full_state(m, opt, msd, osd)
+    assert [(g["fused"], g["foreach"]) for g in opt.param_groups] == [(True, None), (True, None)]
+    assert all(opt.state[p]["step"].item() == 1 for p in m.parameters())  # the state itself was loaded
+    opt.step()
 
 
 def test_bad_training_inputs_are_named(tmp_path):

@@ -23,7 +23,16 @@ from PIL import Image, UnidentifiedImageError
 
 from anyorder.evaluation.metrics import GaussianStats
 from anyorder.io.images import center_crop_arr
-from anyorder.io.npz import IMAGE_KEY, LABEL_KEY, NpzImages, check_images, npz_keys, open_images, write_npz
+from anyorder.io.npz import (
+    IMAGE_KEY,
+    LABEL_KEY,
+    NpzImages,
+    check_images,
+    labels_array,
+    npz_keys,
+    open_images,
+    write_npz,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -100,14 +109,14 @@ def write_reference(path: str | os.PathLike, images: np.ndarray, pool: GaussianS
                     spatial: GaussianStats | None, features: str, labels: np.ndarray | None = None,
                     judge_sha256: str | None = None) -> Path:
     """Write a reference batch: images ``arr_0`` (+ ``arr_1``), ``mu``/``sigma`` (+ ``mu_s``/``sigma_s``)."""
-    images = np.asarray(images)
+    images = np.ascontiguousarray(images)  # C order: readers stream it in batches
     check_images(path, images.shape, images.dtype)
     arrays: dict[str, np.ndarray] = {IMAGE_KEY: images, "mu": pool.mu, "sigma": pool.sigma,
                                      "features": np.asarray(features)}
     if spatial is not None:
         arrays.update(mu_s=spatial.mu, sigma_s=spatial.sigma)
     if labels is not None:
-        arrays[LABEL_KEY] = np.asarray(labels, dtype=np.int64)
+        arrays[LABEL_KEY] = labels_array(labels, len(images), path)
     if judge_sha256 is not None:
         arrays["judge_sha256"] = np.asarray(judge_sha256)
     return write_npz(path, **arrays)

@@ -32,6 +32,7 @@ __all__ = [
     "npz_keys",
     "array_header",
     "check_images",
+    "labels_array",
     "open_images",
     "iter_image_batches",
     "read_images",
@@ -120,7 +121,8 @@ def _images_array(images: np.ndarray, source: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(images)
 
 
-def _labels_array(labels: np.ndarray, count: int, source: str | os.PathLike) -> np.ndarray:
+def labels_array(labels: np.ndarray, count: int, source: str | os.PathLike) -> np.ndarray:
+    """``labels`` as int64 ``[count]`` (``ValueError`` naming ``source`` otherwise)."""
     labels = np.asarray(labels)
     if labels.shape != (count,) or labels.dtype.kind not in "iu":
         raise ValueError(f"{source}: {LABEL_KEY} must hold {count} integer labels [N], got {labels.dtype} "
@@ -188,8 +190,10 @@ def read_samples(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None
     return images, read_labels(path, len(images))
 
 
-def _write_member(zf: zipfile.ZipFile, name: str, arr: np.ndarray) -> None:
-    with zf.open(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), "w", force_zip64=arr.nbytes > 2**31) as f:
+def _write_member(zf: zipfile.ZipFile, name: str, arr: np.ndarray, source: str | os.PathLike) -> None:
+    if arr.dtype.hasobject:
+        raise ValueError(f"{source}: {name} is an object array ({arr.dtype}); npz files here hold plain arrays only")
+    with zf.open(zipfile.ZipInfo(f"{name}.npy", _ZIP_TIME), "w", force_zip64=True) as f:  # as np.savez
         np.lib.format.write_array(f, arr, allow_pickle=False)  # (ascontiguousarray would make a 0-d array 1-d)
 
 
@@ -203,7 +207,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
     def write(f: IO[bytes]) -> None:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             for name, arr in arrays.items():
-                _write_member(zf, name, np.asarray(arr))
+                _write_member(zf, name, np.asarray(arr), path)
 
     atomic_write(path, write)
     return path
@@ -214,7 +218,7 @@ def write_samples(path: str | os.PathLike, images: np.ndarray, labels: np.ndarra
     images = _images_array(images, path)
     arrays = {IMAGE_KEY: images}
     if labels is not None:
-        arrays[LABEL_KEY] = _labels_array(labels, len(images), path)
+        arrays[LABEL_KEY] = labels_array(labels, len(images), path)
     return write_npz(path, **arrays)
 
 
@@ -245,7 +249,7 @@ def merge_sample_chunks(path: str | os.PathLike, chunks: Sequence[str | os.PathL
                 for c in chunks:
                     for batch in iter_image_batches(c, 1024):
                         out.write(batch.tobytes())
-            _write_member(zf, LABEL_KEY, np.concatenate(labels))
+            _write_member(zf, LABEL_KEY, np.concatenate(labels), path)
 
     atomic_write(path, write)
     return path

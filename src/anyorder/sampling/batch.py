@@ -205,8 +205,8 @@ def _merge(out: Path, parts: Path, labels: Tensor, n_chunks: int, job: dict[str,
     for i, c in enumerate(chunks):  # the labels only: cheap
         try:
             chunk_labels = read_labels(c)
-        except ValueError:
-            chunk_labels = None
+        except ValueError as e:
+            raise RuntimeError(f"{c}: unreadable sample chunk ({e}); delete it and rerun to sample it again") from e
         if chunk_labels is None or not np.array_equal(chunk_labels, labels[i * bs : (i + 1) * bs].numpy()):
             raise RuntimeError(f"{c}: its labels are not this job's; delete it and rerun to sample it again")
     merge_sample_chunks(out, chunks)

@@ -92,6 +92,17 @@ def load_full_state(module: nn.Module, optimizer: torch.optim.Optimizer, model_s
     osd = _rename_optim(optim_sd, lambda k: prefix + k)
     set_state_dict(module, optimizer, model_state_dict=msd, optim_state_dict=osd,
                    options=StateDictOptions(full_state_dict=True))
+    # how the update runs (fused / foreach) is this run's choice, not the checkpoint's: loading copies the
+    # saved groups' flags over the new ones (a checkpoint of the per-tensor loop would turn fusing off)
+    for group in optimizer.param_groups:
+        for key in ("fused", "foreach"):
+            if key in optimizer.defaults:
+                group[key] = optimizer.defaults[key]
+        if group.get("fused"):  # the fused kernel reads `step` on the parameter's device
+            for p in group["params"]:
+                st = optimizer.state.get(p, {})
+                if torch.is_tensor(st.get("step")) and st["step"].device != p.device:
+                    st["step"] = st["step"].to(p.device)
 
 
 def _strip(sd: dict[str, Any], prefix: str) -> dict[str, Any]:
