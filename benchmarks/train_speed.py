@@ -47,6 +47,7 @@ from anyorder.training.optim import make_optimizer  # noqa: E402
 SHAPE = {"dim": 256, "depth": 4, "heads": 4, "T": 256, "V": 1024, "C": 1000, "batch": 8}
 QUICK = {"dim": 64, "depth": 2, "heads": 4, "T": 64, "V": 128, "C": 10, "batch": 4}
 R, CLASS_DROP = 0.5, 0.1
+CPU = torch.device("cpu")
 
 
 def _noise(model: torch.nn.Module, seed: int) -> None:
@@ -96,7 +97,8 @@ def build_pair(off: dict, family: str, s: dict, seed: int) -> tuple[torch.nn.Mod
 
 
 def steps(family: str, theirs: torch.nn.Module, ours: torch.nn.Module, s: dict, seed: int,
-          compiled: bool = False, precision: str = "fp32") -> dict[str, Callable[[], float]]:
+          compiled: bool = False, precision: str = "fp32",
+          device: torch.device = CPU) -> dict[str, Callable[[], float]]:
     """One training step per side (fresh optimizers), each returning its loss. Ours is what ``anyorder train``
     runs: ``TrainingLoss`` (compiled whole when ``compiled``, as ``train.compile=true`` does) and
     ``make_optimizer``; the official side is its model's ``forward`` (``torch.compile``-d when ``compiled``) and
@@ -104,26 +106,25 @@ def steps(family: str, theirs: torch.nn.Module, ours: torch.nn.Module, s: dict, 
     ``mixed_precision: bf16``)."""
     B, T, V, C = s["batch"], s["T"], s["V"], s["C"]
     g = torch.Generator().manual_seed(seed)
-    codes = torch.randint(0, V, (B, T), generator=g)
-    classes = torch.randint(0, C, (B,), generator=g)
+    codes = torch.randint(0, V, (B, T), generator=g).to(device)
+    classes = torch.randint(0, C, (B,), generator=g).to(device)
     opt_t = _official_optim(family, theirs)
     opt_o = make_optimizer(ours, TrainConfig(lr=LR, betas=BETAS, weight_decay=WD))
     their_fwd = torch.compile(theirs) if compiled else theirs
     ours.validate_inputs = False  # as the training loop: the data were validated once at load
     our_fwd = TrainingLoss(ours)
     our_fwd = torch.compile(our_fwd) if compiled else our_fwd
-    base = torch.arange(T)
-    cpu = torch.device("cpu")
+    base = torch.arange(T, device=device)
 
     def official() -> float:
         opt_t.zero_grad(set_to_none=True)
-        with autocast_context(cpu, precision):
+        with autocast_context(device, precision):
             if family == "rar":
                 cond = theirs.preprocess_condition(classes.clone(), cond_drop_prob=CLASS_DROP)
                 logits, labels = their_fwd(codes, cond, return_labels=True)
                 loss = F.cross_entropy(logits[:, :-1].reshape(-1, V).float(), labels.reshape(-1))
             else:
-                order = torch.stack([torch.randperm(T) for _ in range(B)])
+                order = torch.stack([torch.randperm(T, device=device) for _ in range(B)])
                 _, loss, _ = their_fwd(codes, classes, token_order=order, targets=codes)
         loss.backward()
         opt_t.step()
@@ -131,10 +132,11 @@ def steps(family: str, theirs: torch.nn.Module, ours: torch.nn.Module, s: dict, 
 
     def anyorder() -> float:
         opt_o.zero_grad(set_to_none=True)
-        drop = torch.rand(B) < CLASS_DROP
+        drop = torch.rand(B, device=device) < CLASS_DROP
         cls = torch.where(drop, torch.full_like(classes, ours.null_class), classes)
-        o = (orders_lib.training_orders(B, base, R) if family == "rar" else orders_lib.random_orders(B, T))
-        with autocast_context(cpu, precision):
+        o = (orders_lib.training_orders(B, base, R) if family == "rar"
+             else orders_lib.random_orders(B, T, device=device))
+        with autocast_context(device, precision):
             loss = our_fwd(codes, cls, o)
         loss.backward()
         opt_o.step()
@@ -150,17 +152,22 @@ def matmul_flops_per_step(model: torch.nn.Module, positions: int, s: dict) -> fl
     return s["batch"] * (6 * lin * positions + 3 * 4 * positions**2 * s["dim"] * s["depth"] / 2)
 
 
-def matmul_peak(n: int = 1024, reps: int = 5, dtype: torch.dtype = torch.float32) -> float:
+def matmul_peak(n: int = 1024, reps: int = 5, dtype: torch.dtype = torch.float32,
+                device: torch.device = CPU) -> float:
     """FLOP/s of one ``n x n`` matmul in ``dtype`` (bf16: what autocast's matmuls can reach)."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    n = n if device.type == "cpu" else 8192  # a GPU needs a large matmul to reach its rate
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
+    best = min(_timed(lambda: a @ b, device) for _ in range(reps))
     return 2 * n**3 / best
 
 
-def _timed(fn: Callable[[], object]) -> float:
+def _timed(fn: Callable[[], object], device: torch.device = CPU) -> float:
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()
     t = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t
 
 
@@ -179,6 +186,7 @@ def main() -> None:
                     help="bf16: both forwards under bf16 autocast (mixed precision, as the official trainers)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda[:i] (the official checkouts must be on that machine)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -194,14 +202,19 @@ def main() -> None:
         root = link
     off = official_modules(root)
     s = QUICK if args.quick else SHAPE
-    peak = matmul_peak(dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    device = torch.device(args.device)
+    if device.type == "cuda":  # TF32 for what runs outside autocast, as anyorder train and the official trainers
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    peak = matmul_peak(dtype=torch.bfloat16 if args.precision == "bf16" else torch.float32, device=device)
     results, rows = {}, []
     modes = ["eager", "compiled"] if args.compile else ["eager"]
     for family in args.families:
-        theirs, ours = build_pair(off, family, s, args.seed)
+        theirs, ours = (m.to(device) for m in build_pair(off, family, s, args.seed))
         fns: dict[str, Callable[[], float]] = {}
         for mode in modes:  # every variant in the same alternating rounds: all ratios are paired
-            for side, fn in steps(family, theirs, ours, s, args.seed, mode == "compiled", args.precision).items():
+            for side, fn in steps(family, theirs, ours, s, args.seed, mode == "compiled", args.precision,
+                                  device).items():
                 fns[f"{side} {mode}"] = fn
         for fn in fns.values():  # warm-up (and compilation)
             fn()
@@ -210,7 +223,8 @@ def main() -> None:
         names = list(fns)
         for r in range(args.reps):
             for name in names if r % 2 == 0 else names[::-1]:
-                times[name].append(_timed(lambda fn=fns[name]: [fn() for _ in range(args.steps)]) / args.steps)
+                times[name].append(_timed(lambda fn=fns[name]: [fn() for _ in range(args.steps)], device)
+                                   / args.steps)
         tokens = s["batch"] * s["T"]
         positions = s["T"] + 2 if family == "rar" else 2 * s["T"] + 1
         flops = matmul_flops_per_step(ours, positions, s)
@@ -235,10 +249,11 @@ def main() -> None:
                          rows))
     print(f"matmul peak ({args.precision}): {peak / 1e9:.1f} GFLOP/s ({args.threads} thread(s))")
     if args.json:
+        env = {**environment(args.threads), "device": str(device),
+               "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
         args.json.write_text(json.dumps({"shape": s, "reps": args.reps, "steps": args.steps,
-                                         "precision": args.precision,
-                                         "peak_flops": peak,
-                                         "env": environment(args.threads), "results": results}, indent=1))
+                                         "precision": args.precision, "peak_flops": peak, "env": env,
+                                         "results": results}, indent=1))
 
 
 if __name__ == "__main__":
