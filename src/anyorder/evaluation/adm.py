@@ -27,7 +27,7 @@ from anyorder.io.npz import (
     IMAGE_KEY,
     LABEL_KEY,
     NpzImages,
-    check_images,
+    images_array,
     labels_array,
     npz_keys,
     open_images,
@@ -109,8 +109,7 @@ def write_reference(path: str | os.PathLike, images: np.ndarray, pool: GaussianS
                     spatial: GaussianStats | None, features: str, labels: np.ndarray | None = None,
                     judge_sha256: str | None = None) -> Path:
     """Write a reference batch: images ``arr_0`` (+ ``arr_1``), ``mu``/``sigma`` (+ ``mu_s``/``sigma_s``)."""
-    images = np.ascontiguousarray(images)  # C order: readers stream it in batches
-    check_images(path, images.shape, images.dtype)
+    images = images_array(images, path)
     arrays: dict[str, np.ndarray] = {IMAGE_KEY: images, "mu": pool.mu, "sigma": pool.sigma,
                                      "features": np.asarray(features)}
     if spatial is not None:

@@ -32,6 +32,7 @@ __all__ = [
     "npz_keys",
     "array_header",
     "check_images",
+    "images_array",
     "labels_array",
     "open_images",
     "iter_image_batches",
@@ -115,7 +116,9 @@ def check_images(source: str | os.PathLike, shape: Sequence[int], dtype: np.dtyp
         raise ValueError(f"{source}: {IMAGE_KEY} is empty (shape {shape})")
 
 
-def _images_array(images: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+def images_array(images: np.ndarray, source: str | os.PathLike) -> np.ndarray:
+    """``images`` checked as uint8 ``[N, H, W, 3]`` (``ValueError`` naming ``source``), in C order (readers
+    stream it in batches)."""
     images = np.asarray(images)
     check_images(source, images.shape, images.dtype)
     return np.ascontiguousarray(images)
@@ -215,7 +218,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 def write_samples(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray | None = None) -> Path:
     """Write a sample batch: ``arr_0`` uint8 ``[N, H, W, 3]`` and, if given, ``arr_1`` int64 labels ``[N]``."""
-    images = _images_array(images, path)
+    images = images_array(images, path)
     arrays = {IMAGE_KEY: images}
     if labels is not None:
         arrays[LABEL_KEY] = labels_array(labels, len(images), path)
