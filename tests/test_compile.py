@@ -107,6 +107,25 @@ def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("ahead", [0, 3, None], ids=["per-step", "3-slots-ahead", "default"])
+def test_a_rar_generation_compiles_two_graphs_however_its_adaln_is_chunked(ahead):
+    """RAR's step reads adaLN outputs computed ahead for a few slots (views into a buffer renewed every few
+    steps): the prefill and the one-token step are the only graphs, and the greedy ids match the fixture."""
+    model, cases, cfg = _load("rar", "cpu")
+    name, classes, _, policy = next(iter(_greedy_runs("rar", cases, cfg)))
+    orders = model.default_order().expand(classes.shape[0], -1)
+    if ahead is not None:
+        rows = 2 * classes.shape[0] if policy.guidance().enabled else classes.shape[0]
+        model.adaln_ahead_bytes = ahead * rows * (6 * model.config.depth + 2) * model.config.dim * 4
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    gen = decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
+                 policy.top_k, policy.top_p, compile=counter)
+    assert counter.frame_count == 2
+    assert torch.equal(torch.empty_like(gen).scatter_(1, orders, gen), cases[f"greedy_{name}_ids"])
+
+
+@torch.no_grad()
 def test_compiled_sampling_matches_the_static_eager_step_for_a_seed():
     """Temperature sampling (top-k + top-p, exponential race) gives the same ids compiled and uncompiled."""
     model, cases, _ = _load("rar", "cpu")

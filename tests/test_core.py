@@ -59,6 +59,33 @@ def test_rar_kv_cached_logits_equal_full_sequence_logits_in_any_order(rar):
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("static", [False, True], ids=["eager-step", "static-step"])
+@pytest.mark.parametrize("ahead", [0, 3, 64], ids=["per-step", "3-slots-ahead", "all-slots-ahead"])
+def test_rar_adaln_computed_ahead_gives_the_per_step_logits(rar, ahead, static):
+    """The sampler computes adaLN outputs for several slots in one matmul (a bounded buffer); the logits are
+    those of the full sequence whatever the chunk, and the adaLN layers run once per chunk, not per step."""
+    codes, classes, orders = _data(rar)
+    full = rar.logits(codes, classes, orders)
+    gen = permute(codes, orders)
+    per_slot = 3 * (6 * rar.config.depth + 2) * rar.config.dim * 4
+    rar.adaln_ahead_bytes = ahead * per_slot
+    calls = []
+    hook = rar.transformer.blocks[0].adaLN_modulation.register_forward_hook(lambda *a: calls.append(1))
+    state = rar.start_decoding(classes, orders, static=static)
+    assert state.extra["ahead"] == min(ahead, rar.seq_len + 2)
+    steps, new = [], None
+    for j in range(rar.seq_len):
+        steps.append(rar.decode_one_step(state, new, 1)[:, 0])
+        new, state.done = gen[:, j : j + 1], j + 1
+    rar.end_decoding()
+    hook.remove()
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-4)
+    # 16 steps cover slots 0..16: the prefill's two slots, then one slot a step
+    expected = {0: rar.seq_len, 3: 6, 64: 1}[ahead]
+    assert len(calls) == expected
+
+
+@torch.no_grad()
 def test_rar_prefix_fed_in_one_pass_equals_token_by_token(rar):
     codes, classes, orders = _data(rar)
     full = rar.logits(codes, classes, orders)

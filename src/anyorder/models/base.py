@@ -37,15 +37,17 @@ class DecodeState:
 @dataclass
 class StepInputs:
     """One static decode step's transformer inputs: rows ``x [B, L, D]`` written at cache slots
-    ``input_pos [L]`` (padding rows at a scratch slot nobody reads), adaLN conditions ``c`` (RAR) or RoPE
-    rows ``rope`` (RandAR); the step's queries are the first of the ``last`` final rows (the rest padding).
-    ``L`` and ``last`` come from a few bucket sizes, so a compiled step sees a handful of shapes."""
+    ``input_pos [L]`` (padding rows at a scratch slot nobody reads), adaLN conditions ``c`` or their
+    precomputed outputs ``mods`` (RAR) or RoPE rows ``rope`` (RandAR); the step's queries are the first of the
+    ``last`` final rows (the rest padding). ``L`` and ``last`` come from a few bucket sizes, so a compiled step
+    sees a handful of shapes."""
 
     x: Tensor
     input_pos: Tensor
     last: int
     c: Tensor | None = None
     rope: Tensor | None = None
+    mods: list[Tensor] | None = None
 
 
 def bucket(n: int) -> int:
@@ -152,7 +154,8 @@ class AnyOrderModel(nn.Module):
 
     def static_step(self, inputs: StepInputs) -> Tensor:
         """The transformer part of a static step: logits ``[B, inputs.last, V]`` (compiled by the decode loop)."""
-        return self.transformer(inputs.x, inputs.c, inputs.rope, input_pos=inputs.input_pos, last=inputs.last)
+        return self.transformer(inputs.x, inputs.c, inputs.rope, input_pos=inputs.input_pos, last=inputs.last,
+                                mods=inputs.mods)
 
     def end_decoding(self, keep_cache: bool = False) -> None:
         """Drop the KV cache (``keep_cache``: keep it for the next generation of the same shape, so a

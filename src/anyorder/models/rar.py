@@ -73,6 +73,8 @@ _OFFICIAL_KEYS = [
 class RAR(AnyOrderModel):
     family = "rar"
     config_class = RARConfig
+    # memory for adaLN outputs computed ahead while sampling (see _modulations); 0 turns it off
+    adaln_ahead_bytes: int = 64 * 2**20
 
     def __init__(self, config: RARConfig) -> None:
         super().__init__(config)
@@ -171,11 +173,29 @@ class RAR(AnyOrderModel):
         self.transformer.setup_cache(B, S, reuse=static)
         cond = self.condition_tokens(classes)
         cond_emb = self.embeddings(cond)[:, None]  # [B, 1, D]
+        per_slot = B * (6 * self.config.depth + 2) * self.config.dim * self.cls_token.element_size()  # adaLN bytes
         return DecodeState(orders=orders, classes=classes, static=static, extra={
             "cond": cond, "cond_emb": cond_emb, "table": self.position_table(orders),
             "adaln_in": cond_emb + self.timesteps_embeddings[:, :S],  # [B, T + 2, D]
             "slots": torch.arange(S, device=orders.device),
+            "ahead": min(S, self.adaln_ahead_bytes // per_slot), "mods": None, "mods_span": (0, 0),
         })
+
+    def _modulations(self, state: DecodeState, start: int, stop: int) -> list[Tensor] | None:
+        """The adaLN outputs of slots ``start:stop``, from blocks computed ahead for up to ``ahead`` slots.
+
+        A one-row step multiplies every block's ``D x 6D`` adaLN weight (a third of the block) by ``B`` rows;
+        the outputs depend on the class and the slot only, so one matmul per block for the next ``ahead``
+        slots reads those weights once per ``ahead`` steps (``adaln_ahead_bytes`` bounds the buffer; ``None``
+        where not even two slots fit: the step then computes them itself, as large batches on a GPU do)."""
+        ex = state.extra
+        if ex["ahead"] < 2:
+            return None
+        lo, hi = ex["mods_span"]
+        if not (lo <= start and stop <= hi):
+            lo, hi = start, min(max(stop, start + ex["ahead"]), self.seq_len + 2)
+            ex["mods"], ex["mods_span"] = self.transformer.modulations(ex["adaln_in"][:, lo:hi]), (lo, hi)
+        return [m[:, start - lo:stop - lo] for m in ex["mods"]]
 
     def _feed(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> tuple[Tensor, Tensor, int, int]:
         if num_queries != 1:
@@ -193,12 +213,14 @@ class RAR(AnyOrderModel):
         if state.static:
             return self.static_step(self.step_inputs(state, new_tokens, num_queries))
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
-        return self.transformer(x, c, input_pos=state.extra["slots"][start:stop], kv_len=stop, last=1)
+        return self.transformer(x, c, input_pos=state.extra["slots"][start:stop], kv_len=stop, last=1,
+                                mods=self._modulations(state, start, stop))
 
     def step_inputs(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> StepInputs:
         """One token in, one query out (two rows at the prefill): RAR's step is static without padding."""
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
-        return StepInputs(x=x, c=c, input_pos=state.extra["slots"][start:stop], last=1)
+        mods = self._modulations(state, start, stop)
+        return StepInputs(x=x, c=None if mods else c, mods=mods, input_pos=state.extra["slots"][start:stop], last=1)
 
     # ---- export ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -138,11 +138,14 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim)) if cfg.adaln else None
 
     def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
-                input_pos: Tensor | None = None, kv_len: int | None = None) -> Tensor:
+                input_pos: Tensor | None = None, kv_len: int | None = None, mod: Tensor | None = None) -> Tensor:
+        """``mod``: this block's adaLN output ``adaLN_modulation(c)`` computed ahead (see
+        :meth:`Transformer.modulations`); ``c`` is then not read."""
         if self.adaLN_modulation is None:
             x = x + self.attn(self.norm1(x), rope, input_pos, kv_len)
             return x + self.mlp(self.norm2(x))
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=-1)
+        mod = self.adaLN_modulation(c) if mod is None else mod
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
         x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, input_pos, kv_len)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
@@ -156,10 +159,10 @@ class FinalLayer(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim)) if cfg.adaln else None
         self.head = nn.Linear(cfg.dim, cfg.vocab_out, bias=cfg.bias)
 
-    def forward(self, x: Tensor, c: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None = None, mod: Tensor | None = None) -> Tensor:
         x = self.norm(x)
         if self.adaLN_modulation is not None:
-            scale, shift = self.adaLN_modulation(c).chunk(2, dim=-1)
+            scale, shift = (self.adaLN_modulation(c) if mod is None else mod).chunk(2, dim=-1)
             x = modulate(x, shift, scale)
         return self.head(x)
 
@@ -179,7 +182,7 @@ class Transformer(nn.Module):
                 input_pos: Tensor | None = None, return_hidden: bool = False,
                 hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
                 last: int | None = None, stop_after: int | None = None,
-                rows: slice | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+                rows: slice | None = None, mods: list[Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
         ``kv_len`` (a host int: one past the highest slot written, with ``input_pos`` the ``L`` slots just
         below it) limits attention to the filled part of the cache; without it (the static, compilable
@@ -188,31 +191,39 @@ class Transformer(nn.Module):
         (RandAR reads its logits at every other slot: the head, its backward and the loss skip the rest).
         ``hidden_layers`` additionally returns the residual stream after those blocks (0-based).
         ``stop_after``: run only the first ``stop_after`` blocks and return their residual stream in place
-        of the logits (no later blocks, no final layer or vocabulary head: feature extraction)."""
+        of the logits (no later blocks, no final layer or vocabulary head: feature extraction).
+        ``mods``: the adaLN outputs of :meth:`modulations` for these positions, used in place of ``c``."""
         hidden: list[Tensor] = []
         if stop_after is not None and not 0 <= stop_after <= len(self.blocks):
             raise ValueError(f"stop_after must be in 0..{len(self.blocks)} blocks, got {stop_after}")
         blocks = self.blocks if stop_after is None else self.blocks[:stop_after]
         ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and input_pos is None
         for i, blk in enumerate(blocks):
+            mod = None if mods is None else mods[i]
             if ckpt:
-                x = checkpoint(blk, x, c, rope, input_pos, kv_len, use_reentrant=False)
+                x = checkpoint(blk, x, c, rope, input_pos, kv_len, mod, use_reentrant=False)
             else:
-                x = blk(x, c, rope, input_pos, kv_len)
+                x = blk(x, c, rope, input_pos, kv_len, mod)
             if i in hidden_layers:
                 hidden.append(x)
         if stop_after is not None:
             return (x, hidden) if (return_hidden or hidden_layers) else x
-        if last is not None:
+        final_mod = None if mods is None else mods[-1]
+        for keep in ([slice(-last, None)] if last is not None else []) + ([rows] if rows is not None else []):
             if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:  # per-position conditions
-                c = c[:, -last:]
-            x = x[:, -last:]
-        if rows is not None:
-            if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:
-                c = c[:, rows]
-            x = x[:, rows]
-        logits = self.final(x, c)
+                c = c[:, keep]
+            if final_mod is not None and final_mod.dim() == 3 and final_mod.shape[1] == x.shape[1]:
+                final_mod = final_mod[:, keep]
+            x = x[:, keep]
+        logits = self.final(x, c, final_mod)
         return (logits, hidden) if (return_hidden or hidden_layers) else logits
+
+    def modulations(self, c: Tensor) -> list[Tensor]:
+        """Every block's adaLN output for conditions ``c`` and the final layer's last (``depth + 1`` tensors
+        ``[..., 6 * dim]`` / ``[..., 2 * dim]``), to pass as ``mods``. They depend on ``c`` only, not on the
+        tokens: RAR's sampler computes them for many cache slots in one matmul per block, ahead of the steps
+        that read them, instead of a ``rows x dim`` matmul per block per step."""
+        return [blk.adaLN_modulation(c) for blk in self.blocks] + [self.final.adaLN_modulation(c)]
 
     # ---- KV cache -------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
