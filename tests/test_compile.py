@@ -9,6 +9,7 @@ file with ``inductor`` on the GPU.
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -20,6 +21,7 @@ from torch._dynamo.testing import CompileCounter
 
 from anyorder.hub import load_official
 from anyorder.models.base import bucket
+from anyorder.nn.kv_cache import attention_window
 from anyorder.sampling.decode import decode
 from anyorder.sampling.policy import sampling_config
 
@@ -86,13 +88,17 @@ def test_static_kv_step_logits_equal_official(device):
 @torch.no_grad()
 @pytest.mark.parametrize("steps", [None, "fixture"])
 def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
-    """RandAR's steps feed ``2n - 1`` rows and ask ``m`` queries; both are padded to :func:`bucket` sizes, so the
-    graphs compiled are the distinct bucket pairs of the plan — and a second generation compiles nothing."""
+    """RandAR's steps feed ``2n - 1`` rows and ask ``m`` queries; both are padded to :func:`bucket` sizes and
+    attention reads one of four cache windows, so the graphs compiled are the distinct (fed, queries, window)
+    sizes of the plan — and a second generation compiles nothing."""
     model, cases, cfg = _load("randar", "cpu")
     T = model.seq_len
     policy = sampling_config("randar", {"steps": cfg["parallel_steps"] if steps else T, "guidance_scale": 2.0})
     plan = policy.plan(T)
-    shapes = {(1, bucket(plan[0]))} | {(bucket(2 * n - 1), bucket(m)) for n, m in zip(plan, plan[1:])}
+    done = list(itertools.accumulate(plan))  # tokens decoded before step i + 1; step i's queries end at slot
+    shapes = {(1, bucket(plan[0]), attention_window(1 + plan[0], 2 * T + 2))} | {  # 2 * done + m
+        (bucket(2 * n - 1), bucket(m), attention_window(2 * d + 1 + m, 2 * T + 2))
+        for n, m, d in zip(plan, plan[1:], done)}
     torch._dynamo.reset()
     counter = CompileCounter()
     classes = cases["greedy_cond"]
@@ -108,9 +114,10 @@ def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
 
 @torch.no_grad()
 @pytest.mark.parametrize("ahead", [0, 3, None], ids=["per-step", "3-slots-ahead", "default"])
-def test_a_rar_generation_compiles_two_graphs_however_its_adaln_is_chunked(ahead):
+def test_a_rar_generation_compiles_one_graph_per_window_however_its_adaln_is_chunked(ahead):
     """RAR's step reads adaLN outputs computed ahead for a few slots (views into a buffer renewed every few
-    steps): the prefill and the one-token step are the only graphs, and the greedy ids match the fixture."""
+    steps): the graphs are the prefill's and the one-token step's at each attention window its slots reach (at
+    most four), and the greedy ids match the fixture."""
     model, cases, cfg = _load("rar", "cpu")
     name, classes, _, policy = next(iter(_greedy_runs("rar", cases, cfg)))
     orders = model.default_order().expand(classes.shape[0], -1)
@@ -121,7 +128,9 @@ def test_a_rar_generation_compiles_two_graphs_however_its_adaln_is_chunked(ahead
     counter = CompileCounter()
     gen = decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
                  policy.top_k, policy.top_p, compile=counter)
-    assert counter.frame_count == 2
+    S = model.seq_len + 2  # step j feeds generation index j - 1 at slot j + 1: stops 3 .. T + 1
+    windows = {attention_window(stop, S) for stop in range(3, model.seq_len + 2)}
+    assert counter.frame_count == 1 + len(windows) <= 5
     assert torch.equal(torch.empty_like(gen).scatter_(1, orders, gen), cases[f"greedy_{name}_ids"])
 
 

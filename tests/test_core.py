@@ -7,6 +7,7 @@ import torch
 
 from anyorder.hub import build_model
 from anyorder.models.randar import deinterleave, interleave
+from anyorder.nn.kv_cache import attention_window
 from anyorder.nn.orders import is_permutation, permute, random_orders, scan_order
 from anyorder.sampling import generate, sample_logits
 from anyorder.sampling.schedules import linear_guidance, pow_cosine_guidance
@@ -85,6 +86,17 @@ def test_rar_adaln_computed_ahead_gives_the_per_step_logits(rar, ahead, static):
     assert len(calls) == expected
 
 
+@pytest.mark.parametrize("max_len", [18, 34, 258, 514])
+def test_the_static_steps_attention_windows_cover_each_step_and_are_at_most_four(max_len):
+    windows = {attention_window(stop, max_len) for stop in range(1, max_len + 1)}
+    assert len(windows) == 4 and max(windows) == max_len
+    for stop in range(1, max_len + 1):
+        w = attention_window(stop, max_len)
+        assert stop <= w and (w == min(windows) or -(-w // 2) < stop)  # the smallest window that holds it
+    with pytest.raises(ValueError, match="does not fit"):
+        attention_window(max_len + 1, max_len)
+
+
 @torch.no_grad()
 def test_rar_prefix_fed_in_one_pass_equals_token_by_token(rar):
     codes, classes, orders = _data(rar)
@@ -133,14 +145,16 @@ def test_interleaving_and_deinterleaving_round_trip():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("static", [False, True], ids=["eager-step", "static-step"])
 @pytest.mark.parametrize("plan", [[1] * 16, [1, 2, 3, 4, 6], [1, 15], [1, 1, 7, 7]])
-def test_parallel_decode_logits_equal_full_sequence_forward(randar, plan):
+def test_parallel_decode_logits_equal_full_sequence_forward(randar, plan, static):
     """Feeding the true tokens through the parallel-decoding cache bookkeeping, the first query of each
-    step sees exactly the prefix the full-sequence forward sees at that position."""
+    step sees exactly the prefix the full-sequence forward sees at that position (the static step: with
+    its rows padded to bucket sizes and attention over a window of the cache)."""
     codes, classes, orders = _data(randar)
     full = randar.logits(codes, classes, orders)
     gen = permute(codes, orders)
-    state = randar.start_decoding(classes, orders)
+    state = randar.start_decoding(classes, orders, static=static)
     new, done = None, 0
     for n in plan:
         out = randar.decode_one_step(state, new, n)

@@ -109,7 +109,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
                    help="inference weights (bf16: softmax, guidance mixing and sampling stay fp32)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",
                    help="torch.compile the static-shape decode step (inductor, with CUDA graphs on GPU; or the "
-                   "torch.compile backend named). For GPUs: on a CPU the eager loop is faster")
+                   "torch.compile backend named); the first generation compiles a few step shapes")
     p.add_argument("--out", default="samples.png", help="PNG grid (without --npz)")
     p.add_argument("--npz", help="write the ADM sample format (arr_0 uint8 [N,H,W,3], arr_1 labels) and a JSON "
                    "of the settings beside it; resumable by chunk, runs under torchrun")

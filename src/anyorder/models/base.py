@@ -24,7 +24,7 @@ from anyorder.nn import orders as orders_lib
 class DecodeState:
     """Bookkeeping of one KV-cached decode: orders, classes, how many tokens are decoded so far.
 
-    ``static``: the step uses the fixed-shape layout of :meth:`AnyOrderModel.step_inputs` (whole cache,
+    ``static``: the step uses the fixed-shape layout of :meth:`AnyOrderModel.step_inputs` (cache windows,
     precomputed mask, bucketed lengths) that ``torch.compile`` and CUDA graphs need."""
 
     orders: Tensor  # [B, T] (batch already doubled for guidance)
@@ -39,8 +39,9 @@ class StepInputs:
     """One static decode step's transformer inputs: rows ``x [B, L, D]`` written at cache slots
     ``input_pos [L]`` (padding rows at a scratch slot nobody reads), adaLN conditions ``c`` or their
     precomputed outputs ``mods`` (RAR) or RoPE rows ``rope`` (RandAR); the step's queries are the first of the
-    ``last`` final rows (the rest padding). ``L`` and ``last`` come from a few bucket sizes, so a compiled step
-    sees a handful of shapes."""
+    ``last`` final rows (the rest padding). Attention reads the cache's first ``window`` slots. ``L``, ``last``
+    and ``window`` come from a few sizes (:func:`bucket`, :func:`~anyorder.nn.kv_cache.attention_window`), so a
+    compiled step sees a handful of shapes."""
 
     x: Tensor
     input_pos: Tensor
@@ -48,6 +49,7 @@ class StepInputs:
     c: Tensor | None = None
     rope: Tensor | None = None
     mods: list[Tensor] | None = None
+    window: int | None = None
 
 
 def bucket(n: int) -> int:
@@ -155,7 +157,7 @@ class AnyOrderModel(nn.Module):
     def static_step(self, inputs: StepInputs) -> Tensor:
         """The transformer part of a static step: logits ``[B, inputs.last, V]`` (compiled by the decode loop)."""
         return self.transformer(inputs.x, inputs.c, inputs.rope, input_pos=inputs.input_pos, last=inputs.last,
-                                mods=inputs.mods)
+                                mods=inputs.mods, window=inputs.window)
 
     def end_decoding(self, keep_cache: bool = False) -> None:
         """Drop the KV cache (``keep_cache``: keep it for the next generation of the same shape, so a

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs, bucket
 from anyorder.nn import orders as orders_lib
+from anyorder.nn.kv_cache import attention_window
 from anyorder.nn.rope import apply_rope, rope_2d
 from anyorder.nn.transformer import Transformer, TransformerConfig
 
@@ -255,7 +256,7 @@ class RandAR(AnyOrderModel):
         rope = torch.cat([pad(r, fb - F), pad(rq, mb - m)], dim=1)
         q0 = start + F
         pos = torch.cat([slots[start:q0], scratch.expand(fb - F), slots[q0 : q0 + m], scratch.expand(mb - m)])
-        return StepInputs(x=x, rope=rope, input_pos=pos, last=mb)
+        return StepInputs(x=x, rope=rope, input_pos=pos, last=mb, window=attention_window(q0 + m, slots.shape[0]))
 
     # ---- official format -------------------------------------------------------------------------
     @classmethod

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs
 from anyorder.nn import orders as orders_lib
+from anyorder.nn.kv_cache import attention_window
 from anyorder.nn.transformer import Transformer, TransformerConfig
 
 
@@ -220,7 +221,8 @@ class RAR(AnyOrderModel):
         """One token in, one query out (two rows at the prefill): RAR's step is static without padding."""
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
         mods = self._modulations(state, start, stop)
-        return StepInputs(x=x, c=None if mods else c, mods=mods, input_pos=state.extra["slots"][start:stop], last=1)
+        return StepInputs(x=x, c=None if mods else c, mods=mods, input_pos=state.extra["slots"][start:stop], last=1,
+                          window=attention_window(stop, self.seq_len + 2))
 
     # ---- export ------------------------------------------------------------------------------------
     @torch.no_grad()

@@ -9,13 +9,32 @@ A step may pass ``kv_len`` — one past the highest slot written so far, a Pytho
 knows without reading the device — and then attends over the filled prefix ``[:kv_len]`` only instead
 of all ``max_len`` slots (the unwritten tail is masked out anyway; this skips its compute). Without
 ``kv_len`` every shape is fixed (the gpt-fast layout that ``torch.compile`` and CUDA graphs need): the
-step attends over all slots under rows of a precomputed causal mask.
+step attends under rows of a precomputed causal mask, over all slots or over a ``window`` — the first
+``max_len``, ``max_len / 2``, ``max_len / 4`` or ``max_len / 8`` slots (:func:`attention_window`), so a
+generation sees at most four windows (four shapes to compile) and reads about two thirds of the cache a step
+instead of all of it.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+WINDOW_LEVELS = 4
+
+
+def attention_window(stop: int, max_len: int, levels: int = WINDOW_LEVELS) -> int:
+    """The static step's attention window for a step whose highest slot is ``stop - 1``: the smallest of
+    ``max_len``, ``ceil(max_len / 2)``, ... (``levels`` sizes) that holds ``stop`` slots."""
+    if not 0 < stop <= max_len:
+        raise ValueError(f"a step ending at slot {stop - 1} does not fit a cache of {max_len} slots")
+    window = max_len
+    for _ in range(levels - 1):
+        half = -(-window // 2)
+        if half < stop:
+            break
+        window = half
+    return window
 
 
 class KVCache(nn.Module):
@@ -33,8 +52,10 @@ class KVCache(nn.Module):
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int | None = None) -> tuple[Tensor, Tensor]:
-        """Write ``k, v [B, H, L, D]`` at slots ``input_pos [L]``; return the buffers.
+    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int | None = None,
+               window: int | None = None) -> tuple[Tensor, Tensor]:
+        """Write ``k, v [B, H, L, D]`` at slots ``input_pos [L]``; return the buffers (their first ``window``
+        slots if given).
 
         With ``kv_len`` the step's slots must be the ``L`` slots just below it (``input_pos`` is
         ``arange(kv_len - L, kv_len)``, as in the decode loops): they are written as a slice and only the
@@ -42,16 +63,18 @@ class KVCache(nn.Module):
         if kv_len is None:
             self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
             self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
+            if window is not None:
+                return self.k[:, :, :window], self.v[:, :, :window]
             return self.k, self.v
         start = kv_len - k.shape[2]
         self.k[:, :, start:kv_len] = k
         self.v[:, :, start:kv_len] = v
         return self.k[:, :, :kv_len], self.v[:, :, :kv_len]
 
-    def mask(self, input_pos: Tensor, kv_len: int | None = None) -> Tensor:
-        """Boolean ``[L, kv_len or max_len]``: query at slot ``q`` attends to slots ``<= q``."""
+    def mask(self, input_pos: Tensor, kv_len: int | None = None, window: int | None = None) -> Tensor:
+        """Boolean ``[L, kv_len or window or max_len]``: query at slot ``q`` attends to slots ``<= q``."""
         if kv_len is None:
-            return self.causal[input_pos]
+            return self.causal[input_pos] if window is None else self.causal[:, :window][input_pos]
         return self.slots[None, :kv_len] <= input_pos[:, None]
 
     def matches(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,

@@ -90,7 +90,7 @@ class Attention(nn.Module):
         self.kv_cache: KVCache | None = None
 
     def forward(self, x: Tensor, rope: Tensor | None = None, input_pos: Tensor | None = None,
-                kv_len: int | None = None) -> Tensor:
+                kv_len: int | None = None, window: int | None = None) -> Tensor:
         B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # [B, L, H, D]
         q, k = self.q_norm(q), self.k_norm(k)
@@ -98,10 +98,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
         if self.kv_cache is not None and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v, kv_len)
+            k, v = self.kv_cache.update(input_pos, k, v, kv_len, window)
             # one query at the last filled slot sees every slot: no mask needed; the static step (kv_len
-            # None) reads the rows of the cache's precomputed causal mask
-            mask = None if (L == 1 and kv_len is not None) else self.kv_cache.mask(input_pos, kv_len)
+            # None) reads the rows of the cache's precomputed causal mask (over its first `window` slots)
+            mask = None if (L == 1 and kv_len is not None) else self.kv_cache.mask(input_pos, kv_len, window)
             y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
         else:
             drop = self.attn_dropout if self.training else 0.0
@@ -138,15 +138,16 @@ class Block(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim)) if cfg.adaln else None
 
     def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
-                input_pos: Tensor | None = None, kv_len: int | None = None, mod: Tensor | None = None) -> Tensor:
+                input_pos: Tensor | None = None, kv_len: int | None = None, mod: Tensor | None = None,
+                window: int | None = None) -> Tensor:
         """``mod``: this block's adaLN output ``adaLN_modulation(c)`` computed ahead (see
         :meth:`Transformer.modulations`); ``c`` is then not read."""
         if self.adaLN_modulation is None:
-            x = x + self.attn(self.norm1(x), rope, input_pos, kv_len)
+            x = x + self.attn(self.norm1(x), rope, input_pos, kv_len, window)
             return x + self.mlp(self.norm2(x))
         mod = self.adaLN_modulation(c) if mod is None else mod
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, input_pos, kv_len)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, input_pos, kv_len, window)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -182,11 +183,13 @@ class Transformer(nn.Module):
                 input_pos: Tensor | None = None, return_hidden: bool = False,
                 hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
                 last: int | None = None, stop_after: int | None = None,
-                rows: slice | None = None, mods: list[Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+                rows: slice | None = None, mods: list[Tensor] | None = None,
+                window: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
         ``kv_len`` (a host int: one past the highest slot written, with ``input_pos`` the ``L`` slots just
         below it) limits attention to the filled part of the cache; without it (the static, compilable
-        step) attention runs over the whole cache under its precomputed causal mask. ``last`` computes the
+        step) attention runs over the whole cache, or its first ``window`` slots, under its precomputed causal
+        mask (:func:`~anyorder.nn.kv_cache.attention_window`). ``last`` computes the
         output head for the last ``last`` positions only; ``rows`` (a slice of positions) for those only
         (RandAR reads its logits at every other slot: the head, its backward and the loss skip the rest).
         ``hidden_layers`` additionally returns the residual stream after those blocks (0-based).
@@ -201,9 +204,9 @@ class Transformer(nn.Module):
         for i, blk in enumerate(blocks):
             mod = None if mods is None else mods[i]
             if ckpt:
-                x = checkpoint(blk, x, c, rope, input_pos, kv_len, mod, use_reentrant=False)
+                x = checkpoint(blk, x, c, rope, input_pos, kv_len, mod, window, use_reentrant=False)
             else:
-                x = blk(x, c, rope, input_pos, kv_len, mod)
+                x = blk(x, c, rope, input_pos, kv_len, mod, window)
             if i in hidden_layers:
                 hidden.append(x)
         if stop_after is not None:

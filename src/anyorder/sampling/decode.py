@@ -146,7 +146,7 @@ class GuidanceRows:
 
 def _step(model, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: Tensor, temperature: float, top_k: int,
           top_p: float, noise: Tensor | None) -> Tensor:
-    """One static decode step on device: transformer over the whole cache, guidance mixing and sampling in
+    """One static decode step on device: transformer over a cache window, guidance mixing and sampling in
     fp32 — no host sync, every shape from the step's buckets. Returns ids ``[B, inputs.last]``."""
     logits = rows.mix(model.static_step(inputs), s_c, s_s)
     return sample_static(logits, temperature, top_k, top_p, noise)
@@ -198,10 +198,11 @@ def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: Gu
 
     ``compile``: run each step as one ``torch.compile`` d static step (True: inductor, with CUDA graphs
     — ``mode="reduce-overhead"`` — on CUDA; or a backend name / callable). ``static``: the same static
-    step without compiling. The static step attends over the whole cache under a precomputed mask, pads
-    RandAR's parallel steps to bucket sizes, takes the guidance scales as tensors and samples by the
-    exponential race with noise drawn from ``generator`` outside the step: seeded runs are reproducible,
-    but draw other samples than the eager loop for the same seed (greedy decoding agrees with it).
+    step without compiling. The static step attends over one of four windows of the cache
+    (:func:`~anyorder.nn.kv_cache.attention_window`) under a precomputed mask, pads RandAR's parallel steps to
+    bucket sizes, takes the guidance scales as tensors and samples by the exponential race with noise drawn
+    from ``generator`` outside the step: seeded runs are reproducible, but draw other samples than the eager
+    loop for the same seed (greedy decoding agrees with it).
     """
     B, T = orders.shape
     P = 0 if prefix is None else prefix.shape[1]
