@@ -4,9 +4,10 @@ KV cache; fp32 / bf16, eager / compiled) beside RAR's Table 5 (A100), and RandAR
 Run by ``benchmarks/device_check.sh`` (which first runs the test suite on the device). Every figure is the
 generator alone (codes, no tokenizer decode), timed on the second of two generations (the first compiles /
 warms up; eager RAR's warm-up stops after a few steps, a compiled one runs whole so that the step of every
-attention window is compiled) with ``torch.cuda.synchronize``. A wall-clock ``--budget-s``
-skips the remaining configurations once spent (they are listed as skipped). ``--smoke``: tiny models, batch 4,
-the ``eager`` compile backend — a CPU check that the script runs, in well under a minute.
+attention window is compiled) with ``torch.cuda.synchronize``. A wall-clock ``--budget-s`` cuts short the
+configuration running when it is spent and skips the rest (all listed as skipped; the JSON is rewritten after
+every configuration). ``--smoke``: tiny models, batch 4, the ``eager`` compile backend — a CPU check that the
+script runs, in well under a minute.
 
     python benchmarks/device_check.py --json out.json             # on a GPU
     python benchmarks/device_check.py --smoke --json /tmp/dc.json  # anywhere
@@ -15,9 +16,11 @@ the ``eager`` compile backend — a CPU check that the script runs, in well unde
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,29 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 class _Stop(Exception):
     pass
+
+
+class _OutOfTime(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float):
+    """Raise :class:`_OutOfTime` inside the block once ``seconds`` have passed (SIGALRM; the main thread of a
+    Unix process): a compile or generation that would overrun the budget is cut short, not waited for."""
+    if seconds <= 0:
+        raise _OutOfTime
+
+    def _fire(*_: object) -> None:
+        raise _OutOfTime
+
+    old = signal.signal(signal.SIGALRM, _fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def _sync(device: torch.device) -> None:
@@ -114,40 +140,52 @@ def main() -> None:
         "rar": [], "randar": {}, "skipped": [],
     }
 
-    def spent() -> bool:
-        return time.perf_counter() - start > args.budget_s
+    def save() -> None:  # after every row: a run cut short by an outer timeout still leaves its rows
+        out["total_seconds"] = time.perf_counter() - start
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=1))
+
+    def within_budget(tag: str, run) -> None:  # noqa: ANN001 - a no-argument callable
+        """``run()`` if budget is left, cut short when it runs out (listed under ``skipped`` either way)."""
+        try:
+            with _deadline(args.budget_s - (time.perf_counter() - start)):
+                run()
+        except _OutOfTime:
+            out["skipped"].append(tag)
+            print(f"skipped (budget spent): {tag}", flush=True)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        save()
 
     def rar(name: str, dtype_name: str, compiled: bool) -> None:
-        tag = f"{name} {dtype_name} {'compiled' if compiled else 'eager'}"
-        if spent():
-            out["skipped"].append(tag)
-            return
-        model = _model(name, device, DTYPES[dtype_name], args.smoke)
-        # compiled: warm up a whole generation, so the step of every attention window is compiled before timing
-        sec = _time_generation(model, batch, None, compile_backend if compiled else False,
-                               warm_steps=None if compiled else 8)
-        row = {"model": name, "dtype": dtype_name, "compiled": compiled, "seconds": sec, "img_per_s": batch / sec,
-               "table5_a100_img_per_s": TABLE5_A100.get(name)}
-        out["rar"].append(row)
-        print(json.dumps(row), flush=True)
-        del model
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        def run() -> None:
+            model = _model(name, device, DTYPES[dtype_name], args.smoke)
+            # compiled: warm up a whole generation, so every attention window's step is compiled before timing
+            sec = _time_generation(model, batch, None, compile_backend if compiled else False,
+                                   warm_steps=None if compiled else 8)
+            row = {"model": name, "dtype": dtype_name, "compiled": compiled, "seconds": sec,
+                   "img_per_s": batch / sec, "table5_a100_img_per_s": TABLE5_A100.get(name)}
+            out["rar"].append(row)
+            print(json.dumps(row), flush=True)
+
+        within_budget(f"{name} {dtype_name} {'compiled' if compiled else 'eager'}", run)
 
     def randar(dtype_name: str, compiled: bool) -> None:
         name, mode = "randar_l", f"{dtype_name}_{'compiled' if compiled else 'eager'}"
-        if spent():
-            out["skipped"].append(f"{name} {mode}")
-            return
-        model = _model(name, device, DTYPES[dtype_name], args.smoke)
-        T = model.seq_len
-        few = max(1, round(88 * T / 256))  # 88 of 256 steps: the paper's setting, scaled to smoke grids
-        t_all = _time_generation(model, batch, T, compile_backend if compiled else False, warm_steps=None)
-        t_few = _time_generation(model, batch, few, compile_backend if compiled else False, warm_steps=None)
-        out["randar"][mode] = {"steps": [T, few], "seconds": [t_all, t_few], "speedup": t_all / t_few,
-                               "target_speedup": 2.5}
-        print(json.dumps({name: out["randar"][mode]}), flush=True)
-        del model
+
+        def run() -> None:
+            model = _model(name, device, DTYPES[dtype_name], args.smoke)
+            T = model.seq_len
+            few = max(1, round(88 * T / 256))  # 88 of 256 steps: the paper's setting, scaled to smoke grids
+            t_all = _time_generation(model, batch, T, compile_backend if compiled else False, warm_steps=None)
+            t_few = _time_generation(model, batch, few, compile_backend if compiled else False, warm_steps=None)
+            out["randar"][mode] = {"steps": [T, few], "seconds": [t_all, t_few], "speedup": t_all / t_few,
+                                   "target_speedup": 2.5}
+            print(json.dumps({name: out["randar"][mode]}), flush=True)
+
+        within_budget(f"{name} {mode}", run)
 
     # cheapest and most informative first, so a spent budget skips the tail: eager RAR, RandAR, then compiled
     for name in sizes:
@@ -159,10 +197,8 @@ def main() -> None:
     randar("bf16", True)
     for name in sizes:
         rar(name, "fp32", True)
-    out["total_seconds"] = time.perf_counter() - start
+    save()
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(out, indent=1))
         print(f"wrote {args.json}")
 
 

@@ -113,7 +113,7 @@ def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("ahead", [0, 3, None], ids=["per-step", "3-slots-ahead", "default"])
+@pytest.mark.parametrize("ahead", [0, 3, 5, 7, None], ids=["per-step", "3-ahead", "5-ahead", "7-ahead", "default"])
 def test_a_rar_generation_compiles_one_graph_per_window_however_its_adaln_is_chunked(ahead):
     """RAR's step reads adaLN outputs computed ahead for a few slots (views into a buffer renewed every few
     steps): the graphs are the prefill's and the one-token step's at each attention window its slots reach (at

@@ -194,7 +194,10 @@ class RAR(AnyOrderModel):
             return None
         lo, hi = ex["mods_span"]
         if not (lo <= start and stop <= hi):
-            lo, hi = start, min(max(stop, start + ex["ahead"]), self.seq_len + 2)
+            # every chunk holds exactly `ahead` slots (the last one starts earlier): same strides for the
+            # slices a compiled step reads, so no recompilation at the last chunk
+            lo = min(start, self.seq_len + 2 - ex["ahead"])
+            hi = lo + ex["ahead"]
             ex["mods"], ex["mods_span"] = self.transformer.modulations(ex["adaln_in"][:, lo:hi]), (lo, hi)
         return [m[:, start - lo:stop - lo] for m in ex["mods"]]
 
@@ -221,7 +224,8 @@ class RAR(AnyOrderModel):
         """One token in, one query out (two rows at the prefill): RAR's step is static without padding."""
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
         mods = self._modulations(state, start, stop)
-        return StepInputs(x=x, c=None if mods else c, mods=mods, input_pos=state.extra["slots"][start:stop], last=1,
+        return StepInputs(x=x, c=c if mods is None else None, mods=mods, input_pos=state.extra["slots"][start:stop],
+                          last=1,
                           window=attention_window(stop, self.seq_len + 2))
 
     # ---- export ------------------------------------------------------------------------------------

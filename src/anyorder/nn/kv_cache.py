@@ -12,7 +12,7 @@ of all ``max_len`` slots (the unwritten tail is masked out anyway; this skips it
 step attends under rows of a precomputed causal mask, over all slots or over a ``window`` — the first
 ``max_len``, ``max_len / 2``, ``max_len / 4`` or ``max_len / 8`` slots (:func:`attention_window`), so a
 generation sees at most four windows (four shapes to compile) and reads about two thirds of the cache a step
-instead of all of it.
+(RAR, and RandAR one token per step; half at 88 parallel steps) instead of all of it.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class KVCache(nn.Module):
 
         With ``kv_len`` the step's slots must be the ``L`` slots just below it (``input_pos`` is
         ``arange(kv_len - L, kv_len)``, as in the decode loops): they are written as a slice and only the
-        filled prefix ``[:kv_len]`` is returned."""
+        filled prefix ``[:kv_len]`` is returned (``window`` is for the static step, without ``kv_len``)."""
         if kv_len is None:
             self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
             self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
@@ -74,7 +74,7 @@ class KVCache(nn.Module):
     def mask(self, input_pos: Tensor, kv_len: int | None = None, window: int | None = None) -> Tensor:
         """Boolean ``[L, kv_len or window or max_len]``: query at slot ``q`` attends to slots ``<= q``."""
         if kv_len is None:
-            return self.causal[input_pos] if window is None else self.causal[:, :window][input_pos]
+            return self.causal[input_pos] if window is None else self.causal[input_pos, :window]
         return self.slots[None, :kv_len] <= input_pos[:, None]
 
     def matches(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
