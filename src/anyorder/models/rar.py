@@ -224,9 +224,8 @@ class RAR(AnyOrderModel):
         """One token in, one query out (two rows at the prefill): RAR's step is static without padding."""
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
         mods = self._modulations(state, start, stop)
-        return StepInputs(x=x, c=c if mods is None else None, mods=mods, input_pos=state.extra["slots"][start:stop],
-                          last=1,
-                          window=attention_window(stop, self.seq_len + 2))
+        return StepInputs(x=x, c=c if mods is None else None, mods=mods, last=1,
+                          input_pos=state.extra["slots"][start:stop], window=attention_window(stop, self.seq_len + 2))
 
     # ---- export ------------------------------------------------------------------------------------
     @torch.no_grad()
