@@ -63,14 +63,18 @@ class NpzImages:
         return int(self.shape[0])
 
 
-def _members(path: Path) -> list[str]:
+def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.is_file():
         raise FileNotFoundError(f"npz file not found: {path}")
     try:
-        with zipfile.ZipFile(path) as zf:
-            return zf.namelist()
+        return zipfile.ZipFile(path)
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path}: not an .npz file (not a zip archive: {e})") from e
+
+
+def _members(path: Path) -> list[str]:
+    with _open_zip(path) as zf:
+        return zf.namelist()
 
 
 def _keys(members: list[str]) -> list[str]:
@@ -91,17 +95,19 @@ def _read_header(fp: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
     raise ValueError(f"unsupported .npy format version {version}")
 
 
-def array_header(path: str | os.PathLike, name: str) -> tuple[tuple[int, ...], bool, np.dtype]:
-    """``(shape, fortran_order, dtype)`` of array ``name`` in an npz, from its header (the data stays on disk)."""
+def array_header(path: str | os.PathLike, name: str, what: str = "") -> tuple[tuple[int, ...], bool, np.dtype]:
+    """``(shape, fortran_order, dtype)`` of array ``name`` in an npz, from its header (the data stays on disk).
+    ``what`` describes the array in the error when it is missing."""
     path = Path(path)
-    members = _members(path)
-    if f"{name}.npy" not in members:
-        raise ValueError(f"{path}: no {name} in the npz; keys: {_keys(members)}")
-    with zipfile.ZipFile(path) as zf, zf.open(f"{name}.npy") as fp:
-        try:
-            shape, fortran, dtype = _read_header(fp)
-        except ValueError as e:
-            raise ValueError(f"{path}: {name} has an unreadable .npy header ({e})") from e
+    with _open_zip(path) as zf:
+        members = zf.namelist()
+        if f"{name}.npy" not in members:
+            raise ValueError(f"{path}: no {name}{what} in the npz; keys: {_keys(members)}")
+        with zf.open(f"{name}.npy") as fp:
+            try:
+                shape, fortran, dtype = _read_header(fp)
+            except ValueError as e:
+                raise ValueError(f"{path}: {name} has an unreadable .npy header ({e})") from e
     return tuple(int(s) for s in shape), bool(fortran), dtype
 
 
@@ -136,10 +142,7 @@ def labels_array(labels: np.ndarray, count: int, source: str | os.PathLike) -> n
 def open_images(path: str | os.PathLike) -> NpzImages:
     """Validate ``arr_0`` of an npz from its header: uint8 ``[N, H, W, 3]`` with ``N >= 1``."""
     path = Path(path)
-    members = _members(path)
-    if f"{IMAGE_KEY}.npy" not in members:
-        raise ValueError(f"{path}: no {IMAGE_KEY} (the images) in the npz; keys: {_keys(members)}")
-    shape, fortran, dtype = array_header(path, IMAGE_KEY)
+    shape, fortran, dtype = array_header(path, IMAGE_KEY, " (the images)")
     check_images(path, shape, dtype)
     return NpzImages(path, shape, dtype, fortran)
 
