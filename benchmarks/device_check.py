@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from anyorder.hub import build_model
-from anyorder.models.presets import get_preset
+from anyorder.models import get_preset
 from anyorder.sampling.decode import decode
 from anyorder.sampling.policy import sampling_config
 

@@ -92,10 +92,10 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
     import torch
 
     from anyorder.hub import build_model
-    from anyorder.models.presets import get_preset
+    from anyorder.models import get_preset
     from anyorder.nn import orders as orders_lib
     from anyorder.sampling import decode
-    from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule
+    from anyorder.nn.schedules import GuidanceSchedule, parallel_decoding_schedule
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)

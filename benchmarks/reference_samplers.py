@@ -36,7 +36,7 @@ from torch import Tensor
 
 from anyorder.nn.rope import apply_rope
 from anyorder.nn.transformer import modulate
-from anyorder.sampling.schedules import parallel_decoding_schedule
+from anyorder.nn.schedules import parallel_decoding_schedule
 
 __all__ = ["official_style_rar_generate", "official_style_randar_generate", "official_style_sample"]
 

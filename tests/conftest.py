@@ -68,3 +68,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def decode_job(model, classes, orders, policy, generator=None, plan=None, **parts):
+    """A :class:`~anyorder.sampling.DecodeJob` built by hand from its parts (the decode loop's own inputs): the
+    policy's plan over the model's tokens unless ``plan`` is given."""
+    from anyorder.sampling import DecodeJob
+
+    plan = policy.plan(orders.shape[1]) if plan is None else plan
+    return DecodeJob(model, classes, orders, plan, policy, generator, tuple(model.grid), **parts)

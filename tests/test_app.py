@@ -27,10 +27,10 @@ from PIL import Image
 
 from anyorder import editing as E
 from anyorder.app import core, demo_models, render
-from anyorder.app.stream import edit_job, generation_job, stream
+from anyorder.app.stream import stream
 from anyorder.hub import build_model, save_pretrained
-from anyorder.sampling import generate
-from anyorder.sampling.schedules import parallel_decoding_schedule
+from anyorder.nn.schedules import parallel_decoding_schedule
+from anyorder.sampling import edit_job, generate, generation_job
 from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -116,11 +116,17 @@ def client(server):
 
 def _reference(entry: core.AppModel, classes: list[int], seed: int, **ui) -> Image.Image:
     """What the app must show for a generation: the library's samples, decoded and tiled."""
-    settings = core.sampling_settings(entry, **ui)
-    if entry.family == "rar":
-        settings.pop("steps", None)
-    codes = generate(entry.model, classes, seed=seed, **settings)
+    codes = generate(entry.model, classes, core.sampling_settings(entry, **ui), seed=seed)
     return render.tile(render.decode_pixels(entry.tokenizer, codes), entry.scale)
+
+
+def _controls(entries: list[core.AppModel], entry: core.AppModel, **values) -> list:
+    """The sampling controls' values in the order the HTTP API takes them (the app makes one control per
+    policy field of the served families: ``ui.setting_infos``); unset ones as the page shows them for
+    ``entry``."""
+    from anyorder.app import ui
+
+    return [values.get(i.name, ui.control_value(i, entry)) for i in ui.setting_infos(entries)]
 
 
 def _native(image: Image.Image | str | Path, entry: core.AppModel) -> np.ndarray:
@@ -214,7 +220,7 @@ def test_inpaint_keeps_known_pixels_and_handles_odd_masks(randar, rar):
     odd = image.resize((S * k + 7, S * k - 5))
     out = list(core.inpaint_updates(randar, odd, [], 2, seed=1))[-1]
     assert "resized" in out.status and out.image.size == (S * k, S * k)
-    with pytest.raises(ValueError, match="fixed raster scan order"):
+    with pytest.raises(ValueError, match="fixed scan order"):
         next(core.inpaint_updates(rar, image, [], 0))
 
 
@@ -248,15 +254,16 @@ def test_cli_app_arguments():
 
 
 # ---- the HTTP API ------------------------------------------------------------------------------------------
-def test_api_generate_and_two_users_at_once(client, randar, rar):
+def test_api_generate_and_two_users_at_once(client, entries, randar, rar):
     """Two sessions at once are queued (one decode at a time) and each gets its own images, which are the
     library's samples for its own class and seed."""
     gc = _need("gradio_client")
-    ui = {"guidance": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "steps": randar.model.seq_len}
+    ui = _controls(entries, randar, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                   steps=randar.model.seq_len)
     other = gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
 
     def run(c, name, cls, seed):
-        job = c.submit(name, cls, 4, *ui.values(), seed, 0, api_name="/generate")
+        job = c.submit(name, cls, 4, *ui, seed, 0, api_name="/generate")
         return job.result(timeout=120), job
 
     with ThreadPoolExecutor(2) as pool:
@@ -269,10 +276,10 @@ def test_api_generate_and_two_users_at_once(client, randar, rar):
                           np.asarray(_reference(randar, [1] * 4, 11, **sampling)))
     assert np.array_equal(np.asarray(Image.open(img_b).convert("RGB")),
                           np.asarray(_reference(rar, [2] * 4, 22, **sampling)))
-    assert status_a.startswith("done") and "random orders" in status_a and "raster order" in status_b
+    assert status_a.startswith("done") and "random orders" in status_a and "scan order" in status_b
     # streamed: partial images (some tokens placed) come before the final one; the first one soon after the start
     t0 = time.perf_counter()
-    job = client.submit(randar.name, 0, 8, *ui.values(), 1, 20, api_name="/generate")
+    job = client.submit(randar.name, 0, 8, *ui, 1, 20, api_name="/generate")
     job.result(timeout=60)
     total = time.perf_counter() - t0
     partial = [out[2] for out in job.outputs() if 0 < _placed(out[2]) < randar.model.seq_len]
@@ -288,7 +295,7 @@ def _placed(status: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_api_upload_and_edit(client, randar, rar, tmp_path):
+def test_api_upload_and_edit(client, entries, randar, rar, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
@@ -306,7 +313,8 @@ def test_api_upload_and_edit(client, randar, rar, tmp_path):
     Image.fromarray(layer).save(tmp_path / "mask.png")
     value = {"background": handle_file(str(tmp_path / "digit.png")),
              "layers": [handle_file(str(tmp_path / "mask.png"))], "composite": None}
-    ui = [2.0, 1.0, 0, 1.0, 2, 3, 0]  # guidance, temperature, top_k, top_p, steps, seed, delay
+    ui = [*_controls(entries, randar, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=2),
+          3, 0]  # seed, delay
     img, order, status = client.predict(randar.name, value, 4, *ui, api_name="/inpaint")
     cells = E.half_mask(randar.model.grid, "right").numpy()
     assert _kept_pixels_equal(_native(img, randar), _native(image, randar), ~cells, randar.downsample)

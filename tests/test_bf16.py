@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fixture_dir, fixture_geometry
+from conftest import decode_job, fixture_dir, fixture_geometry
 from safetensors.torch import load_file
 
 from anyorder.hub import load_official
 from anyorder.nn.orders import permute
-from anyorder.sampling import GuidanceRows, generate
+from anyorder.nn.schedules import GuidanceSchedule
+from anyorder.sampling import GuidanceRows, generate, sampling_config
 from anyorder.sampling.decode import decode
-from anyorder.sampling.schedules import GuidanceSchedule
 
 BF16_REL = 0.03
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -63,7 +63,7 @@ def test_kv_step_logits_within_tolerance(static):
     both = torch.cat([ids, ids])
     state = model.start_decoding(torch.cat([cls, torch.full_like(cls, model.null_class)]),
                                  model.default_order().expand(2 * B, -1), static=static)
-    assert state.extra["table"].dtype == torch.bfloat16 and model.transformer.blocks[0].attn.kv_cache.k.dtype == (
+    assert state.table.dtype == torch.bfloat16 and model.transformer.blocks[0].attn.kv_cache.k.dtype == (
         torch.bfloat16)
     steps, new = [], None
     for s in range(T):
@@ -79,7 +79,7 @@ def test_guidance_mixing_is_fp32():
     mixed = rows.combine(logits, 1, 4)
     assert mixed.dtype == torch.float32
     c, u = logits.float().chunk(2)
-    torch.testing.assert_close(mixed, u + (c - u) * rows.scales(1, 4)[0])
+    torch.testing.assert_close(mixed, u + (c - u) * rows.scales(1, 3, 4)[0][0])
 
 
 @torch.no_grad()
@@ -93,7 +93,7 @@ def test_bf16_sampling_runs_and_repeats(family, static):
         a, b = (generate(model, [0, geo["num_classes"] - 1], seed=1, **kw) for _ in range(2))
     else:
         orders = model.default_order().expand(2, -1)
-        plan = [1] * geo["seq_len"]
-        a, b = (decode(model, torch.tensor([0, 1]), orders, plan, GuidanceSchedule("linear", 3.0), top_p=0.9,
-                       generator=torch.Generator().manual_seed(1), static=True) for _ in range(2))
+        policy = sampling_config(family, {"guidance_scale": 3.0, "top_p": 0.9})
+        a, b = (decode(decode_job(model, torch.tensor([0, 1]), orders, policy, torch.Generator().manual_seed(1)),
+                       static=True) for _ in range(2))
     assert torch.equal(a, b) and 0 <= int(a.min()) and int(a.max()) < geo["codebook_size"]

@@ -19,7 +19,7 @@ from anyorder.cli.main import build_parser, main
 from anyorder.cli.sample import _sampling_args
 from anyorder.hub import from_pretrained, load_official
 from anyorder.io import load_state_dict
-from anyorder.models.presets import PRESETS
+from anyorder.models import PRESETS
 from anyorder.tokenizers.official import MASKGIT_VQGAN, build_tokenizer, infer_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread beats two contending ones

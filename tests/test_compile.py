@@ -15,7 +15,7 @@ import os
 import pytest
 import torch
 import torch._dynamo
-from conftest import fixture_dir, load_json
+from conftest import decode_job, fixture_dir, load_json
 from safetensors.torch import load_file
 from torch._dynamo.testing import CompileCounter
 
@@ -61,8 +61,7 @@ def test_greedy_generations_id_for_id_with_the_static_step(family, compile, devi
     for name, classes, orders, policy in _greedy_runs(family, cases, cfg):
         B = classes.shape[0]
         orders = model.default_order().expand(B, -1) if orders is None else orders
-        gen = decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
-                     policy.top_k, policy.top_p, static=True, compile=BACKEND if compile else False)
+        gen = decode(decode_job(model, classes, orders, policy), static=True, compile=BACKEND if compile else False)
         ids = torch.empty_like(gen).scatter_(1, orders, gen)  # back to raster order
         assert torch.equal(ids, cases[f"greedy_{name}_ids"]), name
 
@@ -103,11 +102,9 @@ def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
     counter = CompileCounter()
     classes = cases["greedy_cond"]
     orders = model.sampling_orders(classes.shape[0], torch.Generator().manual_seed(1))
-    first = decode(model, classes, orders, plan, policy.guidance(), generator=torch.Generator().manual_seed(0),
-                   compile=counter)
+    first = decode(decode_job(model, classes, orders, policy, torch.Generator().manual_seed(0)), compile=counter)
     assert counter.frame_count == len(shapes) < len(plan) + (steps is None) * T
-    again = decode(model, classes, orders, plan, policy.guidance(), generator=torch.Generator().manual_seed(0),
-                   compile=counter)
+    again = decode(decode_job(model, classes, orders, policy, torch.Generator().manual_seed(0)), compile=counter)
     assert counter.frame_count == len(shapes)
     assert torch.equal(first, again)  # seeded: reproducible
 
@@ -126,8 +123,7 @@ def test_a_rar_generation_compiles_one_graph_per_window_however_its_adaln_is_chu
         model.adaln_ahead_bytes = ahead * rows * (6 * model.config.depth + 2) * model.config.dim * 4
     torch._dynamo.reset()
     counter = CompileCounter()
-    gen = decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
-                 policy.top_k, policy.top_p, compile=counter)
+    gen = decode(decode_job(model, classes, orders, policy), compile=counter)
     S = model.seq_len + 2  # step j feeds generation index j - 1 at slot j + 1: stops 3 .. T + 1
     windows = {attention_window(stop, S) for stop in range(3, model.seq_len + 2)}
     assert counter.frame_count == 1 + len(windows) <= 5
@@ -141,7 +137,6 @@ def test_compiled_sampling_matches_the_static_eager_step_for_a_seed():
     classes = cases["greedy_cfg4_const_condition"]
     policy = sampling_config("rar", {"guidance_scale": 3.0, "top_k": 8, "top_p": 0.9})
     orders = model.default_order().expand(classes.shape[0], -1)
-    outs = [decode(model, classes, orders, policy.plan(model.seq_len), policy.guidance(), policy.temperature,
-                   policy.top_k, policy.top_p, torch.Generator().manual_seed(3), static=True, compile=c)
-            for c in (False, BACKEND)]
+    outs = [decode(decode_job(model, classes, orders, policy, torch.Generator().manual_seed(3)), static=True,
+                   compile=c) for c in (False, BACKEND)]
     assert torch.equal(*outs)

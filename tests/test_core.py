@@ -9,8 +9,8 @@ from anyorder.hub import build_model
 from anyorder.models.randar import deinterleave, interleave
 from anyorder.nn.kv_cache import attention_window
 from anyorder.nn.orders import is_permutation, permute, random_orders, scan_order
+from anyorder.nn.schedules import linear_guidance, pow_cosine_guidance
 from anyorder.sampling import generate, sample_logits
-from anyorder.sampling.schedules import linear_guidance, pow_cosine_guidance
 
 RAR_TINY = {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
             "codebook_size": 24, "num_classes": 5, "pos_extra": 4, "timestep_extra": 4}
@@ -73,7 +73,7 @@ def test_rar_adaln_computed_ahead_gives_the_per_step_logits(rar, ahead, static):
     calls = []
     hook = rar.transformer.blocks[0].adaLN_modulation.register_forward_hook(lambda *a: calls.append(1))
     state = rar.start_decoding(classes, orders, static=static)
-    assert state.extra["ahead"] == min(ahead, rar.seq_len + 2)
+    assert state.ahead == min(ahead, rar.seq_len + 2)
     steps, new = [], None
     for j in range(rar.seq_len):
         steps.append(rar.decode_one_step(state, new, 1)[:, 0])
@@ -287,9 +287,11 @@ def test_features_stop_at_the_requested_layer(randar):
             h.remove()
     assert ran == ["block0"]  # one pass of the stacked sequence through block 0, nothing after it
     gen = permute(codes, orders)
-    _, hidden = randar.forward(torch.cat([gen, gen], 1), classes, torch.cat([orders, orders], 1), hidden_layers=(0,))
+    # block 0 run by hand on the full stacked sequence (the hook above is gone)
+    x, rope = randar._sequence(torch.cat([gen, gen], 1), classes, torch.cat([orders, orders], 1))
+    hidden = randar.transformer.blocks[0](x, rope=rope)
     T = randar.seq_len
-    full = hidden[0][:, 1 + 2 * T :: 2][:, :T]  # the second pass's instruction slots, generation order
+    full = hidden[:, 1 + 2 * T :: 2][:, :T]  # the second pass's instruction slots, generation order
     expect = torch.empty_like(full).scatter_(1, orders[..., None].expand_as(full), full)
     torch.testing.assert_close(feats[1][0], expect)
 

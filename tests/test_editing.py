@@ -14,8 +14,8 @@ from anyorder import editing as E
 from anyorder.hub import build_model, save_pretrained
 from anyorder.nn import orders as orders_lib
 from anyorder.nn.rope import rope_2d, rope_2d_mixed
-from anyorder.sampling import GuidanceRows, decode, generate
-from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule
+from anyorder.nn.schedules import GuidanceSchedule, parallel_decoding_schedule
+from anyorder.sampling import DecodeJob, GuidanceRows, RandARSampling, decode, generate
 
 CFG = {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 16,
        "num_classes": 3, "multiple_of": 16}
@@ -84,10 +84,16 @@ def test_decode_with_the_trained_table_is_the_default(model, codes):
     g = GuidanceSchedule("linear", 2.5, start=1.0)
     cls = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        ref = decode(model, cls, orders, plan, g, generator=torch.Generator().manual_seed(5), prefix=prefix)
-        out = decode(model, cls, orders, plan, g, generator=torch.Generator().manual_seed(5), prefix=prefix,
-                     table=rope_2d(4, 16))
+        ref = decode(_job(model, cls, orders, plan, g, generator=torch.Generator().manual_seed(5), prefix=prefix))
+        out = decode(_job(model, cls, orders, plan, g, generator=torch.Generator().manual_seed(5), prefix=prefix,
+                          table=rope_2d(4, 16)))
     assert torch.equal(out, ref)
+
+
+def _job(model, cls, orders, plan, g: GuidanceSchedule, top_k: int = 0, **parts) -> DecodeJob:
+    """A decode job with RandAR's policy for the linear schedule ``g`` (the loop's own inputs, built by hand)."""
+    policy = RandARSampling(guidance_scale=g.scale, guidance_start=g.start, top_k=top_k)
+    return DecodeJob(model, cls, orders, plan, policy, parts.pop("generator", None), tuple(model.grid), **parts)
 
 
 @pytest.mark.parametrize("class_scale", [1.0, 3.0])
@@ -101,9 +107,9 @@ def test_spatial_guidance_with_nothing_dropped_is_class_guidance_alone(model, co
     g = GuidanceSchedule("linear", class_scale, start=1.0)
     cls = torch.tensor([0, 1, 2])
     with torch.no_grad():
-        ref = decode(model, cls, orders, plan, g, top_k=1, prefix=prefix)
-        out = decode(model, cls, orders, plan, g, top_k=1, prefix=prefix,
-                     spatial=GuidanceSchedule("linear", 4.0, start=1.0), drop=torch.zeros(B, P))
+        ref = decode(_job(model, cls, orders, plan, g, top_k=1, prefix=prefix))
+        out = decode(_job(model, cls, orders, plan, g, top_k=1, prefix=prefix,
+                          spatial=GuidanceSchedule("linear", 4.0, start=1.0), drop=torch.zeros(B, P)))
     assert torch.equal(out, ref)
     # the dropped row is fed the prefix's embeddings with the dropped ones zeroed, the others as they are
     drop = torch.zeros(B, P)
@@ -205,9 +211,9 @@ def test_extrapolate_places_low_res_on_the_even_grid(model, spatial):
 
 
 def test_extrapolate_random_order_and_errors(model):
-    assert E.extrapolate(model, [2], order="random", seed=0, steps=6).shape == (1, 8, 8)
+    assert E.extrapolate(model, [2], mode="random", seed=0, steps=6).shape == (1, 8, 8)
     with pytest.raises(ValueError, match="hierarchical"):
-        E.extrapolate(model, [2], order="random", spatial_guidance_scale=2.0)
+        E.extrapolate(model, [2], mode="random", spatial_guidance_scale=2.0)
     with pytest.raises(ValueError, match="integer factor"):
         E.extrapolate(model, [2], factor=1.5)
     with pytest.raises(ValueError, match="ntk_boundary"):
@@ -275,7 +281,7 @@ def test_rar_refused_by_the_api(rar, codes):
     mask = E.half_mask(4)
     for call in (lambda: E.inpaint(rar, codes, mask, 0), lambda: E.outpaint(rar, codes, 0, right=2),
                  lambda: E.extrapolate(rar, [0]), lambda: E.features(rar, codes)):
-        with pytest.raises(ValueError, match="needs a RandAR model.*fixed scan order"):
+        with pytest.raises(ValueError, match="needs a model family with the '.*' capability.*got RAR"):
             call()
 
 
@@ -372,7 +378,7 @@ def test_cli_errors(run_dir, rar, tmp_path, capsys):
     save_pretrained(rar, tmp_path / "rar" / "model")
     img = run_dir / "digit.png"
     assert _main(["inpaint", "--model", tmp_path / "rar", "--image", img, "--side", "left"]) == 2
-    assert "needs a RandAR model" in capsys.readouterr().err
+    assert "needs a model family with the 'known_tokens' capability" in capsys.readouterr().err
     assert _main(["inpaint", "--model", run_dir, "--image", img]) == 2
     assert "exactly one of --mask" in capsys.readouterr().err
     bad = np.full((16, 16), 128, dtype=np.uint8)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from anyorder.models import PRESETS, build_model
+from anyorder.nn.schedules import parallel_decoding_schedule, parallel_decoding_schedule_from
 from anyorder.sampling import RandARSampling, RARSampling, generate, model_sampling, sampling_config
-from anyorder.sampling.schedules import parallel_decoding_schedule, parallel_decoding_schedule_from
 
 extrapolate_mod = importlib.import_module("anyorder.editing.extrapolate")  # the module, not the function
 
@@ -112,9 +112,9 @@ def test_extrapolate_decodes_on_that_schedule(monkeypatch: pytest.MonkeyPatch) -
     seen = {}
     real = extrapolate_mod.decode
 
-    def spy(model, classes, orders, plan, *args, **kwargs):
-        seen.setdefault("plans", []).append(list(plan))
-        return real(model, classes, orders, plan, *args, **kwargs)
+    def spy(job, *args, **kwargs):
+        seen.setdefault("plans", []).append(list(job.plan))
+        return real(job, *args, **kwargs)
 
     monkeypatch.setattr(extrapolate_mod, "decode", spy)
     extrapolate_mod.extrapolate(model, [1], factor=2, steps=6, low_res_steps=4, seed=0)

@@ -10,8 +10,8 @@ from conftest import fixture_dir, load_json
 from safetensors.torch import load_file
 
 from anyorder.hub import load_official
+from anyorder.nn.schedules import parallel_decoding_schedule
 from anyorder.sampling.generate import generate
-from anyorder.sampling.schedules import parallel_decoding_schedule
 
 ATOL, RTOL = 1e-5, 1e-4
 

@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 from anyorder.hub import load_official
 from anyorder.nn.orders import permute
+from anyorder.nn.schedules import pow_cosine_guidance
 from anyorder.sampling.generate import generate
-from anyorder.sampling.schedules import pow_cosine_guidance
 
 ATOL, RTOL = 1e-5, 1e-4
 

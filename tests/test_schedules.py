@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from anyorder.sampling.schedules import (
+from anyorder.nn.schedules import (
     GuidanceSchedule,
     linear_guidance,
     parallel_decoding_schedule,
@@ -36,7 +36,7 @@ def test_r_is_linear_between_start_and_end():
 
 def test_randar_style_training_never_anneals():
     cfg = TrainConfig(anneal_start=0, anneal_end=-1)
-    assert {permutation_ratio(s, cfg) for s in (0, 10, 10**6)} == {1.0}
+    assert {permutation_ratio(s, cfg, "rar") for s in (0, 10, 10**6)} == {1.0}
 
 
 def test_lr_warms_up_then_decays_to_end_lr():

@@ -11,8 +11,7 @@ import torch
 
 from anyorder.hub import build_model, load_official
 from anyorder.io import CheckpointError
-from anyorder.models.randar import RandAR
-from anyorder.models.rar import RAR
+from anyorder.models import get_family
 from anyorder.training.config import TrainConfig
 from anyorder.training.loop import LAST_CKPT, anneal_bounds, permutation_ratio, train
 from anyorder.training.optim import decay_names, make_optimizer
@@ -26,6 +25,13 @@ TINY = {
                "num_classes": 3, "multiple_of": 16, "order": "raster"},  # annealed into raster, like RAR
 }
 
+
+
+class _Linear(torch.nn.Linear):
+    """A one-layer "model" with a weight-decay rule (matrices decay), for the optimizer's own tests."""
+
+    def decays(self, name: str, param: torch.Tensor) -> bool:
+        return param.dim() >= 2
 
 def _data(n=40):
     g = torch.Generator().manual_seed(0)
@@ -145,7 +151,7 @@ def test_weight_decay_groups_match_the_official_trainer(family, checkpoint):
     folder = FIXTURES / family
     model = load_official(folder / checkpoint)
     groups = json.loads((folder / "decay_groups.json").read_text())
-    convert = {"rar": RAR, "randar": RandAR}[family].convert_official_state_dict
+    convert = get_family(family).official.convert_state_dict
 
     def ours(names):
         return set(convert({n: torch.zeros(1) for n in names}))
@@ -162,7 +168,7 @@ def test_weight_decay_groups_match_the_official_trainer(family, checkpoint):
 def test_the_optimizer_is_fused_where_the_device_has_the_kernel_and_steps_like_the_loop():
     """One fused AdamW kernel (CPU since torch 2.4, CUDA) instead of the per-tensor loop: same update."""
     torch.manual_seed(0)
-    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    a, b = _Linear(8, 8), _Linear(8, 8)
     b.load_state_dict(a.state_dict())
     fused = make_optimizer(a, TrainConfig(lr=1e-2, weight_decay=0.1))
     assert fused.defaults["fused"] is True
@@ -176,7 +182,7 @@ def test_the_optimizer_is_fused_where_the_device_has_the_kernel_and_steps_like_t
             o.step()
     assert torch.allclose(a.weight, b.weight, atol=1e-6) and torch.allclose(a.bias, b.bias, atol=1e-6)
     with torch.device("meta"):  # no fused kernel there: the per-tensor loop
-        assert make_optimizer(torch.nn.Linear(8, 8), TrainConfig()).defaults["fused"] is None
+        assert make_optimizer(_Linear(8, 8), TrainConfig()).defaults["fused"] is None
 
 
 def test_a_checkpoint_of_the_per_tensor_loop_resumes_fused():
@@ -184,7 +190,7 @@ def test_a_checkpoint_of_the_per_tensor_loop_resumes_fused():
     from anyorder.training.distributed import full_state, load_full_state
 
     torch.manual_seed(0)
-    m, x = torch.nn.Linear(8, 8), torch.randn(4, 8)
+    m, x = _Linear(8, 8), torch.randn(4, 8)
     loop = torch.optim.AdamW([{"params": [m.weight]}, {"params": [m.bias], "weight_decay": 0.0}], foreach=False)
     m(x).square().mean().backward()
     loop.step()
@@ -217,7 +223,7 @@ def test_a_randar_order_must_agree_with_the_annealing(tmp_path):
     with pytest.raises(ValueError, match="model.order='raster'.*anneal_end=-1 keeps every order random"):
         train(scan, codes, labels, _cfg(anneal_end=-1), tmp_path / "a", progress=False)
     random_order = build_model({**TINY["randar"], "order": "random"})
-    with pytest.warns(UserWarning, match="anneals this RandAR into raster order.*set model.order=raster"):
+    with pytest.warns(UserWarning, match="anneals this randar model into raster order.*set model.order=raster"):
         train(random_order, codes, labels, _cfg(steps=1), tmp_path / "b", progress=False)
 
 

@@ -1,12 +1,10 @@
 """Build models from configs, load official checkpoints, ``save_pretrained`` / ``from_pretrained``.
 
 Our format (diffusers/timm style): a directory with ``model.safetensors`` and ``config.json``
-(``{"family": "rar" | "randar", ...model config fields}``). Official formats convert on load:
-
-- RAR (bytedance/1d-tokenizer): ``rar_{b,l,xl,xxl}.bin`` state dict; hyper-parameters from its
-  ``config.json`` (``hidden_size``, ``num_hidden_layers`` ...) or from the preset of the same name;
-- RandAR (ziqipang/RandAR): ``*.safetensors`` state dict; hyper-parameters from its ``config.json``
-  (``dim``, ``n_layer`` ...) or a preset.
+(``{"family": <a registered family>, ...model config fields}``). Official formats convert on load, as each
+family's spec says (:class:`~anyorder.models.spec.OfficialFormat`): the state-dict key map, the config
+sections (an official ``config.json`` or YAML), the sampling settings it records, the release file names
+(``rar_b.bin`` loads with the ``rar_b`` preset's hyper-parameters).
 """
 
 from __future__ import annotations
@@ -29,39 +27,32 @@ from anyorder.io import (
     save_state_dict,
 )
 from anyorder.models.base import AnyOrderModel
-from anyorder.models.presets import PRESETS
-from anyorder.models.randar import RandAR
-from anyorder.models.rar import RAR
-from anyorder.models.registry import FAMILIES, MODULE_TYPES, build_model
+from anyorder.models.registry import FAMILIES, MODULE_TYPES, PRESETS, build_model, get_family
+from anyorder.models.spec import FamilySpec
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 __all__ = ["build_model", "load_official", "save_pretrained", "from_pretrained", "load_module", "hub_download"]
 
 
-def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None) -> str:
-    if "family" in cfg:
-        return cfg["family"]
-    flat = cfg.get("model", {}).get("generator", cfg) if isinstance(cfg.get("model"), dict) else cfg
-    if "hidden_size" in flat or (sd is not None and RAR.is_official_state_dict(sd)):
-        return "rar"
-    randar = cfg.get("ar_model", {}).get("params", cfg) if isinstance(cfg.get("ar_model"), dict) else cfg
-    if "n_layer" in randar or "dim" in randar or (sd is not None and RandAR.is_official_state_dict(sd)):
-        return "randar"
-    raise ValueError("cannot tell the model family from the config or checkpoint keys")
+def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None, source: str) -> FamilySpec:
+    """The family whose official config sections or state-dict keys these are."""
+    for spec in FAMILIES.values():
+        if spec.official is not None and spec.official.section(cfg) is not None:
+            return spec
+    for spec in FAMILIES.values():
+        if spec.official is not None and sd is not None and spec.official.is_state_dict(sd):
+            return spec
+    raise ValueError(f"{source}: cannot tell the model family from the config or the checkpoint keys (none of "
+                     f"{sorted(FAMILIES)} recognises them)")
 
 
-def _official_sampling(cfg: dict[str, Any], family: str) -> dict[str, Any]:
-    """The sampling settings an official YAML records (1d-tokenizer's generator section holds RAR's
-    ``randomize_temperature`` / ``guidance_scale`` / ``guidance_scale_pow``; RandAR's ``num_inference_steps``)."""
-    if family == "rar":
-        g = cfg.get("model", {}).get("generator", {}) if isinstance(cfg.get("model"), dict) else {}
-        keys = {"randomize_temperature": "temperature", "guidance_scale": "guidance_scale",
-                "guidance_scale_pow": "guidance_power"}
-    else:
-        g = cfg.get("ar_model", {}).get("params", {}) if isinstance(cfg.get("ar_model"), dict) else {}
-        keys = {"num_inference_steps": "steps"}
-    return {ours: g[theirs] for theirs, ours in keys.items() if theirs in g}
+def _release_preset(checkpoint: Path) -> str | None:
+    """The preset of an official release file, by its name (``rar_b.bin`` -> ``rar_b``)."""
+    for spec in FAMILIES.values():
+        if spec.official is not None and checkpoint.stem in spec.official.release_files:
+            return spec.official.release_files[checkpoint.stem]
+    return checkpoint.stem if checkpoint.stem in PRESETS else None
 
 
 def _read_config(config: dict[str, Any] | str | os.PathLike) -> dict[str, Any]:
@@ -90,8 +81,9 @@ def _load_into(model: AnyOrderModel, sd: dict[str, torch.Tensor], source: str,
     """Load ``sd`` into ``model`` — built on the meta device — by *assigning* the checkpoint's tensors as the
     parameters (no random initialisation before, no second copy of the weights), cast key by key to ``dtype``
     (default: the model's fp32), then recompute the non-persistent buffers (RandAR's RoPE table, fp32)."""
-    if type(model).is_official_state_dict(sd):
-        sd = type(model).convert_official_state_dict(sd)
+    official = get_family(model.family).official
+    if official is not None and official.is_state_dict(sd):
+        sd = official.convert_state_dict(sd)
     check_state_dict(model.state_dict(), sd, source)
     want = {k: v.dtype for k, v in model.state_dict().items()}
     for k in list(sd):  # in place, so each old tensor is freed as its cast replaces it
@@ -116,26 +108,29 @@ def load_official(checkpoint: str | os.PathLike, config: dict[str, Any] | str | 
         beside = checkpoint.parent / CONFIG_NAME
         if beside.is_file():
             config = beside
-        elif checkpoint.stem in _preset_names():
-            preset = checkpoint.stem
+        elif _release_preset(checkpoint) is not None:
+            preset = _release_preset(checkpoint)
         else:
             raise CheckpointError(f"{checkpoint}: no hyper-parameters: put its config.json beside it or pass a preset "
                                   f"(one of {', '.join(_preset_names())})")
     sampling: dict[str, Any] = {}
     if config is not None:
         cfg = _read_config(config)
-        family = _official_family(cfg, sd)
+        source = "config" if isinstance(config, dict) else str(config)
         if "family" in cfg:
             extra = cfg.get("extra") if isinstance(cfg.get("extra"), dict) else {}
             sampling = dict(extra.get("sampling") or {})
             with torch.device("meta"):  # no random init: every parameter is assigned from the checkpoint
-                model = build_model(cfg, source="config" if isinstance(config, dict) else str(config))
+                model = build_model(cfg, source=source)
         else:
+            spec = _official_family(cfg, sd, source)
+            official = spec.official
             with torch.device("meta"):
-                model = FAMILIES[family](FAMILIES[family].config_from_official(cfg))
-            sampling = _official_sampling(cfg, family)
-        if not sampling and checkpoint.stem in PRESETS and PRESETS[checkpoint.stem].family == model.family:
-            sampling = dict(PRESETS[checkpoint.stem].sampling)
+                model = spec.model_class(official.config(official.section(cfg), source))
+            sampling = official.sampling(cfg)
+        release = _release_preset(checkpoint)
+        if not sampling and release is not None and PRESETS[release].family == model.family:
+            sampling = dict(PRESETS[release].sampling)
     else:
         with torch.device("meta"):
             model = build_model(preset)  # keeps the preset's sampling settings
@@ -220,8 +215,8 @@ def from_pretrained(name_or_path: str | os.PathLike, filename: str | None = None
     if not _looks_like_hub_id(str(name_or_path)) or path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
         raise FileNotFoundError(f"{name_or_path}: no such file or directory (nor a hub id like 'owner/name')")
     local = hub_download(str(name_or_path), filename)
-    if preset is None and config is None and Path(local).stem in _preset_names():
-        preset = Path(local).stem
+    if preset is None and config is None:
+        preset = _release_preset(Path(local))
     return load_official(local, config, preset, device, dtype)
 
 
@@ -239,8 +234,8 @@ def _safetensors_is_model(path: Path) -> bool:
     except Exception:  # unreadable: keep it, loading will report the error with the file name
         return True
     marker = dict.fromkeys(keys)
-    return (any(k.startswith("transformer.") for k in keys) or RAR.is_official_state_dict(marker)
-            or RandAR.is_official_state_dict(marker))
+    return any(k.startswith("transformer.") for k in keys) or any(
+        spec.official is not None and spec.official.is_state_dict(marker) for spec in FAMILIES.values())
 
 
 def _weights_in_directory(path: Path) -> Path:
@@ -259,7 +254,7 @@ def _weights_in_directory(path: Path) -> Path:
         raise FileNotFoundError(f"{path}: no {WEIGHTS_NAME} (or model .bin/.pt/.safetensors) in this directory")
     if len(cands) == 1:
         return cands[0]
-    preferred = [p for p in cands if p.stem in _PREFERRED_STEMS or p.stem in _preset_names()]
+    preferred = [p for p in cands if p.stem in _PREFERRED_STEMS or _release_preset(p) is not None]
     if len(preferred) == 1:
         return preferred[0]
     raise FileNotFoundError(f"{path}: several candidate weight files ({', '.join(p.name for p in cands)}); "

@@ -26,33 +26,47 @@ from PIL import Image
 from torch import Tensor
 
 from anyorder.app import render
-from anyorder.app.stream import DecodeJob, Frame, edit_job, generation_job, stream
+from anyorder.app.stream import Frame, stream
 from anyorder.data.classes import imagenet_classes
 from anyorder.editing import SIDES, mask_from_image
-from anyorder.sampling import model_sampling
+from anyorder.models import families_with, family_of, get_family
+from anyorder.sampling import DecodeJob, edit_job, generation_job, model_sampling
 
-__all__ = ["AppModel", "Update", "RAR_NOTE", "class_choices", "generate_updates", "inpaint_updates",
-           "outpaint_updates", "load_upload", "classes_for", "sampling_settings", "warm_up"]
+__all__ = ["AppModel", "Update", "class_choices", "generate_updates", "inpaint_updates", "outpaint_updates",
+           "load_upload", "classes_for", "sampling_settings", "edit_note", "warm_up"]
 
-RAR_NOTE = ("RAR offers sampling only: it generates its tokens in one fixed raster scan order, so it cannot "
-            "condition on known tokens at arbitrary positions. Inpainting and outpainting need a RandAR model.")
 EVERY_CLASS = -1  # class picker: one image per class in turn
-EDIT_FIELDS = ("guidance_scale", "guidance_start", "temperature", "top_k", "top_p", "steps")
+
+
+def edit_note(family: str) -> str:
+    """Why a model of ``family`` offers sampling only (empty when it can edit)."""
+    spec = get_family(family)
+    if spec.can("known_tokens"):
+        return ""
+    can = ", ".join(get_family(f).display_name for f in families_with("known_tokens"))
+    return (f"{spec.display_name} offers sampling only: it generates its tokens in one fixed scan order, so it "
+            f"cannot condition on known tokens at arbitrary positions. Inpainting and outpainting need a model "
+            f"that can ({can}).")
 
 
 @dataclass
 class AppModel:
-    """A generator + its tokenizer, as the app serves them. ``digits``: a demo model (classes are digits)."""
+    """A generator + its tokenizer, as the app serves them. ``class_names``: the names of its classes (a bundled
+    dataset's; ImageNet's for 1000-class models; indices otherwise)."""
 
     name: str
     model: Any
     tokenizer: Any
-    digits: bool = False
+    class_names: tuple[str, ...] = ()
     lock: threading.Lock = field(default_factory=threading.Lock)  # one decode at a time (shared KV cache)
 
     @property
     def family(self) -> str:
         return self.model.family
+
+    @property
+    def spec(self) -> Any:
+        return family_of(self.model)
 
     @property
     def downsample(self) -> int:
@@ -70,7 +84,7 @@ class AppModel:
     @property
     def label(self) -> str:
         h, w = self.model.grid
-        return f"{self.name} ({'RAR' if self.family == 'rar' else 'RandAR'}, {h}x{w} tokens)"
+        return f"{self.name} ({self.spec.display_name}, {h}x{w} tokens)"
 
     def defaults(self) -> dict[str, Any]:
         """The sampling settings the model was made with (its run's record or its preset's), as a dict."""
@@ -90,14 +104,15 @@ class Update:
 
 
 def class_choices(entry: AppModel, every: bool = True) -> list[tuple[str, int]]:
-    """(label, value) pairs for the class picker: ImageNet names for 1000-class models, digits for the demo,
-    indices otherwise; then "unconditional" (the null class) and, with ``every``, one image per class."""
+    """(label, value) pairs for the class picker: ImageNet names for 1000-class models, the model's class names
+    (the demo's digits), indices otherwise; then "unconditional" (the null class) and, with ``every``, one
+    image per class."""
     n = entry.model.num_classes
     names = imagenet_classes() if n == 1000 else []
     if names:
         out = [(f"{i}: {names[i]}", i) for i in range(n)]
-    elif entry.digits:
-        out = [(f"digit {i}", i) for i in range(n)]
+    elif len(entry.class_names) == n:
+        out = [(name, i) for i, name in enumerate(entry.class_names)]
     else:
         out = [(f"class {i}", i) for i in range(n)]
     out.append(("unconditional (null class)", entry.model.null_class))
@@ -117,15 +132,15 @@ def classes_for(entry: AppModel, cls: int, n: int) -> list[int]:
     return [cls] * n
 
 
-def sampling_settings(entry: AppModel, editing: bool = False, **ui: Any) -> dict[str, Any]:
-    """The model's recorded sampling settings overridden by the UI's (``None`` = keep); only the fields of
-    the family's policy (RandAR's for editing). RAR ignores ``steps`` (one token per step, always)."""
-    base = entry.defaults()
-    fields = EDIT_FIELDS if editing else tuple(base)
-    out = {k: v for k, v in base.items() if k in fields}
-    for k, v in ui.items():
-        if v is not None and k in fields:
-            out[k] = int(v) if k in ("top_k", "steps") else float(v)
+def sampling_settings(entry: AppModel, **ui: Any) -> dict[str, Any]:
+    """The model's recorded sampling settings overridden by the UI's (``None`` = keep), for the fields of the
+    model's policy only (a widget of another family's field is ignored). A parallel family's ``steps`` slider
+    at the token count (or 0) means one token per step."""
+    out = entry.defaults()
+    for info in entry.spec.policy_class.settings():
+        value = ui.get(info.name)
+        if value is not None:
+            out[info.name] = info.type(value)
     if "steps" in out and (out["steps"] <= 0 or out["steps"] >= entry.model.seq_len):
         out["steps"] = 0  # one token per step
     return out
@@ -169,11 +184,9 @@ def generate_updates(entry: AppModel, cls: int, n: int = 8, seed: int | None = 0
     if not 1 <= int(n) <= 64:
         raise ValueError(f"number of images must be in 1..64, got {n}")
     classes = classes_for(entry, cls, int(n))
-    settings = sampling_settings(entry, **ui)
-    if entry.family == "rar":
-        settings.pop("steps", None)
-    job = generation_job(entry.model, classes, seed=None if seed is None else int(seed), **settings)
-    what = f"{n} image{'s' if n != 1 else ''}" + (" in raster order" if entry.family == "rar" else " in random orders")
+    job = generation_job(entry.model, classes, sampling_settings(entry, **ui), seed=None if seed is None else int(seed))
+    how = f" in {job.policy.order} orders" if entry.spec.can("parallel") else " in its scan order"
+    what = f"{n} image{'s' if n != 1 else ''}{how}"
     yield from _run(entry, job, what, None, [], delay)
 
 
@@ -242,9 +255,9 @@ def _encode(entry: AppModel, pixels: Tensor) -> Tensor:
 
 
 def _edit_settings(entry: AppModel, ui: dict[str, Any]) -> dict[str, Any]:
-    if entry.family != "randar":
-        raise ValueError(RAR_NOTE)
-    return sampling_settings(entry, editing=True, **ui)
+    if not entry.spec.can("known_tokens"):
+        raise ValueError(edit_note(entry.family))
+    return sampling_settings(entry, **ui)
 
 
 def inpaint_updates(entry: AppModel, background: Image.Image | None, layers: list[Any] | None, cls: int,
@@ -278,7 +291,8 @@ def inpaint_updates(entry: AppModel, background: Image.Image | None, layers: lis
         return
     if m == h * w:
         notes.append("The mask covers the whole image: this is plain class-conditional sampling.")
-    job = edit_job(entry.model, codes, token_mask, [cls], seed=None if seed is None else int(seed), **settings)
+    job = edit_job(entry.model, codes, token_mask.to(codes.device), [cls], settings,
+                   seed=None if seed is None else int(seed))
     yield from _run(entry, job, f"inpainting {m} of {h * w} tokens", pixels, notes, delay)
 
 
@@ -308,6 +322,7 @@ def outpaint_updates(entry: AppModel, background: Image.Image | None, side: str,
     base = torch.zeros(1, pixels.shape[1], H * ds, W * ds)
     base[..., pad[0] * ds : (pad[0] + h) * ds, pad[2] * ds : (pad[2] + w) * ds] = pixels
     cls = classes_for(entry, cls, 1)[0] if int(cls) != EVERY_CLASS else entry.model.null_class
-    job = edit_job(entry.model, canvas, unknown, [cls], seed=None if seed is None else int(seed), **settings)
+    job = edit_job(entry.model, canvas, unknown.to(canvas.device), [cls], settings,
+                   seed=None if seed is None else int(seed))
     yield from _run(entry, job, f"outpainting {amount} token{'s' if amount > 1 else ''} {side} ({H}x{W} canvas)",
                     base, notes, delay)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 from anyorder.app.core import AppModel
+from anyorder.data.datasets import get_dataset
 from anyorder.demo.run import load_demo_model, run_demo
 from anyorder.training.config import load_run_config
 
-__all__ = ["DEMO_FAMILIES", "demo_run_ready", "ensure_demo_runs", "demo_models"]
+__all__ = ["DEMO_FAMILIES", "demo_run_ready", "ensure_demo_runs", "run_class_names", "demo_models"]
 
 DEMO_FAMILIES = ("randar", "rar")  # RandAR first: it offers every tab
 
@@ -37,10 +39,21 @@ def ensure_demo_runs(root: str | Path = "runs", families: tuple[str, ...] = DEMO
     return runs
 
 
+def run_class_names(run_dir: str | Path) -> tuple[str, ...]:
+    """The class names of the bundled dataset a demo run trained on (its ``metrics.json`` records the config),
+    or none (the picker then shows indices)."""
+    metrics = Path(run_dir) / "metrics.json"
+    try:
+        source = json.loads(metrics.read_text())["config"]["data"]["source"]
+        return get_dataset(source).class_names
+    except (OSError, ValueError, KeyError, TypeError):
+        return ()
+
+
 def demo_models(runs: list[Path], device: str = "cpu") -> list[AppModel]:
     """The generators and tokenizers of demo runs (:func:`anyorder.demo.run.load_demo_model`), ready to serve."""
     out = []
     for run in runs:
         model, tok = load_demo_model(run, device=device)
-        out.append(AppModel(Path(run).name, model.eval(), tok.eval(), digits=True))
+        out.append(AppModel(Path(run).name, model.eval(), tok.eval(), class_names=run_class_names(run)))
     return out

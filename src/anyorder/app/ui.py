@@ -1,10 +1,15 @@
-"""The Gradio page of ``anyorder app``: sample and watch the order, inpaint and outpaint (RandAR).
+"""The Gradio page of ``anyorder app``: sample and watch the order, inpaint and outpaint.
 
 :func:`build_app` makes the :class:`gradio.Blocks`; :func:`launch` serves it. Every model call runs through
 one queue slot (``concurrency_id="decode"``, limit 1), so users are served one after another and each sees only
 their own results (outputs go to the session that asked; the last generated images live in per-session state).
-API names (for ``gradio_client``): ``/generate``, ``/inpaint``, ``/outpaint``, ``/upload``, ``/to_editor``,
-``/select_model``.
+
+The sampling controls are made from the served families' sampling policies (:func:`setting_names`: every
+field of every policy, once, with its help text and range); a control shows only for models whose policy has
+that field. API names (for ``gradio_client``): ``/generate`` (model, class, images, *settings, seed, delay),
+``/inpaint`` (model, editor, class, *settings, seed, delay), ``/outpaint`` (model, editor, side, amount,
+class, *settings, seed, delay), ``/upload``, ``/to_editor``, ``/select_model``; ``*settings`` in the order of
+:func:`setting_names`.
 """
 
 from __future__ import annotations
@@ -26,10 +31,10 @@ from PIL import Image
 
 from anyorder.app import render
 from anyorder.app.core import (
-    RAR_NOTE,
     AppModel,
     Update,
     class_choices,
+    edit_note,
     generate_updates,
     inpaint_updates,
     load_upload,
@@ -37,6 +42,7 @@ from anyorder.app.core import (
     warm_up,
 )
 from anyorder.editing import SIDES
+from anyorder.models import SettingInfo
 
 __all__ = ["build_app", "launch"]
 
@@ -58,28 +64,67 @@ def _theme() -> gr.themes.Base:
                              font_mono=["ui-monospace", "monospace"])
 
 
-def _settings(entry: AppModel) -> dict[str, Any]:
-    d = entry.defaults()
-    return {"guidance_scale": d.get("guidance_scale", 1.0), "temperature": d.get("temperature", 1.0),
-            "top_k": d.get("top_k", 0), "top_p": d.get("top_p", 1.0), "steps": d.get("steps", 0) or entry.model.seq_len}
+def setting_infos(models: list[AppModel]) -> list[SettingInfo]:
+    """Every sampling field of the served models' policies, once, in the order the policies declare them."""
+    out: dict[str, SettingInfo] = {}
+    for m in models:
+        for info in m.spec.policy_class.settings():
+            out.setdefault(info.name, info)
+    return list(out.values())
 
 
-def _updates_for(entry: AppModel) -> tuple:
-    """Component updates when ``entry`` is picked: classes, sliders, and whether editing is on offer."""
-    s = _settings(entry)
-    T = entry.model.seq_len
-    editable = entry.family == "randar"
+def setting_names(models: list[AppModel]) -> list[str]:
+    """The names of the sampling controls, in the order the HTTP API takes them."""
+    return [info.name for info in setting_infos(models)]
+
+
+def _bound(value: float | str | None, entry: AppModel) -> float | None:
+    """A UI bound: a number, or the name of a model attribute (``codebook_size``, ``seq_len``)."""
+    return getattr(entry.model, value) if isinstance(value, str) else value
+
+
+def control_value(info: SettingInfo, entry: AppModel) -> Any:
+    """The value a control shows for ``entry``: its recorded setting, or the field's default where its family
+    has no such field (the control is then hidden and its value unused); ``steps`` 0 shows as the token
+    count."""
+    value = entry.defaults().get(info.name, info.default)
+    if info.name == "steps" and not value:
+        return entry.model.seq_len
+    return value
+
+
+def _control(info: SettingInfo, entry: AppModel) -> gr.components.Component:
+    """The widget of one policy field, set for ``entry`` (hidden when its family has no such field)."""
+    visible = info.name in entry.spec.policy_class.field_names()
+    label = info.name.replace("_", " ")
+    if info.choices:
+        return gr.Dropdown(list(info.choices), value=control_value(info, entry), label=label, info=info.help,
+                           visible=visible)
+    low, high = _bound(info.low, entry), _bound(info.high, entry)
+    if high is None:
+        return gr.Number(control_value(info, entry), label=label, info=info.help, visible=visible,
+                         precision=0 if info.type is int else None, minimum=low)
+    return gr.Slider(low if low is not None else 0, high, value=control_value(info, entry), step=info.step, label=label,
+                     info=info.help, visible=visible)
+
+
+def _control_update(info: SettingInfo, entry: AppModel) -> dict:
+    visible = info.name in entry.spec.policy_class.field_names()
+    high = _bound(info.high, entry)
+    extra = {"maximum": high} if high is not None and not info.choices else {}
+    return gr.update(value=control_value(info, entry), visible=visible, **extra)
+
+
+def _updates_for(entry: AppModel, infos: list[SettingInfo]) -> tuple:
+    """Component updates when ``entry`` is picked: classes, the sampling controls, and whether editing is on
+    offer."""
+    editable = entry.spec.can("known_tokens")
     h, w = entry.model.grid
     return (
         gr.update(choices=class_choices(entry), value=_default_class(entry)),
-        gr.update(value=s["guidance_scale"]),
-        gr.update(value=s["temperature"]),
-        gr.update(value=s["top_k"], maximum=entry.model.codebook_size),
-        gr.update(value=s["top_p"]),
-        gr.update(value=min(s["steps"], T), maximum=T, visible=editable,
-                  info=f"{T} = one token per step"),
+        *(_control_update(info, entry) for info in infos),
         gr.update(value=_model_note(entry)),
-        gr.update(visible=not editable, value=f"⚠️ {RAR_NOTE}"),
+        gr.update(visible=not editable, value=f"⚠️ {edit_note(entry.family)}"),
         gr.update(interactive=editable),
         gr.update(interactive=editable),
         gr.update(maximum=max(h, w), value=_amount(entry)),
@@ -91,7 +136,7 @@ def _default_class(entry: AppModel) -> int:
 
 
 def _model_note(entry: AppModel) -> str:
-    what = ("sampling, inpainting and outpainting" if entry.family == "randar"
+    what = ("sampling, inpainting and outpainting" if entry.spec.can("known_tokens")
             else "sampling only (its scan order is fixed: no editing)")
     return f"**{entry.label}**: {what}"
 
@@ -143,8 +188,9 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         raise ValueError(f"model names must be unique, got {[m.name for m in models]}")
     first = models[0]
     files = _ImageFiles()
-    s0 = _settings(first)
-    T0, editable0 = first.model.seq_len, first.family == "randar"
+    infos = setting_infos(models)
+    n_set = len(infos)
+    editable0 = first.spec.can("known_tokens")
 
     def entry_of(name: str) -> AppModel:
         if name not in by_name:
@@ -162,11 +208,16 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         except ValueError as e:
             raise _error(e) from e
 
-    def on_generate(name, cls, n, guidance, temperature, top_k, top_p, steps, seed, delay_ms):
+    def split(rest: tuple) -> tuple[dict[str, Any], int | None, float]:
+        """The sampling controls' values by field name, the seed and the per-step delay (seconds)."""
+        values = dict(zip((i.name for i in infos), rest[:n_set]))
+        seed, delay_ms = rest[n_set:]
+        return values, None if seed is None else int(seed), float(delay_ms or 0) / 1000.0
+
+    def on_generate(name, cls, n, *rest):
         entry = entry_of(name)
-        yield from _stream(generate_updates(entry, cls, int(n), seed=None if seed is None else int(seed),
-                                            delay=float(delay_ms or 0) / 1000.0, guidance_scale=guidance,
-                                            temperature=temperature, top_k=top_k, top_p=top_p, steps=steps), True)
+        values, seed, delay = split(rest)
+        yield from _stream(generate_updates(entry, cls, int(n), seed=seed, delay=delay, **values), True)
 
     def _editor_parts(editor: Any) -> tuple[Image.Image | None, list[Any]]:
         if editor is None:
@@ -175,19 +226,18 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
             return editor, []
         return editor.get("background"), editor.get("layers") or []
 
-    def on_inpaint(name, editor, cls, guidance, temperature, top_k, top_p, steps, seed, delay_ms):
+    def on_inpaint(name, editor, cls, *rest):
         entry = entry_of(name)
         bg, layers = _editor_parts(editor)
-        yield from _stream(inpaint_updates(entry, bg, layers, cls, seed=None if seed is None else int(seed),
-                                           delay=float(delay_ms or 0) / 1000.0, guidance_scale=guidance,
-                                           temperature=temperature, top_k=top_k, top_p=top_p, steps=steps), False)
+        values, seed, delay = split(rest)
+        yield from _stream(inpaint_updates(entry, bg, layers, cls, seed=seed, delay=delay, **values), False)
 
-    def on_outpaint(name, editor, side, amount, cls, guidance, temperature, top_k, top_p, steps, seed, delay_ms):
+    def on_outpaint(name, editor, side, amount, cls, *rest):
         entry = entry_of(name)
         bg, _ = _editor_parts(editor)
-        yield from _stream(outpaint_updates(entry, bg, side, int(amount), cls, seed=None if seed is None else int(seed),
-                                            delay=float(delay_ms or 0) / 1000.0, guidance_scale=guidance,
-                                            temperature=temperature, top_k=top_k, top_p=top_p, steps=steps), False)
+        values, seed, delay = split(rest)
+        yield from _stream(outpaint_updates(entry, bg, side, int(amount), cls, seed=seed, delay=delay, **values),
+                           False)
 
     def on_upload(name, file):
         entry = entry_of(name)
@@ -228,14 +278,7 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
         model_note = gr.Markdown(_model_note(first))
         with gr.Accordion("sampling settings", open=True):
             with gr.Row():
-                guidance = gr.Slider(0.0, 10.0, value=s0["guidance_scale"], step=0.25, label="guidance scale",
-                                     info="classifier-free guidance (1 = off)")
-                temperature = gr.Slider(0.05, 2.0, value=s0["temperature"], step=0.05, label="temperature")
-                top_k = gr.Slider(0, first.model.codebook_size, value=s0["top_k"], step=1, label="top-k",
-                                  info="0 = off")
-                top_p = gr.Slider(0.05, 1.0, value=s0["top_p"], step=0.05, label="top-p", info="1 = off")
-                steps = gr.Slider(1, T0, value=min(s0["steps"], T0), step=1, label="steps (RandAR)", visible=editable0,
-                                  info=f"{T0} = one token per step")
+                controls = [_control(info, first) for info in infos]
                 delay = gr.Slider(0, 200, value=30, step=10, label="ms per shown step",
                                   info="0 = as fast as it decodes")
         with gr.Tabs() as tabs:
@@ -251,14 +294,14 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
                     pick = gr.Number(1, label="image # to edit", precision=0, minimum=1)
                     to_editor = gr.Button("Edit this image →", elem_id="to-editor-btn")
             with gr.Tab("Inpaint / outpaint", id="edit"):
-                rar_note = gr.Markdown(f"⚠️ {RAR_NOTE}", visible=not editable0)
+                rar_note = gr.Markdown(f"⚠️ {edit_note(first.family)}", visible=not editable0)
                 upload = gr.File(label="upload an image (any size: it is fitted to the model)", type="filepath",
                                  elem_id="upload")
                 editor = gr.ImageEditor(label="brush over the part to regenerate", type="pil", format="png",
                                         sources=("upload", "clipboard"), layers=False, transforms=(),
                                         brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed", default_size=12),
                                         elem_id="editor")
-                edit_note = gr.Markdown(elem_id="edit-note")
+                edit_msg = gr.Markdown(elem_id="edit-note")
                 with gr.Row():
                     inpaint_btn = gr.Button("Inpaint (regenerate the brushed tokens)", variant="primary",
                                             elem_id="inpaint-btn", interactive=editable0)
@@ -273,10 +316,10 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
                 edit_status = gr.Markdown(elem_id="edit-status")
         last = gr.State(None)  # this session's last generated pixels [B, C, H, W]
 
-        picked = [cls, guidance, temperature, top_k, top_p, steps, model_note, rar_note, inpaint_btn, outpaint_btn,
+        picked = [cls, *controls, model_note, rar_note, inpaint_btn, outpaint_btn,
                   amount]
-        model.change(lambda name: _updates_for(entry_of(name)), model, picked, api_name="select_model")
-        sampling = [guidance, temperature, top_k, top_p, steps, seed, delay]
+        model.change(lambda name: _updates_for(entry_of(name), infos), model, picked, api_name="select_model")
+        sampling = [*controls, seed, delay]
         decode_slot = {"concurrency_limit": 1, "concurrency_id": "decode"}
         gen_btn.click(on_generate, [model, cls, n_images, *sampling], [gen_image, gen_order, gen_status, last],
                       api_name="generate", **decode_slot)
@@ -284,8 +327,8 @@ def build_app(models: list[AppModel], notes: list[str] | None = None) -> gr.Bloc
                           api_name="inpaint", **decode_slot)
         outpaint_btn.click(on_outpaint, [model, editor, side, amount, cls, *sampling], [result, order, edit_status],
                            api_name="outpaint", **decode_slot)
-        upload.upload(on_upload, [model, upload], [editor, edit_note], api_name="upload")
-        to_editor.click(on_to_editor, [model, last, pick], [editor, edit_note, tabs], api_name="to_editor")
+        upload.upload(on_upload, [model, upload], [editor, edit_msg], api_name="upload")
+        to_editor.click(on_to_editor, [model, last, pick], [editor, edit_msg, tabs], api_name="to_editor")
     app.queue(default_concurrency_limit=1, max_size=64)
     app.anyorder_models = models  # for launch's warm-up
     return app

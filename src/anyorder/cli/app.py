@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from anyorder.app.core import AppModel
-from anyorder.app.models import DEMO_FAMILIES, demo_models, ensure_demo_runs
+from anyorder.app.models import DEMO_FAMILIES, demo_models, ensure_demo_runs, run_class_names
 from anyorder.cli.common import check_tokenizer_fits, load_generator, load_tokenizer
 from anyorder.nn.device import resolve_device
 
@@ -28,7 +28,7 @@ def _models(args: argparse.Namespace, device: str) -> list[AppModel]:
     tok = load_tokenizer(args.tokenizer, args.model, device).eval()
     check_tokenizer_fits(model, tok, args.tokenizer or args.model)
     name = Path(args.model).name or str(args.model)
-    return [AppModel(name, model, tok, digits=model.num_classes == 10)]
+    return [AppModel(name, model, tok, class_names=run_class_names(args.model))]
 
 
 def cmd_app(args: argparse.Namespace) -> int:

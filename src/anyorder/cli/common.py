@@ -8,30 +8,40 @@ from pathlib import Path
 from anyorder.data.classes import class_index
 from anyorder.demo.run import recorded_tokenizer
 from anyorder.hub import _looks_like_hub_id, from_pretrained, load_module
-from anyorder.models.presets import PRESETS
+from anyorder.models import FAMILIES, PRESETS, SettingInfo, families_with
 from anyorder.tokenizers.demo_vq import DemoVQ
 from anyorder.tokenizers.official import load_official_tokenizer
 
-__all__ = ["parse_classes", "load_generator", "load_tokenizer", "check_tokenizer_fits", "SAMPLING_OPTIONS",
-           "add_sampling_options"]
-
-# every family's sampling settings (anyorder.sampling.policy); the family decides which apply
-SAMPLING_OPTIONS = ("guidance_scale", "guidance_power", "guidance_start", "temperature", "top_k", "top_p", "steps")
+__all__ = ["parse_classes", "load_generator", "load_tokenizer", "check_tokenizer_fits", "sampling_settings",
+           "add_sampling_options", "sampling_values"]
 
 
-def add_sampling_options(p: argparse.ArgumentParser, randar_only: bool = False) -> None:
-    """The sampling options, all defaulting to "what the model was made with" (``None``); an option the
-    model's family does not use is an error when given (``anyorder.sampling.policy``)."""
-    p.add_argument("--guidance-scale", type=float, default=None, help="classifier-free guidance scale (1: off)")
-    if not randar_only:
-        p.add_argument("--guidance-power", type=float, default=None,
-                       help="RAR only: pow-cosine power of the guidance schedule (0: constant)")
-    p.add_argument("--guidance-start", type=float, default=None,
-                   help="RandAR only: guidance at the first step (linear to --guidance-scale)")
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--top-k", type=int, default=None, help="0: off")
-    p.add_argument("--top-p", type=float, default=None, help="1: off")
-    p.add_argument("--steps", type=int, default=None, help="RandAR only: parallel-decoding steps (0: one token each)")
+def sampling_settings(capability: str | None = None) -> dict[str, tuple[SettingInfo, list[str]]]:
+    """Every sampling field of the registered families' policies (those with ``capability``), once, with the
+    families that have it, in the order the policies declare them."""
+    names = families_with(capability) if capability else sorted(FAMILIES)
+    out: dict[str, tuple[SettingInfo, list[str]]] = {}
+    for name in names:
+        for info in FAMILIES[name].policy_class.settings():
+            out.setdefault(info.name, (info, []))[1].append(FAMILIES[name].display_name)
+    return out
+
+
+def add_sampling_options(p: argparse.ArgumentParser, capability: str | None = None) -> None:
+    """One ``--option`` per policy field (help text from the field), all defaulting to "what the model was made
+    with" (``None``); an option the model's family does not have is an error when given."""
+    infos = sampling_settings(capability)
+    every = {FAMILIES[n].display_name for n in (families_with(capability) if capability else FAMILIES)}
+    g = p.add_argument_group("sampling (default: the settings the model was made / released with)")
+    for name, (info, fams) in infos.items():
+        who = "" if set(fams) == every else f" [{', '.join(fams)}]"
+        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=info.type, default=None, choices=info.choices,
+                       help=f"{info.help}{who}")
+
+
+def sampling_values(args: argparse.Namespace) -> dict:
+    """The sampling options given on the command line (``None`` = unset)."""
+    return {name: getattr(args, name, None) for name in sampling_settings()}
 
 
 def parse_classes(items: list[str], num_classes: int) -> list[int]:
@@ -87,6 +97,6 @@ def check_tokenizer_fits(model, tok, source: str) -> None:
     """
     k = getattr(tok, "codebook_size", None)
     if k is not None and int(k) != model.codebook_size:
+        known = ", ".join(f"{s.display_name}: {s.default_tokenizer}" for s in FAMILIES.values() if s.default_tokenizer)
         raise ValueError(f"the generator predicts {model.codebook_size} codes but the tokenizer {source} has a "
-                         f"codebook of {int(k)}: use the tokenizer the generator was trained with "
-                         f"(RAR: MaskGIT-VQGAN, RandAR: LlamaGen VQ)")
+                         f"codebook of {int(k)}: use the tokenizer the generator was trained with ({known})")

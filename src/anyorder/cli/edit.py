@@ -1,4 +1,7 @@
-"""``anyorder inpaint | outpaint | extrapolate | features``: the zero-shot editing commands (RandAR only).
+"""``anyorder inpaint | outpaint | extrapolate | features``: the zero-shot editing commands.
+
+Each needs a model whose family has the capability (``known_tokens`` for inpaint / outpaint, ``extrapolation``,
+``features``: RandAR has all, LPD the first); the sampling options are those of the families that have it.
 
 Each command loads a generator (``--model`` run / model directory, preset + ``--checkpoint``, or hub
 id) and a tokenizer (``--tokenizer``, or the ``tokenizer/`` directory of a demo run), writes a
@@ -16,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anyorder.cli.common import SAMPLING_OPTIONS, add_sampling_options, load_generator, load_tokenizer, parse_classes
+from anyorder.cli.common import add_sampling_options, load_generator, load_tokenizer, parse_classes, sampling_values
 from anyorder.editing import (
     MASK_RULES,
     SIDES,
@@ -27,7 +30,7 @@ from anyorder.editing import (
     inpaint,
     mask_from_image,
     outpaint,
-    require_randar,
+    require_capability,
 )
 from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
@@ -38,9 +41,14 @@ __all__ = ["add_editing_commands"]
 
 
 # ---- loading --------------------------------------------------------------------------------------------
+_NEEDS = {"inpaint": "known_tokens", "outpaint": "known_tokens", "extrapolate": "extrapolation",
+          "features": "features"}
+
+
 def _load(args: argparse.Namespace):
     model = load_generator(args.model, args.checkpoint, args.device, config=args.config).eval()
-    require_randar(model, f"anyorder {args.command}", random_orders=False)  # the library warns where it applies
+    # a clear error before any work; the library warns where a scan-order-trained model runs in random orders
+    require_capability(model, _NEEDS[args.command], f"anyorder {args.command}", random_orders=False)
     tok = load_tokenizer(args.tokenizer, args.model, args.device).eval()
     return model, tok
 
@@ -69,9 +77,8 @@ def _class(args: argparse.Namespace, model) -> int:
 
 
 def _sampling(args: argparse.Namespace, model) -> dict[str, Any]:
-    """RandAR's sampling settings: the model's recorded ones with the options given applied (validated)."""
-    given = {name: getattr(args, name, None) for name in SAMPLING_OPTIONS}
-    return model_sampling(model, **given).to_dict()
+    """The model's recorded sampling settings with the options given applied (validated by its policy)."""
+    return model_sampling(model, **sampling_values(args)).to_dict()
 
 
 def _decode(tok, codes: Tensor) -> Tensor:
@@ -113,7 +120,7 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
         mask = half_mask(model.grid, args.side)
     n = args.samples
     cls = _class(args, model)
-    out = inpaint(model, codes.expand(n, -1, -1), mask, cls, seed=args.seed, **_sampling(args, model))
+    out = inpaint(model, codes.expand(n, -1, -1), mask, cls, _sampling(args, model), seed=args.seed)
     before = _shade(image.cpu().expand(1, -1, -1, -1), mask.cpu(), tok.downsample)
     tiles = torch.cat([image.cpu(), before, _decode(tok, out)])
     settings = {"command": "inpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
@@ -156,8 +163,8 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
         raise ValueError("nothing to outpaint: give --side or a positive --left/--right/--top/--bottom")
     n = args.samples
     cls = _class(args, model)
-    out, unknown = outpaint(model, codes.expand(n, -1, -1), cls, **pads, seed=args.seed, rope=args.rope,
-                            ntk_boundary=args.ntk_boundary, return_mask=True, **_sampling(args, model))
+    out, unknown = outpaint(model, codes.expand(n, -1, -1), cls, **pads, sampling=_sampling(args, model),
+                            seed=args.seed, rope=args.rope, ntk_boundary=args.ntk_boundary, return_mask=True)
     ds = tok.downsample
     H, W = out.shape[1:]
     h, w = codes.shape[1:]
@@ -181,11 +188,11 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes, model.num_classes) if args.classes else [model.null_class]
     classes = [c for c in classes for _ in range(args.per_class)]
     kw = _sampling(args, model)
-    out, low = extrapolate(model, classes, factor=args.factor, ntk_boundary=args.ntk_boundary, order=args.order,
+    out, low = extrapolate(model, classes, kw, factor=args.factor, ntk_boundary=args.ntk_boundary, mode=args.mode,
                            spatial_guidance_scale=args.spatial_guidance_scale,
                            spatial_guidance_start=args.spatial_guidance_start,
                            spatial_mask_ratio=args.spatial_mask_ratio, low_res_steps=args.low_res_steps,
-                           seed=args.seed, return_low_res=True, **kw)
+                           seed=args.seed, return_low_res=True)
     high = _decode(tok, out)
     if low is not None:
         f = high.shape[-1] // _image_size(model, tok)
@@ -195,7 +202,7 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
     else:
         tiles, nrow, layout = high, min(8, len(classes)), "extrapolated images"
     settings = {"command": "extrapolate", "model": args.model, "checkpoint": args.checkpoint, "classes": classes,
-                "factor": args.factor, "ntk_boundary": args.ntk_boundary, "order": args.order,
+                "factor": args.factor, "ntk_boundary": args.ntk_boundary, "mode": args.mode,
                 "spatial_guidance_scale": args.spatial_guidance_scale,
                 "spatial_guidance_start": args.spatial_guidance_start,
                 "spatial_mask_ratio": args.spatial_mask_ratio, "low_res_steps": args.low_res_steps,
@@ -226,7 +233,7 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 # ---- parser ---------------------------------------------------------------------------------------------
-def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, capability: str | None) -> None:
     p.add_argument("--model", required=True, help="run/model directory, preset name (with --checkpoint) or hub id")
     p.add_argument("--checkpoint", help="official or our checkpoint file")
     p.add_argument("--config", help="hyper-parameters of --checkpoint (config.json or an official YAML)")
@@ -234,14 +241,14 @@ def _common(p: argparse.ArgumentParser, sampling: bool = True) -> None:
     p.add_argument("--device", default="auto", type=lambda d: str(resolve_device(d)),
                    help="auto (default): CUDA when present, else CPU")
     p.add_argument("--seed", type=int, default=0)
-    if sampling:  # default: the settings the model was made with (its run's, its release's)
-        add_sampling_options(p, randar_only=True)
+    if capability:  # default: the settings the model was made with (its run's, its release's)
+        add_sampling_options(p, capability)
 
 
 def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``inpaint``, ``outpaint``, ``extrapolate`` and ``features`` to the ``anyorder`` CLI."""
-    p = subparsers.add_parser("inpaint", help="RandAR: regenerate a masked region of an image")
-    _common(p)
+    p = subparsers.add_parser("inpaint", help="regenerate a masked region of an image (RandAR, LPD)")
+    _common(p, "known_tokens")
     p.add_argument("--image", required=True, help="input image (PNG/JPEG); centre-cropped to the model's size")
     p.add_argument("--mask", help="binary PNG of the image's size, white = regenerate")
     p.add_argument("--side", choices=SIDES, help="regenerate this half of the image instead of --mask")
@@ -252,8 +259,8 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="inpaint.png", help="before/after PNG (settings go to the same name .json)")
     p.set_defaults(func=cmd_inpaint)
 
-    p = subparsers.add_parser("outpaint", help="RandAR: extend an image beyond its borders")
-    _common(p)
+    p = subparsers.add_parser("outpaint", help="extend an image beyond its borders (RandAR, LPD)")
+    _common(p, "known_tokens")
     p.add_argument("--image", required=True)
     p.add_argument("--side", choices=SIDES, help="extend on this side by --amount tokens (default: one image)")
     p.add_argument("--amount", type=int, default=None, help="tokens to add on --side")
@@ -271,13 +278,15 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="outpaint.png")
     p.set_defaults(func=cmd_outpaint)
 
-    p = subparsers.add_parser("extrapolate", help="RandAR: zero-shot generation at a larger resolution")
-    _common(p)
+    p = subparsers.add_parser("extrapolate", help="zero-shot generation at a larger resolution (RandAR)")
+    _common(p, "extrapolation")
     p.add_argument("--classes", nargs="*", help="class indices or names (default: the null class)")
     p.add_argument("--per-class", type=int, default=1)
     p.add_argument("--factor", type=int, default=2, help="grid scale factor (default 2)")
     p.add_argument("--ntk-boundary", type=int, default=2)
-    p.add_argument("--order", choices=["hierarchical", "random"], default="hierarchical")
+    p.add_argument("--mode", choices=["hierarchical", "random"], default="hierarchical",
+                   help="hierarchical (the official default): a trained-size image on the stride-factor sub-grid "
+                   "first, then the rest; random: all tokens in one random order")
     p.add_argument("--spatial-guidance-scale", type=float, default=1.0)
     p.add_argument("--spatial-guidance-start", type=float, default=1.0)
     p.add_argument("--spatial-mask-ratio", type=float, default=0.5)
@@ -285,8 +294,8 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="extrapolate.png")
     p.set_defaults(func=cmd_extrapolate)
 
-    p = subparsers.add_parser("features", help="RandAR: bidirectional token features of images")
-    _common(p, sampling=False)
+    p = subparsers.add_parser("features", help="bidirectional token features of images (RandAR)")
+    _common(p, None)
     p.add_argument("--image", nargs="+", required=True)
     p.add_argument("--layer", type=int, default=None, help="blocks applied (default: about 2/3 of the depth)")
     p.add_argument("--mode", choices=["bidirectional", "raster"], default="bidirectional")

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 
 from anyorder.cli.common import (
-    SAMPLING_OPTIONS,
     add_sampling_options,
     check_tokenizer_fits,
     load_generator,
     load_tokenizer,
     parse_classes,
+    sampling_values,
 )
 from anyorder.demo.run import decode_batched
 from anyorder.io import atomic_write_json
@@ -31,8 +31,7 @@ def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
     settings, the official YAML's, or its preset's), overridden by the options given. An option the family
     does not use (``--guidance-power`` for RandAR, ``--steps`` for RAR, ...) is an error. Includes ``seed``, and
     ``compile`` when asked for."""
-    given = {name: getattr(args, name, None) for name in SAMPLING_OPTIONS}
-    kw = {**model_sampling(model, **given).to_dict(), "seed": args.seed}
+    kw = {**model_sampling(model, **sampling_values(args)).to_dict(), "seed": args.seed}
     if getattr(args, "compile", False):  # the compiled step draws differently: recorded with the settings
         kw["compile"] = args.compile
     return kw

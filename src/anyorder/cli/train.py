@@ -15,8 +15,10 @@ import torch
 import torch.distributed as dist
 
 from anyorder.data.codes import open_codes
+from anyorder.data.datasets import DATASETS
 from anyorder.demo.run import run_demo
 from anyorder.hub import build_model, save_pretrained
+from anyorder.models import family_names
 from anyorder.nn.device import resolve_device
 from anyorder.training.config import RunConfig, load_run_config
 from anyorder.training.distributed import barrier, init_distributed, shutdown
@@ -59,10 +61,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     owner = not dist.is_initialized()  # tear down only a process group this command set up
     rank, world = init_distributed(cfg.train.device)
     try:
-        if cfg.data.source == "mnist":
+        if cfg.data.source in DATASETS:  # a bundled dataset: the demo pipeline trains its tokenizer first
             if world > 1:
-                raise ValueError("data.source=mnist runs the single-process digits demo; for torchrun, tokenize the "
-                                 "digits first (anyorder tokenize) and pass data.source=DIR")
+                raise ValueError(f"data.source={cfg.data.source} runs the single-process demo pipeline; for torchrun, "
+                                 "tokenize the images first (anyorder tokenize) and pass data.source=DIR")
             run_demo(cfg, progress=not args.quiet, fresh=args.fresh)
             return 0
         data = open_codes(cfg.data.source)
@@ -98,7 +100,7 @@ def _unsharded(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 
 
 def _add_run_args(p: argparse.ArgumentParser, train: bool) -> None:
-    p.add_argument("--model", choices=["rar", "randar"], default=None,
+    p.add_argument("--model", choices=family_names(), default=None,
                    help="model family (default: rar; with --config it must agree with the config's)")
     p.add_argument("--config", help="run preset name (" + ("rar_b_imagenet, ..., " if train else "") +
                    "demo_rar, demo_randar) or YAML file (default: demo_<model>)")

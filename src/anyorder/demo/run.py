@@ -21,11 +21,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from anyorder.data.mnist import load_mnist
+from anyorder.data.datasets import get_dataset
 from anyorder.evaluation.judge import class_accuracy, extract_features, frechet_distance
 from anyorder.hub import build_model, from_pretrained, load_module, save_pretrained
 from anyorder.io import atomic_write_json
 from anyorder.io.images import save_image_grid
+from anyorder.models import get_family
 from anyorder.models.digit_judge import DigitClassifier
 from anyorder.nn.device import resolve_device
 from anyorder.sampling.generate import generate
@@ -83,11 +84,12 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
     timings: dict[str, float] = {}
 
     # 1. data
-    train_x, train_y, test_x, test_y = load_mnist(cfg.data.test_fraction, cfg.data.seed)
+    dataset = get_dataset(cfg.data.source or "mnist")
+    train_x, train_y, test_x, test_y = dataset.load(cfg.data.test_fraction, cfg.data.seed)
     if cfg.data.max_per_class:
         train_x, train_y = _cap_per_class(train_x, train_y, cfg.data.max_per_class)
         test_x, test_y = _cap_per_class(test_x, test_y, cfg.data.max_per_class)
-    log(f"data: {len(train_x)} train / {len(test_x)} test digits")
+    log(f"data: {dataset.name}, {len(train_x)} train / {len(test_x)} test images")
 
     # 2. tokenizer (reused when present)
     t = time.perf_counter()
@@ -118,7 +120,8 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
     timings["judge_s"] = time.perf_counter() - t
     test_feats = extract_features(judge, test_x)
     recon_test = decode_batched(tok, encode_batched(tok, test_x))
-    n_samples = cfg.sample.per_class * 10
+    num_classes = len(dataset.class_names)
+    n_samples = cfg.sample.per_class * num_classes
     gen = torch.Generator().manual_seed(cfg.data.seed)
     real_subset = train_x[torch.randperm(len(train_x), generator=gen)[:n_samples]]
     floor = {
@@ -150,12 +153,12 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
     model.eval()
     t = time.perf_counter()
     kw = _sampling_kwargs(cfg)
-    sample_codes, labels = sample_per_class(model, cfg.sample.per_class, 10, **kw)
+    sample_codes, labels = sample_per_class(model, cfg.sample.per_class, num_classes, **kw)
     images = decode_batched(tok, sample_codes)
     timings["sample_s"] = time.perf_counter() - t
     save_image_grid(images, out / "samples.png", nrow=cfg.sample.per_class)
     guided = judge_samples(judge, images, labels, test_feats)
-    unguided_codes, _ = sample_per_class(model, cfg.sample.per_class, 10, **{**kw, "guidance_scale": 1.0})
+    unguided_codes, _ = sample_per_class(model, cfg.sample.per_class, num_classes, **{**kw, "guidance_scale": 1.0})
     unguided = judge_samples(judge, decode_batched(tok, unguided_codes), labels, test_feats)
 
     metrics: dict[str, Any] = {
@@ -169,8 +172,8 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
         "timings_s": timings,
     }
 
-    # 6. RandAR: quality and time against the number of decoding steps
-    if family == "randar":
+    # 6. a family that decodes in parallel: quality and time against the number of decoding steps
+    if get_family(family).can("parallel"):
         metrics["steps_sweep"] = steps_sweep(model, tok, judge, test_feats, cfg, out / "steps.png", progress)
 
     metrics["timings_s"]["total_s"] = time.perf_counter() - t_start
@@ -192,7 +195,7 @@ def steps_sweep(model, tok, judge, test_feats, cfg: RunConfig, plot_path: Path, 
     rows = []
     for s in tqdm(steps_list, desc="steps sweep", disable=not progress):
         t = time.perf_counter()
-        codes, labels = sample_per_class(model, cfg.sample.per_class, 10, **{**kw, "steps": s})
+        codes, labels = sample_per_class(model, cfg.sample.per_class, model.num_classes, **{**kw, "steps": s})
         secs = time.perf_counter() - t
         quality = judge_samples(judge, decode_batched(tok, codes), labels, test_feats)
         rows.append({"steps": s, "seconds": secs, **quality})
@@ -209,7 +212,7 @@ def steps_sweep(model, tok, judge, test_feats, cfg: RunConfig, plot_path: Path, 
         ax.set_xlabel("decoding steps")
         ax.set_title(title)
         ax.set_xscale("log", base=2)
-    fig.suptitle(f"RandAR on digits: {T} tokens, quality and time vs. parallel-decoding steps")
+    fig.suptitle(f"{get_family(model.family).display_name}: {T} tokens, quality and time vs. decoding steps")
     fig.tight_layout()
     fig.savefig(plot_path, dpi=110)
     plt.close(fig)

@@ -7,20 +7,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anyorder.editing.common import (
-    _classes,
-    _codes,
-    _eval_mode,
-    _generator,
-    _policy,
-    known_first_orders,
-    require_randar,
-)
+from anyorder.editing.common import _eval_mode, require_capability
+from anyorder.models.policy import SamplingPolicy
 from anyorder.nn import orders as orders_lib
-from anyorder.nn.rope import rope_2d_mixed
+from anyorder.nn.schedules import GuidanceSchedule, parallel_decoding_schedule_from
 from anyorder.sampling.decode import decode
 from anyorder.sampling.generate import generate
-from anyorder.sampling.schedules import GuidanceSchedule, parallel_decoding_schedule_from
+from anyorder.sampling.job import DecodeJob, check_classes, check_codes, resolve_policy, seeded_generator
 
 __all__ = ['extrapolate', 'hierarchical_orders']
 
@@ -33,7 +26,7 @@ def hierarchical_orders(batch: int, grid: tuple[int, int], factor: int,
     H, W = grid
     pos = torch.arange(H * W, device=device)
     later = (((pos // W) % factor != 0) | ((pos % W) % factor != 0))[None].expand(batch, -1)
-    return known_first_orders(orders_lib.random_orders(batch, H * W, generator=generator, device=device), later)
+    return orders_lib.known_first(orders_lib.random_orders(batch, H * W, generator=generator, device=device), later)
 
 
 def _extrapolation_plan(steps: int | None, total: int, done: int) -> list[int]:
@@ -45,15 +38,15 @@ def _extrapolation_plan(steps: int | None, total: int, done: int) -> list[int]:
 
 
 @torch.no_grad()
-def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2, order: str = "hierarchical",
-                guidance_scale: float = 1.0, guidance_start: float = 1.0, spatial_guidance_scale: float = 1.0,
-                spatial_guidance_start: float = 1.0, spatial_mask_ratio: float = 0.5, steps: int | None = None,
-                low_res_steps: int | None = None, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                seed: int | None = None, generator: torch.Generator | None = None, low_res: Tensor | None = None,
-                return_low_res: bool = False) -> Tensor | tuple[Tensor, Tensor | None]:
+def extrapolate(model: Any, classes: Any, sampling: SamplingPolicy | dict[str, Any] | None = None, *,
+                factor: int = 2, ntk_boundary: int = 2, mode: str = "hierarchical",
+                spatial_guidance_scale: float = 1.0, spatial_guidance_start: float = 1.0,
+                spatial_mask_ratio: float = 0.5, low_res_steps: int | None = None, seed: int | None = None,
+                generator: torch.Generator | None = None, low_res: Tensor | None = None,
+                return_low_res: bool = False, **settings: Any) -> Tensor | tuple[Tensor, Tensor | None]:
     """RandAR's zero-shot resolution extrapolation to a ``factor`` times larger grid (``G = factor * g``).
 
-    ``order="hierarchical"`` (the official default):
+    ``mode="hierarchical"`` (the official code's default ``order``):
 
     1. orders over the G grid: the stride-``factor`` sub-grid (even-even for 2) first, shuffled, then
        the rest, shuffled;
@@ -67,7 +60,7 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
        cache), then the remaining tokens are generated (default one per step); with ``steps``, on the
        official schedule: RandAR's cosine curve over the *whole* ``G*G`` canvas, counted from the low-res
        tokens already placed, so its first steps decode one token each until the curve passes them
-       (:func:`anyorder.sampling.schedules.parallel_decoding_schedule_from`);
+       (:func:`anyorder.nn.schedules.parallel_decoding_schedule_from`);
     5. spatial guidance (``spatial_guidance_scale > 1``): a third batch copy sees the context with a
        random ``spatial_mask_ratio`` of the low-res token embeddings zeroed (formula in the module
        docstring); both guidances follow the linear schedule over all ``G*G`` tokens.
@@ -77,21 +70,23 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
     ``benchmarks/editing_digits.py``): with so few positions the extrapolated high frequencies are
     far out of distribution.
 
-    ``order="random"``: no low-resolution stage; all ``G*G`` tokens are generated in one random order
+    ``sampling`` / ``settings``: the family's sampling policy (class guidance, ``steps``, temperature ...).
+
+    ``mode="random"``: no low-resolution stage; all ``G*G`` tokens are generated in one random order
     with the mixed table (so spatial guidance, which needs the low-res context, is not available). The
     official "random" mode maps the first tokens of a random large-grid order to low-res positions by
     integer division, which is not a permutation in general; we do not reproduce it.
 
     Returns codes ``[B, G_h, G_w]`` (and, with ``return_low_res``, the low-res codes ``[B, h, w]``; None for
-    ``order="random"``).
+    ``mode="random"``).
     """
-    require_randar(model, "resolution extrapolation")
-    if order not in ("hierarchical", "random"):
-        raise ValueError(f"order must be 'hierarchical' or 'random', got {order!r}")
+    require_capability(model, "extrapolation", "resolution extrapolation")
+    if mode not in ("hierarchical", "random"):
+        raise ValueError(f"mode must be 'hierarchical' or 'random', got {mode!r}")
     if not 0.0 <= spatial_mask_ratio <= 1.0:
         raise ValueError(f"spatial_mask_ratio must be in [0, 1], got {spatial_mask_ratio}")
     gh, gw = model.grid
-    if order == "hierarchical":
+    if mode == "hierarchical":
         if int(factor) != factor or factor < 2:
             raise ValueError(f"hierarchical extrapolation needs an integer factor >= 2, got {factor}")
         factor = int(factor)
@@ -99,35 +94,30 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
         raise ValueError(f"factor must be > 1, got {factor}")
     H, W = int(gh * factor), int(gw * factor)
     T = H * W
-    generator = _generator(model, seed, generator)
+    policy = resolve_policy(model, sampling, settings, source="editing")
+    generator = seeded_generator(model, seed, generator)
     if low_res is not None:
-        low_res = _codes(model, low_res, (gh, gw))
+        low_res = check_codes(model, low_res, (gh, gw))
     B = low_res.shape[0] if low_res is not None else torch.as_tensor(classes).numel()
-    cls = _classes(model, classes, B)
+    cls = check_classes(model, classes, B)
     spatial = GuidanceSchedule("linear", float(spatial_guidance_scale), start=float(spatial_guidance_start))
-    cfg = model.config
-    table = rope_2d_mixed((H, W), cfg.dim // cfg.n_head, factor, ntk_boundary, cfg.rope_base).to(
-        device=model.device, dtype=model.freqs_cis.dtype)
-    policy = _policy(guidance_scale, guidance_start, temperature, top_k, top_p, steps)
-    guidance = policy.guidance()
+    table = model.extrapolation_table(factor, ntk_boundary)
     with _eval_mode(model):
-        if order == "random":
+        if mode == "random":
             if spatial.enabled:
-                raise ValueError("spatial guidance needs the low-resolution context: use order='hierarchical'")
+                raise ValueError("spatial guidance needs the low-resolution context: use mode='hierarchical'")
             if low_res is not None:
-                raise ValueError("low_res codes are used by order='hierarchical' only")
+                raise ValueError("low_res codes are used by mode='hierarchical' only")
             orders = orders_lib.random_orders(B, T, generator=generator, device=model.device)
-            gen = decode(model, cls, orders, policy.plan_clamped(T), guidance, temperature, top_k, top_p, generator,
-                         table=table)
-            out = orders_lib.unpermute(gen, orders).view(B, H, W)
+            job = DecodeJob(model, cls, orders, policy.plan_clamped(T), policy, generator, (H, W), table=table)
+            out = job.codes(decode(job))
             return (out, None) if return_low_res else out
         orders = hierarchical_orders(B, (H, W), factor, generator, model.device)
         P = gh * gw
         first = orders[:, :P]
         low_orders = (first // W) // factor * gw + (first % W) // factor  # the same order on the trained grid
         if low_res is None:
-            low_res = generate(model, cls, orders=low_orders, steps=low_res_steps, guidance_scale=guidance_scale,
-                               guidance_start=guidance_start, temperature=temperature, top_k=top_k, top_p=top_p,
+            low_res = generate(model, cls, policy.replace(steps=low_res_steps or 0), orders=low_orders,
                                generator=generator)
         prefix = low_res.reshape(B, -1).gather(1, low_orders)
         drop = None
@@ -135,8 +125,7 @@ def extrapolate(model: Any, classes: Any, factor: int = 2, ntk_boundary: int = 2
             k = int(P * spatial_mask_ratio)
             pick = torch.rand(B, P, generator=generator, device=model.device).argsort(dim=1)[:, :k]
             drop = torch.zeros(B, P, device=model.device).scatter_(1, pick, 1.0)
-        plan = _extrapolation_plan(steps, T, P)
-        gen = decode(model, cls, orders, plan, guidance, temperature, top_k, top_p, generator, prefix=prefix,
-                     table=table, spatial=spatial, drop=drop)
-    out = orders_lib.unpermute(gen, orders).view(B, H, W)
+        plan = _extrapolation_plan(policy.steps, T, P)
+        job = DecodeJob(model, cls, orders, plan, policy, generator, (H, W), prefix, table, spatial, drop)
+        out = job.codes(decode(job))
     return (out, low_res) if return_low_res else out

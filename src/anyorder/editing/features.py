@@ -1,4 +1,5 @@
-"""Bidirectional per-position features from the causal RandAR (the image fed twice) and the raster baseline."""
+"""Bidirectional per-position features from a causal model (the image fed twice; RandAR) and the raster
+baseline."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anyorder.editing.common import _classes, _codes, _eval_mode, require_randar
+from anyorder.editing.common import _eval_mode, require_capability
 from anyorder.nn import orders as orders_lib
+from anyorder.sampling.job import check_classes, check_codes
 
 __all__ = ['default_feature_layer', 'features', 'features_by_layer']
 
@@ -32,8 +34,8 @@ def _hidden(model: Any, codes: Tensor, classes: Tensor, passes: list[Tensor], la
     allo = torch.cat(passes, dim=1)
     L = allo.shape[1]
     # stops after the deepest requested block: no later blocks, no vocabulary head
-    _, hidden = model.forward(gen, classes, allo, hidden_layers=tuple(sorted({la - 1 for la in layers})), head=False)
-    by_layer = dict(zip(sorted(set(layers)), hidden))
+    blocks = sorted(set(layers))
+    by_layer = dict(zip(blocks, model.hidden_states(gen, classes, allo, tuple(la - 1 for la in blocks))))
     first = (1 if read == "instruction" else 2) + 2 * (L - T)
     return [orders_lib.unpermute(by_layer[la][:, first::2][:, :T], passes[-1]) for la in layers]
 
@@ -44,7 +46,8 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
                       seed: int | None = 0, batch_size: int = 256,
                       read: str = "instruction") -> dict[int, tuple[Tensor, Tensor]]:
     """:func:`features` for several layers at once: ``{layer: (per_token, pooled)}``."""
-    require_randar(model, f"{mode} feature extraction", random_orders=mode == "bidirectional" and orders is None)
+    require_capability(model, "features", f"{mode} feature extraction",
+                       random_orders=mode == "bidirectional" and orders is None)
     depth = model.config.depth
     layers = [default_feature_layer(depth)] if layers is None else [int(la) for la in layers]
     for la in layers:
@@ -56,10 +59,10 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
         raise ValueError(f"read must be 'instruction' or 'token', got {read!r}")
     if num_orders < 1:
         raise ValueError(f"num_orders must be >= 1, got {num_orders}")
-    codes = _codes(model, codes, tuple(model.grid))
+    codes = check_codes(model, codes, tuple(model.grid))
     B, T = codes.shape[0], model.seq_len
     flat = codes.reshape(B, T)
-    cls = _classes(model, model.null_class if classes is None else classes, B)
+    cls = check_classes(model, model.null_class if classes is None else classes, B)
     gen = torch.Generator(device=model.device).manual_seed(int(seed)) if seed is not None else None
     if orders is not None:
         orders = torch.as_tensor(orders, device=model.device).long()
@@ -111,6 +114,6 @@ def features(model: Any, codes: Tensor, classes: Any = None, layer: int | None =
     :func:`default_feature_layer`, a middle-to-late layer). ``classes``: the condition (default: the
     null class, i.e. unconditional features).
     """
-    require_randar(model, "feature extraction", random_orders=False)  # features_by_layer warns if needed
+    require_capability(model, "features", "feature extraction", random_orders=False)  # features_by_layer warns
     la = default_feature_layer(model.config.depth) if layer is None else int(layer)
     return features_by_layer(model, codes, classes, [la], mode, num_orders, orders, seed, batch_size, read)[la]

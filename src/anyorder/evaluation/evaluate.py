@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from anyorder.data.mnist import load_mnist
+from anyorder.data.datasets import dataset_names, split_source
 from anyorder.evaluation.adm import load_image_folder, read_reference, write_reference
 from anyorder.evaluation.inception import InceptionV3, load_inception, resolve_inception_weights
 from anyorder.evaluation.judge import class_probabilities, extract_features, images_from_uint8
@@ -60,7 +60,8 @@ __all__ = [
 ]
 
 FEATURE_KINDS = ("inception", "judge")
-DIGIT_SOURCES = ("digits:test", "digits:train")
+# bundled splits usable as a source: mnist:test, mnist:train (and their aliases: digits:test ...)
+DIGIT_SOURCES = tuple(f"{name}:{part}" for name in dataset_names() for part in ("test", "train"))
 DEFAULT_BATCH_SIZE = 64  # ADM's batch size for the Inception graph
 
 
@@ -215,17 +216,18 @@ def evaluate(
     return result
 
 
-def _digit_split(source: str) -> tuple[np.ndarray, np.ndarray]:
-    train_x, train_y, test_x, test_y = load_mnist()  # the demo's split: 10% test, seed 0
-    x, y = (test_x, test_y) if source == "digits:test" else (train_x, train_y)
-    gray = (x[:, 0].numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-    return np.repeat(gray[..., None], 3, axis=3), y.numpy().astype(np.int64)
+def _bundled_split(source: str) -> tuple[np.ndarray, np.ndarray]:
+    """A bundled dataset's split (the demo's: 10% test, seed 0) as uint8 RGB ``[N, H, W, 3]`` and labels."""
+    dataset, which = split_source(source)
+    x, y = dataset.split(which)
+    pixels = (x.permute(0, 2, 3, 1).numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+    return np.repeat(pixels, 3 // pixels.shape[-1], axis=3), y.numpy().astype(np.int64)
 
 
 def _source_images(source: str | os.PathLike, image_size: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     src = str(source)
-    if src in DIGIT_SOURCES:
-        return _digit_split(src)
+    if split_source(src) is not None:
+        return _bundled_split(src)
     p = Path(src)
     if p.is_dir():
         return load_image_folder(p, image_size), None

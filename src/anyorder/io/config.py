@@ -14,7 +14,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-__all__ = ['config_from_dict', 'config_to_dict', 'apply_overrides', 'read_config_file']
+__all__ = ['config_from_dict', 'config_to_dict', 'coerce_value', 'apply_overrides', 'read_config_file']
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -50,6 +50,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ValueError(f"config key {key!r} must be a mapping, got {value!r}")
         return dict(value)
     return value
+
+def coerce_value(tp: Any, value: Any, key: str) -> Any:
+    """``value`` as type ``tp`` (bool, int, float, str, tuples, dataclasses), checked as strictly as our own
+    config files; an error names ``key`` and the value."""
+    return _coerce(tp, value, key)
+
 
 def config_from_dict(cls: type, values: dict[str, Any], prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a dict, checking every key and type."""

@@ -1,24 +1,27 @@
 """A static, preallocated key/value cache written by slot (gpt-fast style).
 
-Keys and values live in ``[B, H, max_len, D]`` buffers. A step writes its new entries at the slots
-``input_pos`` (no concatenation, no reallocation) and attends with a mask that lets a query at slot
-``q`` see slots ``<= q``. Slots may be rewritten: RandAR's parallel decoding overwrites the provisional
-slots of a step's extra queries on the next step.
+Keys and values live in ``[B, H, max_len, D]`` buffers. A decode step (:class:`CacheStep`) writes its new
+entries at the slots ``input_pos`` — no concatenation, no reallocation — and its rows attend to the slots
+they may see: by default causally (row at slot ``q`` sees slots ``<= q``), or up to a per-row limit
+(``visible``: row ``r`` sees slots ``< visible[r]``), which is how LPD's queries of one step see each other.
+Slots may be rewritten: RandAR's and LPD's parallel steps overwrite their queries' slots on the next step.
 
-A step may pass ``kv_len`` — one past the highest slot written so far, a Python int the decode loop
-knows without reading the device — and then attends over the filled prefix ``[:kv_len]`` only instead
-of all ``max_len`` slots (the unwritten tail is masked out anyway; this skips its compute). Without
-``kv_len`` every shape is fixed (the gpt-fast layout that ``torch.compile`` and CUDA graphs need): the
-step attends under rows of a precomputed causal mask, over all slots or over a ``window`` — the first
-``max_len``, ``max_len / 2``, ``max_len / 4`` or ``max_len / 8`` slots (:func:`attention_window`), so a
-generation sees at most four windows (four shapes to compile) and reads about two thirds of the cache a step
-(RAR, and RandAR one token per step; half at 88 parallel steps) instead of all of it.
+An *eager* step passes ``kv_len`` — one past the highest slot written so far, a Python int the decode loop
+knows without reading the device — and attends over the filled prefix ``[:kv_len]`` only. A *static* step
+(``kv_len`` None) has fixed shapes, as ``torch.compile`` and CUDA graphs need: it attends under rows of a
+precomputed mask, over all slots or over a ``window`` — the first ``max_len``, ``max_len / 2``,
+``max_len / 4`` or ``max_len / 8`` slots (:func:`attention_window`), so a generation sees at most four
+windows (four shapes to compile) and reads about two thirds of the cache a step instead of all of it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
+
+__all__ = ["WINDOW_LEVELS", "attention_window", "CacheStep", "KVCache"]
 
 WINDOW_LEVELS = 4
 
@@ -37,6 +40,21 @@ def attention_window(stop: int, max_len: int, levels: int = WINDOW_LEVELS) -> in
     return window
 
 
+@dataclass
+class CacheStep:
+    """Where one decode step writes in the cache, and what its rows see.
+
+    ``input_pos [L]``: the slots the step's ``L`` rows are written at. ``kv_len``: eager steps only, one past
+    the highest slot written (the rows' slots must then be the ``L`` slots just below it). ``window``: static
+    steps only, attend over the cache's first ``window`` slots. ``visible [L]``: row ``r`` sees the slots
+    ``< visible[r]`` (None: causal, ``input_pos + 1``)."""
+
+    input_pos: Tensor
+    kv_len: int | None = None
+    window: int | None = None
+    visible: Tensor | None = None
+
+
 class KVCache(nn.Module):
     def __init__(self, batch: int, n_head: int, max_len: int, head_dim: int,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
@@ -45,37 +63,37 @@ class KVCache(nn.Module):
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("slots", torch.arange(max_len, device=device), persistent=False)
-        # the static step's mask: row q lets slot q see slots <= q (precomputed once, gathered by input_pos)
+        # the static step's causal mask: row q lets slot q see slots <= q (precomputed once, gathered by slot)
         self.register_buffer("causal", self.slots[:, None] >= self.slots[None, :], persistent=False)
 
     @property
     def max_len(self) -> int:
         return self.k.shape[2]
 
-    def update(self, input_pos: Tensor, k: Tensor, v: Tensor, kv_len: int | None = None,
-               window: int | None = None) -> tuple[Tensor, Tensor]:
-        """Write ``k, v [B, H, L, D]`` at slots ``input_pos [L]``; return the buffers (their first ``window``
-        slots if given).
+    def update(self, step: CacheStep, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Write ``k, v [B, H, L, D]`` at the step's slots; return the part of the buffers it attends over
+        (``[:kv_len]`` for an eager step, the first ``window`` slots or all of them for a static one)."""
+        if step.kv_len is None:
+            self.k.index_copy_(2, step.input_pos, k.to(self.k.dtype))
+            self.v.index_copy_(2, step.input_pos, v.to(self.v.dtype))
+            n = self.max_len if step.window is None else step.window
+            return self.k[:, :, :n], self.v[:, :, :n]
+        start = step.kv_len - k.shape[2]  # eager: the L slots just below kv_len, written as a slice
+        self.k[:, :, start : step.kv_len] = k
+        self.v[:, :, start : step.kv_len] = v
+        return self.k[:, :, : step.kv_len], self.v[:, :, : step.kv_len]
 
-        With ``kv_len`` the step's slots must be the ``L`` slots just below it (``input_pos`` is
-        ``arange(kv_len - L, kv_len)``, as in the decode loops): they are written as a slice and only the
-        filled prefix ``[:kv_len]`` is returned (``window`` is for the static step, without ``kv_len``)."""
-        if kv_len is None:
-            self.k.index_copy_(2, input_pos, k.to(self.k.dtype))
-            self.v.index_copy_(2, input_pos, v.to(self.v.dtype))
-            if window is not None:
-                return self.k[:, :, :window], self.v[:, :, :window]
-            return self.k, self.v
-        start = kv_len - k.shape[2]
-        self.k[:, :, start:kv_len] = k
-        self.v[:, :, start:kv_len] = v
-        return self.k[:, :, :kv_len], self.v[:, :, :kv_len]
-
-    def mask(self, input_pos: Tensor, kv_len: int | None = None, window: int | None = None) -> Tensor:
-        """Boolean ``[L, kv_len or window or max_len]``: query at slot ``q`` attends to slots ``<= q``."""
-        if kv_len is None:
-            return self.causal[input_pos] if window is None else self.causal[input_pos, :window]
-        return self.slots[None, :kv_len] <= input_pos[:, None]
+    def mask(self, step: CacheStep) -> Tensor | None:
+        """Boolean ``[L, n]`` over the attended slots (None where one eager row sees everything filled)."""
+        if step.kv_len is not None:
+            if step.visible is None and step.input_pos.shape[0] == 1:
+                return None  # one query at the last filled slot sees every slot
+            limit = step.input_pos + 1 if step.visible is None else step.visible
+            return self.slots[None, : step.kv_len] < limit[:, None]
+        n = self.max_len if step.window is None else step.window
+        if step.visible is None:
+            return self.causal[step.input_pos, :n]
+        return self.slots[None, :n] < step.visible[:, None]
 
     def matches(self, batch: int, n_head: int, max_len: int, head_dim: int, dtype: torch.dtype,
                 device: torch.device) -> bool:

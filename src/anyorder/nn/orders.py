@@ -23,6 +23,7 @@ __all__ = [
     "alternate",
     "random_orders",
     "training_orders",
+    "known_first",
     "invert",
     "permute",
     "unpermute",
@@ -120,6 +121,14 @@ def training_orders(batch: int, base: Tensor, r: float, generator: torch.Generat
     rand = random_orders(batch, length, generator=generator, device=base.device)
     pick = torch.rand(batch, generator=generator, device=generator.device if generator is not None else base.device) < r
     return torch.where(pick.to(base.device)[:, None], rand, base[None].expand(batch, -1))
+
+
+def known_first(orders: Tensor, unknown: Tensor) -> Tensor:
+    """Reorder each row of ``orders`` so the known positions (``unknown`` False, raster-indexed ``[B, T]``)
+    come first; the relative order inside each group is kept (a stable partition)."""
+    flag = unknown.gather(1, orders).to(torch.int8)
+    idx = torch.sort(flag, dim=1, stable=True).indices
+    return orders.gather(1, idx)
 
 
 def invert(order: Tensor) -> Tensor:

@@ -1,15 +1,20 @@
-"""The decoder-only transformer that RAR and RandAR share.
+"""The decoder-only transformer every family shares.
 
-One block type with three switches, set by :class:`TransformerConfig`:
+One block type with a few switches, set by :class:`TransformerConfig`:
 
-- ``norm``: ``"layernorm"`` (RAR, eps 1e-6, affine) or ``"rmsnorm"`` (RandAR / LlamaGen, computed in fp32);
-- ``mlp``: ``"gelu"`` (``fc1 -> GELU -> fc2``, RAR) or ``"swiglu"`` (``w2(silu(w1 x) * w3 x)``, RandAR);
-- ``adaln``: DiT-style adaptive LayerNorm conditioning (RAR) — each block regresses
-  shift/scale/gate for attention and MLP from a conditioning vector ``c``; the final layer regresses
-  scale and shift.
+- ``norm``: ``"layernorm"`` (RAR, LPD) or ``"rmsnorm"`` (RandAR / LlamaGen, computed in fp32);
+- ``mlp``: ``"gelu"`` (``fc1 -> GELU -> fc2``: RAR, LPD) or ``"swiglu"`` (``w2(silu(w1 x) * w3 x)``: RandAR);
+- ``adaln``: DiT-style adaptive LayerNorm conditioning (RAR) — each block regresses shift/scale/gate for
+  attention and MLP from a conditioning vector ``c``; the final layer regresses scale and shift;
+- qk-norm (RAR), 2D RoPE (RandAR), biases (RAR, LPD; LPD's head has none).
 
-Attention is causal through ``F.scaled_dot_product_attention``, optionally with qk-norm (RAR) and
-2D RoPE (RandAR), and optionally reads/writes a static :class:`~anyorder.nn.kv_cache.KVCache`.
+Three entry points, one per mode:
+
+- :meth:`Transformer.forward` — training and teacher forcing: logits over a whole sequence, causal or under
+  a given attention mask (LPD's group-causal mask);
+- :meth:`Transformer.decode_step` — one KV-cached decoding step (:class:`~anyorder.nn.kv_cache.CacheStep`);
+- :meth:`Transformer.hidden_states` — residual streams after some blocks (feature extraction: no later blocks,
+  no head).
 """
 
 from __future__ import annotations
@@ -21,8 +26,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from anyorder.nn.kv_cache import KVCache
+from anyorder.nn.kv_cache import CacheStep, KVCache
 from anyorder.nn.rope import apply_rope
+
+__all__ = ["TransformerConfig", "RMSNorm", "make_norm", "modulate", "Attention", "MLP", "Block", "FinalLayer",
+           "Transformer"]
 
 
 @dataclass
@@ -36,7 +44,8 @@ class TransformerConfig:
     norm_eps: float = 1e-6
     mlp: str = "gelu"  # "gelu" | "swiglu"
     adaln: bool = True
-    bias: bool = True  # biases in qkv / proj / mlp / head
+    bias: bool = True  # biases in qkv / proj / mlp
+    head_bias: bool | None = None  # bias in the output head (None: as ``bias``)
     qk_norm: bool = True
     dropout: float = 0.0
     attn_dropout: float = 0.0
@@ -48,6 +57,8 @@ class TransformerConfig:
             raise ValueError(f"norm must be 'layernorm' or 'rmsnorm', got {self.norm!r}")
         if self.mlp not in ("gelu", "swiglu"):
             raise ValueError(f"mlp must be 'gelu' or 'swiglu', got {self.mlp!r}")
+        if self.head_bias is None:
+            self.head_bias = self.bias
 
     @property
     def head_dim(self) -> int:
@@ -89,23 +100,22 @@ class Attention(nn.Module):
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: Tensor, rope: Tensor | None = None, input_pos: Tensor | None = None,
-                kv_len: int | None = None, window: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, rope: Tensor | None = None, mask: Tensor | None = None,
+                step: CacheStep | None = None) -> Tensor:
+        """Self-attention over ``x [B, L, D]``: causal, or under ``mask`` (bool, True = attend); with
+        ``step``, a cached decode step that writes this block's keys and values into its cache."""
         B, L, _ = x.shape
         q, k, v = self.qkv(x).view(B, L, 3, self.n_head, self.head_dim).unbind(2)  # [B, L, H, D]
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = apply_rope(q, rope), apply_rope(k, rope)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [B, H, L, D]
-        if self.kv_cache is not None and input_pos is not None:
-            k, v = self.kv_cache.update(input_pos, k, v, kv_len, window)
-            # one query at the last filled slot sees every slot: no mask needed; the static step (kv_len
-            # None) reads the rows of the cache's precomputed causal mask (over its first `window` slots)
-            mask = None if (L == 1 and kv_len is not None) else self.kv_cache.mask(input_pos, kv_len, window)
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask)
+        if step is not None:
+            k, v = self.kv_cache.update(step, k, v)
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=self.kv_cache.mask(step))
         else:
             drop = self.attn_dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=drop)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=drop)
         return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, L, -1)))
 
 
@@ -137,17 +147,16 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim)) if cfg.adaln else None
 
-    def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
-                input_pos: Tensor | None = None, kv_len: int | None = None, mod: Tensor | None = None,
-                window: int | None = None) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None, mask: Tensor | None = None,
+                step: CacheStep | None = None, mod: Tensor | None = None) -> Tensor:
         """``mod``: this block's adaLN output ``adaLN_modulation(c)`` computed ahead (see
         :meth:`Transformer.modulations`); ``c`` is then not read."""
         if self.adaLN_modulation is None:
-            x = x + self.attn(self.norm1(x), rope, input_pos, kv_len, window)
+            x = x + self.attn(self.norm1(x), rope, mask, step)
             return x + self.mlp(self.norm2(x))
         mod = self.adaLN_modulation(c) if mod is None else mod
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, input_pos, kv_len, window)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, mask, step)
         return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -158,7 +167,7 @@ class FinalLayer(nn.Module):
         super().__init__()
         self.norm = make_norm(cfg, affine=not cfg.adaln)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim)) if cfg.adaln else None
-        self.head = nn.Linear(cfg.dim, cfg.vocab_out, bias=cfg.bias)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_out, bias=cfg.head_bias)
 
     def forward(self, x: Tensor, c: Tensor | None = None, mod: Tensor | None = None) -> Tensor:
         x = self.norm(x)
@@ -168,8 +177,16 @@ class FinalLayer(nn.Module):
         return self.head(x)
 
 
+def _rows(t: Tensor | None, keep: slice, length: int) -> Tensor | None:
+    """Per-position tensors (``[B, length, ...]``) sliced to the kept rows; per-sequence ones unchanged."""
+    return t[:, keep] if t is not None and t.dim() == 3 and t.shape[1] == length else t
+
+
 class Transformer(nn.Module):
-    """A stack of :class:`Block` s and a :class:`FinalLayer` over input embeddings ``[B, L, dim]``."""
+    """A stack of :class:`Block` s and a :class:`FinalLayer` over input embeddings ``[B, L, dim]``.
+
+    ``c`` (adaLN conditions) is ``[B, 1, dim]`` or per position ``[B, L, dim]``; ``rope`` is a RoPE table
+    ``[B, L, head_dim / 2, 2]`` of the positions' rows."""
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
@@ -179,47 +196,44 @@ class Transformer(nn.Module):
         # activation checkpointing of the blocks while training (recomputed in backward; saves memory)
         self.grad_checkpointing = False
 
-    def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None,
-                input_pos: Tensor | None = None, return_hidden: bool = False,
-                hidden_layers: tuple[int, ...] = (), kv_len: int | None = None,
-                last: int | None = None, stop_after: int | None = None,
-                rows: slice | None = None, mods: list[Tensor] | None = None,
-                window: int | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Logits for every input position. ``input_pos`` (cache slots) switches to cached decoding;
-        ``kv_len`` (a host int: one past the highest slot written, with ``input_pos`` the ``L`` slots just
-        below it) limits attention to the filled part of the cache; without it (the static, compilable
-        step) attention runs over the whole cache, or its first ``window`` slots, under its precomputed causal
-        mask (:func:`~anyorder.nn.kv_cache.attention_window`). ``last`` computes the
-        output head for the last ``last`` positions only; ``rows`` (a slice of positions) for those only
-        (RandAR reads its logits at every other slot: the head, its backward and the loss skip the rest).
-        ``hidden_layers`` additionally returns the residual stream after those blocks (0-based).
-        ``stop_after``: run only the first ``stop_after`` blocks and return their residual stream in place
-        of the logits (no later blocks, no final layer or vocabulary head: feature extraction).
-        ``mods``: the adaLN outputs of :meth:`modulations` for these positions, used in place of ``c``."""
-        hidden: list[Tensor] = []
-        if stop_after is not None and not 0 <= stop_after <= len(self.blocks):
-            raise ValueError(f"stop_after must be in 0..{len(self.blocks)} blocks, got {stop_after}")
-        blocks = self.blocks if stop_after is None else self.blocks[:stop_after]
-        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and input_pos is None
-        for i, blk in enumerate(blocks):
-            mod = None if mods is None else mods[i]
-            if ckpt:
-                x = checkpoint(blk, x, c, rope, input_pos, kv_len, mod, window, use_reentrant=False)
-            else:
-                x = blk(x, c, rope, input_pos, kv_len, mod, window)
-            if i in hidden_layers:
-                hidden.append(x)
-        if stop_after is not None:
-            return (x, hidden) if (return_hidden or hidden_layers) else x
-        final_mod = None if mods is None else mods[-1]
-        for keep in ([slice(-last, None)] if last is not None else []) + ([rows] if rows is not None else []):
-            if c is not None and c.dim() == 3 and c.shape[1] == x.shape[1]:  # per-position conditions
-                c = c[:, keep]
-            if final_mod is not None and final_mod.dim() == 3 and final_mod.shape[1] == x.shape[1]:
-                final_mod = final_mod[:, keep]
-            x = x[:, keep]
-        logits = self.final(x, c, final_mod)
-        return (logits, hidden) if (return_hidden or hidden_layers) else logits
+    # ---- training / teacher forcing ------------------------------------------------------------
+    def forward(self, x: Tensor, c: Tensor | None = None, rope: Tensor | None = None, mask: Tensor | None = None,
+                rows: slice | None = None) -> Tensor:
+        """Logits for a whole sequence: causal attention, or ``mask`` (bool ``[L, L]`` or ``[B, 1, L, L]``,
+        True = attend). ``rows`` (a slice of positions) runs the final layer and head on those only (RandAR
+        reads its logits at every other slot: the head, its backward and the loss skip the rest)."""
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+        L = x.shape[1]
+        for blk in self.blocks:
+            x = checkpoint(blk, x, c, rope, mask, use_reentrant=False) if ckpt else blk(x, c, rope, mask)
+        if rows is not None:
+            x, c = x[:, rows], _rows(c, rows, L)
+        return self.final(x, c)
+
+    def hidden_states(self, x: Tensor, layers: tuple[int, ...], c: Tensor | None = None,
+                      rope: Tensor | None = None, mask: Tensor | None = None) -> list[Tensor]:
+        """The residual streams after blocks ``layers`` (0-based), in that order; the blocks after the deepest
+        of them, the final layer and the head do not run (feature extraction)."""
+        if not layers or not all(0 <= i < len(self.blocks) for i in layers):
+            raise ValueError(f"layers must be block indices in 0..{len(self.blocks) - 1}, got {layers}")
+        hidden: dict[int, Tensor] = {}
+        for i, blk in enumerate(self.blocks[: max(layers) + 1]):
+            x = blk(x, c, rope, mask)
+            hidden[i] = x
+        return [hidden[i] for i in layers]
+
+    # ---- KV-cached decoding ----------------------------------------------------------------------
+    def decode_step(self, x: Tensor, step: CacheStep, c: Tensor | None = None, rope: Tensor | None = None,
+                    last: int = 1, mods: list[Tensor] | None = None) -> Tensor:
+        """One cached step: the rows ``x [B, L, dim]`` are written at ``step.input_pos`` in every block's cache
+        and attend as ``step`` says; returns the logits of the last ``last`` rows. ``mods``: the adaLN outputs
+        of :meth:`modulations` for these rows, used in place of ``c``."""
+        L = x.shape[1]
+        for i, blk in enumerate(self.blocks):
+            x = blk(x, c, rope, None, step, None if mods is None else mods[i])
+        keep = slice(L - last, None)
+        final_mod = None if mods is None else _rows(mods[-1], keep, L)
+        return self.final(x[:, keep], _rows(c, keep, L), final_mod)
 
     def modulations(self, c: Tensor) -> list[Tensor]:
         """Every block's adaLN output for conditions ``c`` and the final layer's last (``depth + 1`` tensors
@@ -228,12 +242,11 @@ class Transformer(nn.Module):
         that read them, instead of a ``rows x dim`` matmul per block per step."""
         return [blk.adaLN_modulation(c) for blk in self.blocks] + [self.final.adaLN_modulation(c)]
 
-    # ---- KV cache -------------------------------------------------------------------------------
     def setup_cache(self, batch: int, max_len: int, dtype: torch.dtype | None = None,
                     device: torch.device | str | None = None, reuse: bool = False) -> None:
         """Allocate a :class:`KVCache` per block. ``reuse`` keeps caches of the same layout from an earlier
         generation (the static compiled step: same buffers, so no recompilation or CUDA-graph re-capture;
-        stale entries are never read, the causal mask hides every slot not yet written)."""
+        stale entries are never read, the mask hides every slot not yet written)."""
         ref = next(self.parameters())
         dtype, device = dtype or ref.dtype, device or ref.device
         shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim)

@@ -1,26 +1,27 @@
-"""One sampler loop for both families: KV-cached, batched, with classifier-free guidance.
+"""The one decode loop every family shares: KV-cached, batched, with classifier-free guidance.
 
-:func:`decode` drives a model's :meth:`~anyorder.models.base.AnyOrderModel.decode_one_step` through a
-*step plan* — how many tokens each step decodes (:func:`anyorder.sampling.generate` and the editing tasks
-build it from the family's policy). RAR decodes one token per step (``T`` steps) in its
-final scan order; RandAR decodes any number per step (``parallel_decoding_schedule``) in a random
-order per sample, or in orders the caller supplies. Guidance batches the conditional and the
-null-class rows together and mixes them as ``u + (c - u) * scale``.
+:func:`decode` runs a :class:`~anyorder.sampling.job.DecodeJob` — the model, the classes, the generation
+orders, the step plan (how many tokens each step decodes), the sampling policy, known tokens to teacher-force
+first — as a small loop around one step (gpt-fast): feed what was sampled last, read the logits of the next
+``plan[i]`` positions from the model's :meth:`~anyorder.models.base.AnyOrderModel.decode_one_step`, mix the
+guidance rows (:class:`GuidanceRows`), sample. ``generate``, the editing tasks and the web app's streamed runs
+all build a job and call this.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from anyorder.models.base import StepInputs
-from anyorder.sampling.schedules import GuidanceSchedule
+from anyorder.models.base import StepInputs, bucket
+from anyorder.models.registry import family_of
+from anyorder.nn.schedules import GuidanceSchedule
 
 __all__ = ["sample_logits", "sample_static", "filter_logits", "decode", "GuidanceRows"]
-
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """fp32 ``logits [N, V]`` divided by ``max(temperature, 1e-5)``, with every id outside the ``top_k``
@@ -91,7 +92,7 @@ class GuidanceRows:
     ============================  ==========================  ===========================================
 
     (the last is the official combination). Each scale follows its own schedule over the fraction of
-    all ``T`` tokens decoded so far.
+    all ``T`` tokens decoded so far — per step, or per token inside a step (LPD).
     """
 
     def __init__(self, guidance: GuidanceSchedule, spatial: GuidanceSchedule | None = None,
@@ -110,26 +111,29 @@ class GuidanceRows:
         null = torch.full_like(classes, null_class)
         return torch.cat([null if is_null else classes for is_null, _ in self.rows])
 
-    def context(self, model, prefix: Tensor) -> Tensor:
+    def context(self, model: Any, prefix: Tensor) -> Tensor:
         """What to feed for the teacher-forced ``prefix [B, P]``: its ids repeated per row, or — when a
         row drops context — the token embeddings ``[R*B, P, D]`` with the dropped ones zeroed."""
         if not self.use_s:
             return prefix.repeat(len(self), 1)
-        emb = model.tok_embeddings(prefix)
+        emb = model.token_embeddings(prefix)
         keep = (1.0 - self.drop.to(emb.dtype))[..., None]
         return torch.cat([emb * keep if dropped else emb for _, dropped in self.rows])
 
-    def scales(self, done: int, total: int) -> tuple[float, float]:
-        """The class and spatial guidance scales after ``done`` of ``total`` tokens (1.0 when off)."""
-        return (self.guidance(done, total) if self.use_c else 1.0,
-                self.spatial(done, total) if self.use_s else 1.0)
+    def scales(self, done: int, count: int, total: int) -> tuple[list[float], list[float]]:
+        """The class and spatial guidance scales of the ``count`` tokens a step decodes after ``done`` of
+        ``total`` (1.0 where off)."""
+        return (self.guidance.scales(done, count, total) if self.use_c else [1.0] * count,
+                self.spatial.scales(done, count, total) if self.use_s else [1.0] * count)
 
     def combine(self, logits: Tensor, done: int, total: int) -> Tensor:
-        return self.mix(logits, *self.scales(done, total))
+        """Mix the rows of a step's logits ``[R*B, n, V]`` decoded after ``done`` of ``total`` tokens."""
+        s_c, s_s = self.scales(done, logits.shape[1], total)
+        return self.mix(logits, _per_row(s_c, logits.device), _per_row(s_s, logits.device))
 
     def mix(self, logits: Tensor, s_c: float | Tensor, s_s: float | Tensor) -> Tensor:
-        """Mix the rows' logits (in fp32) with the class scale ``s_c`` and spatial scale ``s_s`` — floats, or
-        0-d tensors in the compiled step (so a new scale is new data, not a recompile)."""
+        """Mix the rows' logits (in fp32) with the class scale ``s_c`` and spatial scale ``s_s`` — floats, 0-d
+        tensors (the compiled step: a new scale is new data, not a recompile) or ``[n, 1]`` per token."""
         logits = logits.float()
         if len(self) == 1:
             return logits
@@ -144,8 +148,15 @@ class GuidanceRows:
         return cd + (c - cd) * s_s
 
 
-def _step(model, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: Tensor, temperature: float, top_k: int,
-          top_p: float, noise: Tensor | None) -> Tensor:
+def _per_row(scales: list[float], device: torch.device) -> float | Tensor:
+    """One float when a step's tokens share the scale, else ``[n, 1]`` (one per token)."""
+    if all(s == scales[0] for s in scales):
+        return scales[0]
+    return torch.tensor(scales, dtype=torch.float32, device=device)[:, None]
+
+
+def _step(model: Any, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: Tensor, temperature: float,
+          top_k: int, top_p: float, noise: Tensor | None) -> Tensor:
     """One static decode step on device: transformer over a cache window, guidance mixing and sampling in
     fp32 — no host sync, every shape from the step's buckets. Returns ids ``[B, inputs.last]``."""
     logits = rows.mix(model.static_step(inputs), s_c, s_s)
@@ -157,7 +168,7 @@ _COMPILED: dict[tuple, Callable] = {}
 
 def compiled_step(backend: str | Callable = "inductor", mode: str | None = None) -> Callable:
     """:func:`_step` under ``torch.compile`` (cached per backend and mode; shapes specialised, never dynamic:
-    a RandAR generation sees a few bucketed shapes, see :func:`anyorder.models.base.bucket`)."""
+    a parallel generation sees a few bucketed shapes, see :func:`anyorder.models.base.bucket`)."""
     key = (backend, mode)
     if key not in _COMPILED:
         # each model shape / batch / bucket is one graph of the same function: allow more than the default 8
@@ -176,73 +187,88 @@ def _resolve_compile(compile: bool | str | Callable, device: torch.device) -> Ca
     return compiled_step(compile)
 
 
-def decode(model, classes: Tensor, orders: Tensor, plan: list[int], guidance: GuidanceSchedule,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: torch.Generator | None = None, prefix: Tensor | None = None,
-           step_callback=None, table: Tensor | None = None, spatial: GuidanceSchedule | None = None,
-           drop: Tensor | None = None, *, compile: bool | str | Callable = False, static: bool = False) -> Tensor:
-    """The shared decode loop. Returns tokens ``[B, T]`` in *generation order*.
+def _static_scales(rows: GuidanceRows, plan: list[int], done: int, total: int,
+                   device: torch.device) -> list[tuple[Tensor, Tensor]]:
+    """Every step's guidance scales for the static step, computed on the host up front, one transfer: 0-d
+    tensors where a step's tokens share them, ``[bucket(n), 1]`` where they vary per token (LPD)."""
+    per_token = any(s.per_token for s in (rows.guidance, rows.spatial) if s is not None)
+    host, spans = [], []
+    for n in plan:
+        s_c, s_s = rows.scales(done, n, total)
+        width = bucket(n) if per_token else 1
+        pad = width - len(s_c[:width])
+        host += s_c[:width] + [1.0] * pad + s_s[:width] + [1.0] * pad
+        spans.append(width)
+        done += n
+    flat = torch.tensor(host, dtype=torch.float32).to(device)
+    out, i = [], 0
+    for width in spans:
+        pair = flat[i : i + 2 * width].view(2, width)
+        out.append((pair[0, 0], pair[1, 0]) if not per_token else (pair[0, :, None], pair[1, :, None]))
+        i += 2 * width
+    return out
 
-    Each step is one :meth:`~anyorder.models.base.AnyOrderModel.decode_one_step`: feed what was sampled
-    last, read logits for the next ``plan[i]`` positions, mix the guidance rows
-    (:class:`GuidanceRows`), sample.
 
-    ``step_callback(done, tokens)`` runs after every step with the number of tokens decoded so far and
-    the ``[B, T]`` output buffer (generation order; ``tokens[:, :done]`` are final).
+def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None, *,
+           compile: bool | str | Callable = False, static: bool = False) -> Tensor:
+    """Run a :class:`~anyorder.sampling.job.DecodeJob`; returns its tokens ``[B, T]`` in *generation order*
+    (the known prefix first, unchanged).
 
-    ``prefix [B, P]`` (generation order) is teacher-forced first — fed through the cache in one step —
-    and returned unchanged (inpainting / outpainting / extrapolation); ``plan`` then covers the
-    remaining ``T - P``. ``table``: a RoPE table for another grid (RandAR editing on a larger canvas).
-    ``spatial`` + ``drop [B, P]``: spatial guidance against a copy of the prefix with the ``drop``
-    tokens' embeddings zeroed (RandAR's resolution extrapolation).
+    ``step_callback(done, tokens)`` runs after every step with the number of tokens decoded so far and the
+    ``[B, T]`` output buffer (generation order; ``tokens[:, :done]`` are final) — e.g. to stream images.
 
-    ``compile``: run each step as one ``torch.compile`` d static step (True: inductor, with CUDA graphs
-    — ``mode="reduce-overhead"`` — on CUDA; or a backend name / callable). ``static``: the same static
-    step without compiling. The static step attends over one of four windows of the cache
-    (:func:`~anyorder.nn.kv_cache.attention_window`) under a precomputed mask, pads RandAR's parallel steps to
-    bucket sizes, takes the guidance scales as tensors and samples by the exponential race with noise drawn
-    from ``generator`` outside the step: seeded runs are reproducible, but draw other samples than the eager
-    loop for the same seed (greedy decoding agrees with it).
+    ``compile``: run each step as one ``torch.compile`` d static step (True: inductor, with CUDA graphs —
+    ``mode="reduce-overhead"`` — on CUDA; or a backend name / callable). ``static``: the same static step without
+    compiling. The static step attends over one of four windows of the cache
+    (:func:`~anyorder.nn.kv_cache.attention_window`) under a precomputed mask, pads parallel steps to bucket
+    sizes, takes the guidance scales as tensors and samples by the exponential race with noise drawn from the
+    job's generator outside the step: seeded runs are reproducible, but draw other samples than the eager loop
+    for the same seed (greedy decoding agrees with it).
     """
-    B, T = orders.shape
-    P = 0 if prefix is None else prefix.shape[1]
+    model, policy = job.model, job.policy
+    B, T = job.orders.shape
+    P, plan = job.known, job.plan
     if sum(plan) != T - P or min(plan, default=1) < 1:
         raise ValueError(f"step plan {plan} must be positive and sum to {T - P}")
-    if drop is not None and tuple(drop.shape) != (B, P):
-        raise ValueError(f"drop must be [{B}, {P}] (one flag per prefix token), got {tuple(drop.shape)}")
-    rows = GuidanceRows(guidance, spatial, drop if P else None)
-    if (table is not None or rows.use_s) and model.family != "randar":
-        raise ValueError("a RoPE table for another grid and spatial guidance need a RandAR model")
+    if job.drop is not None and tuple(job.drop.shape) != (B, P):
+        raise ValueError(f"drop must be [{B}, {P}] (one flag per prefix token), got {tuple(job.drop.shape)}")
+    rows = GuidanceRows(policy.guidance(), job.spatial, job.drop if P else None)
+    spec = family_of(model)
+    if job.table is not None and not spec.can("canvas"):
+        raise ValueError(f"a position table for another grid needs a family with the canvas capability; "
+                         f"{spec.display_name} has none")
+    if rows.use_s and not spec.can("extrapolation"):
+        raise ValueError(f"spatial guidance needs a family with the extrapolation capability; "
+                         f"{spec.display_name} has none")
     R = len(rows)
-    dev = orders.device
+    dev = job.orders.device
     step_fn = _resolve_compile(compile, dev)
     static = static or step_fn is not None
     step_fn = step_fn or _step
-    classes = rows.classes(model.check_classes(classes), model.null_class)
-    extra = {} if table is None else {"table": table}
-    state = model.start_decoding(classes, orders.repeat(R, 1), static=static, **extra)
+    temperature, top_k, top_p = policy.temperature, policy.top_k, policy.top_p
+    classes = rows.classes(job.classes, model.null_class)
+    options = {} if job.table is None else {"table": job.table}
+    state = model.start_decoding(classes, job.orders.repeat(R, 1), static=static, **options)
     out = torch.empty(B, T, dtype=torch.long, device=dev)
     new: Tensor | None = None
-    if static:  # every step's guidance scales, computed on the host up front, one transfer
-        dones = [P + sum(plan[:i]) for i in range(len(plan))]
-        scales = torch.tensor([rows.scales(d, T) for d in dones], dtype=torch.float32).to(dev)
+    if static:
+        scales = _static_scales(rows, plan, P, T, dev)
         greedy = is_greedy(temperature, top_k)
     try:
         if P:  # teacher-force the known tokens through the cache in one pass; their logits are not used
-            out[:, :P] = prefix
+            out[:, :P] = job.prefix
             model.decode_one_step(state, None, 1)
-            new = rows.context(model, prefix)
+            new = rows.context(model, job.prefix)
             state.done = P
         done = P
         for i, n in enumerate(plan):
             if static:
                 inputs = model.step_inputs(state, new, n)
-                noise = None if greedy else _exponential((B, inputs.last, model.codebook_size), generator, dev)
-                tok = step_fn(model, inputs, rows, scales[i, 0], scales[i, 1], temperature, top_k, top_p, noise)
-                tok = tok[:, :n]
+                noise = None if greedy else _exponential((B, inputs.last, model.codebook_size), job.generator, dev)
+                tok = step_fn(model, inputs, rows, *scales[i], temperature, top_k, top_p, noise)[:, :n]
             else:
                 logits = rows.combine(model.decode_one_step(state, new, n), done, T)  # [B, n, V]
-                tok = sample_logits(logits, temperature, top_k, top_p, generator)
+                tok = sample_logits(logits, temperature, top_k, top_p, job.generator)
             out[:, done : done + n] = tok
             done += n
             state.done = done

@@ -1,26 +1,25 @@
 """Run configuration: typed dataclasses, named presets / YAML files, dotted command-line overrides.
 
-``load_run_config("demo_rar", ["model.depth=2", "train.steps=50"])`` reads the packaged YAML
-``configs/demo_rar.yaml`` (or any YAML path), applies the overrides (values parsed as YAML), and
-validates everything into :class:`RunConfig`. Unknown keys anywhere are errors that name the key.
+``load_run_config("demo_rar", ["model.depth=2", "train.steps=50"])`` reads a packaged YAML (each family keeps
+its run configs in its folder, ``models/<family>/configs/``, e.g. ``demo_rar.yaml``) or any YAML path, applies
+the overrides (values parsed as YAML), and validates everything into :class:`RunConfig`. Unknown keys anywhere
+are errors that name the key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from anyorder.io.config import apply_overrides, config_from_dict, config_to_dict
-from anyorder.models.presets import get_preset
-from anyorder.models.registry import model_config
-from anyorder.sampling.policy import SamplingConfig, sampling_config
+from anyorder.models.registry import FAMILIES, get_preset, model_config
+from anyorder.sampling.policy import SamplingPolicy, sampling_config
 
 __all__ = ["RunConfig", "TrainConfig", "SampleConfig", "TokenizerConfig", "DataConfig", "JudgeConfig",
-           "load_run_config",
+           "load_run_config", "run_config_path",
            "apply_overrides", "config_from_dict", "config_to_dict", "list_run_presets"]
 
 
@@ -107,7 +106,7 @@ class RunConfig:
     out_dir: str = "runs/demo"
     threads: int = 0  # torch.set_num_threads; 0 = leave as is
 
-    def sampling_config(self) -> SamplingConfig:
+    def sampling_config(self) -> SamplingPolicy:
         """The run's sampling settings: the preset's, with ``sampling`` applied (validated for the family)."""
         preset = get_preset(self.model_preset)
         return sampling_config(preset.family, {**preset.sampling, **self.sampling}, source="sampling")
@@ -122,21 +121,32 @@ class RunConfig:
         return get_preset(self.model_preset).family
 
 
-def _packaged(name: str) -> Path | None:
-    f = resources.files("anyorder") / "configs" / f"{name}.yaml"
-    return Path(str(f)) if f.is_file() else None
+def _run_config_files() -> dict[str, Path]:
+    """Every registered family's packaged run configs by name (``demo_rar``, ``rar_b_imagenet``, ...)."""
+    out: dict[str, Path] = {}
+    for spec in FAMILIES.values():
+        if spec.run_configs is not None and Path(spec.run_configs).is_dir():
+            out.update({p.stem: p for p in sorted(Path(spec.run_configs).glob("*.yaml"))})
+    return out
 
 
 def list_run_presets() -> list[str]:
-    d = resources.files("anyorder") / "configs"
-    return sorted(p.name[:-5] for p in d.iterdir() if p.name.endswith(".yaml"))
+    return sorted(_run_config_files())
+
+
+def run_config_path(name: str) -> Path:
+    """The YAML file of the packaged run config ``name`` (its family's ``configs/`` folder)."""
+    files = _run_config_files()
+    if name not in files:
+        raise FileNotFoundError(f"no packaged run config {name!r}; packaged: {', '.join(sorted(files))}")
+    return files[name]
 
 
 def load_run_config(source: str | Path | None = "demo_rar", overrides: list[str] | None = None) -> RunConfig:
     """A :class:`RunConfig` from a packaged preset name or a YAML file, plus dotted overrides."""
     values: dict[str, Any] = {}
     if source:
-        path = _packaged(str(source)) or Path(source)
+        path = _run_config_files().get(str(source)) or Path(source)
         if not path.is_file():
             raise FileNotFoundError(f"config {source!r} is neither a preset ({', '.join(list_run_presets())}) "
                                     f"nor a YAML file")

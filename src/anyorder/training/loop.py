@@ -1,12 +1,14 @@
-"""The one training loop both families share: the permuted next-token objective, at any scale.
+"""The one training loop every family shares: the permuted next-token objective, at any scale.
 
 Per step and per sample: with probability ``r`` a uniformly random generation order, otherwise the model's scan
-order; ``r`` follows RAR's annealing (:func:`anneal_bounds`: by default r = 1 until 50% of the steps and linear to
-0 at 75% for RAR, random orders throughout for RandAR). Class labels are dropped to the null class with the
-model's ``class_dropout`` (for guidance). AdamW with each official trainer's weight-decay groups
-(:mod:`anyorder.training.optim`), linear warm-up then cosine learning rate (:func:`lr_at`), grad-norm clipping,
-bf16 autocast on CUDA, gradient accumulation (``grad_accum``), activation checkpointing
-(``model.grad_checkpointing``), DDP or FSDP2 under ``torchrun`` (:mod:`anyorder.training.distributed`).
+order; ``r`` follows the family's order schedule (:func:`~anyorder.training.schedules.anneal_bounds`: RAR's
+annealing, r = 1 until 50% of the steps and linear to 0 at 75%; random orders throughout for RandAR and LPD);
+whatever else a family draws per step (LPD's group plan) comes from the model's ``training_extras``. Class labels
+are dropped to the null class with the model's ``class_dropout`` (for guidance). AdamW with each official
+trainer's weight-decay groups (:mod:`anyorder.training.optim`), linear warm-up then cosine learning rate
+(:func:`~anyorder.training.schedules.lr_at`), grad-norm clipping, bf16 autocast on CUDA, gradient accumulation
+(``grad_accum``), activation checkpointing (``model.grad_checkpointing``), DDP or FSDP2 under ``torchrun``
+(:mod:`anyorder.training.distributed`).
 
 **Determinism.** Every random draw of a step comes from seeds that are a function of ``(seed, step)``: the data
 stream (:class:`anyorder.data.codes.EpochStream`, by position), the global batch's orders and label dropout (one
@@ -23,6 +25,9 @@ loss and grad norm are read (and checked for NaN / inf) every ``log_every`` step
 (one file, also from FSDP), the step, the stream position, the model config; written to a temporary file,
 fsynced and renamed, so a kill mid-write never replaces the last good one. Resuming loads on the CPU first and
 refuses a different model config, naming the keys.
+
+The loop itself (:func:`train`) is a few lines around four named steps: :func:`setup`, :func:`resume_from_checkpoint`,
+:func:`train_step` (one optimizer step with gradient accumulation), :func:`log_and_check` and :func:`save`.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import math
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +56,10 @@ from anyorder.nn.device import resolve_device
 from anyorder.training.config import TrainConfig, config_to_dict
 from anyorder.training.distributed import dist_info, full_state, init_distributed, load_full_state, wrap
 from anyorder.training.optim import make_optimizer
-from anyorder.training.schedules import anneal_ratio, lr_at
+from anyorder.training.schedules import anneal_bounds, lr_at, permutation_ratio
 
-__all__ = ["train", "resolve_device", "make_optimizer", "permutation_ratio", "anneal_bounds", "init_distributed",
+__all__ = ["train", "setup", "resume_from_checkpoint", "train_step", "log_and_check", "save", "Run", "TrainState",
+           "resolve_device", "make_optimizer", "permutation_ratio", "anneal_bounds", "init_distributed",
            "load_checkpoint", "LAST_CKPT"]
 
 LAST_CKPT = "last.pt"
@@ -78,47 +85,24 @@ class TrainingLoss(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, codes: Tensor, classes: Tensor, orders: Tensor) -> Tensor:
-        return self.model.training_loss(codes, classes, orders)
-
-
-# ---- schedules ---------------------------------------------------------------------------------------------
-def anneal_bounds(cfg: TrainConfig, family: str = "rar") -> tuple[int, int]:
-    """``(start, end)`` of the randomness annealing; ``end < 0``: random orders throughout. Unset (None): RAR's
-    paper schedule (r = 1 until 50% of ``cfg.steps``, 0 from 75%), RandAR random throughout."""
-    start, end = cfg.anneal_start, cfg.anneal_end
-    if start is None and end is None:
-        return (cfg.steps // 2, 3 * cfg.steps // 4) if family == "rar" else (0, -1)
-    if end is None:
-        raise ValueError(f"train.anneal_start={start} needs train.anneal_end (the step r reaches 0; -1: never)")
-    start = 0 if start is None else start
-    if end >= 0 and end < start:
-        raise ValueError(f"train.anneal_end={end} is before train.anneal_start={start}")
-    return start, end
-
-
-def permutation_ratio(step: int, cfg: TrainConfig, family: str = "rar") -> float:
-    """The probability ``r`` of a random order at ``step``."""
-    start, end = anneal_bounds(cfg, family)
-    if end < 0:
-        return 1.0
-    return anneal_ratio(step, start, end)
+    def forward(self, codes: Tensor, classes: Tensor, orders: Tensor, **extras: Tensor) -> Tensor:
+        return self.model.training_loss(codes, classes, orders, **extras)
 
 
 def check_order_schedule(model: AnyOrderModel, cfg: TrainConfig) -> None:
-    """A RandAR's ``order`` records the order training ends in, which is the order it decodes in by
+    """A model whose config records the scan ``order`` training ends in (RandAR's ``order``) decodes in it by
     default: a scan order needs annealing into it; ``"random"`` with annealing ends in raster order while the
     model would decode in random orders (warned)."""
-    if model.family != "randar":
-        return
-    order = model.config.order
+    order = getattr(model.config, "order", None)
     _, end = anneal_bounds(cfg, model.family)
-    if order != "random" and end < 0:
+    if order is None or (order != "random" and end >= 0):
+        return
+    if order != "random":
         raise ValueError(f"model.order={order!r} means training anneals into the {order!r} scan order, but "
                          f"train.anneal_end={cfg.anneal_end} keeps every order random: set train.anneal_start/"
                          "anneal_end (>= 0) or model.order=random")
-    if order == "random" and end >= 0:
-        warnings.warn(f"train.anneal_end={end} anneals this RandAR into raster order, but with "
+    if end >= 0:
+        warnings.warn(f"train.anneal_end={end} anneals this {model.family} model into raster order, but with "
                       "model.order='random' it will decode in random orders: set model.order=raster to record "
                       "the order it ends in", stacklevel=3)
 
@@ -137,7 +121,6 @@ def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([p & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0] >> 1)
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------------------
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """A training checkpoint, loaded on the CPU (memory-mapped), tensors and plain containers only."""
     path = Path(path)
@@ -155,6 +138,178 @@ def _config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[
             for k in keys if saved.get(k) != current.get(k)]
 
 
+# ---- what the steps share ------------------------------------------------------------------------------------
+@dataclass
+class TrainState:
+    """Where training is: the optimizer steps taken, the images seen (the stream position), the log."""
+
+    step: int = 0
+    seen: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Run:
+    """Everything the named steps share: the model and its wrappers, the optimizer, the data, the layout of a
+    global batch over processes and micro-batches, and the per-step generator."""
+
+    model: AnyOrderModel
+    cfg: TrainConfig
+    data: CodeSource
+    stream: EpochStream
+    loss_module: TrainingLoss
+    engine: torch.nn.Module  # the loss module itself, DDP or FSDP
+    forward: Callable[..., Tensor]  # engine, compiled or not
+    opt: torch.optim.Optimizer
+    ckpt_path: Path
+    rank: int
+    world: int
+    per_rank: int
+    micro: int
+    fsdp: bool
+    gen: torch.Generator = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.device = self.model.device
+        self.gen = torch.Generator(device=self.device)  # orders, label dropout, extras of the global batch
+        self.base_order = self.model.default_order()
+        self.class_dropout = float(getattr(self.model.config, "class_dropout", 0.0))
+        self.amp = autocast_context(self.device, self.cfg.precision)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+
+    def fetch(self, position: int) -> tuple[Tensor, Tensor]:
+        """This rank's share of the global batch at stream ``position``: codes and labels (host, pinned on
+        CUDA)."""
+        images, views = self.stream.take(position + self.rank * self.per_rank, self.per_rank)
+        x, y = self.data.gather(images, views), torch.from_numpy(self.data.labels[images])
+        return (x.pin_memory(), y.pin_memory()) if self.device.type == "cuda" else (x, y)
+
+    def no_sync(self, last_micro: bool) -> contextlib.AbstractContextManager:
+        """Skip the gradient all-reduce on all but the last micro-batch."""
+        if last_micro or self.world == 1:
+            return contextlib.nullcontext()
+        if self.fsdp:
+            self.loss_module.set_requires_gradient_sync(False)  # set back to True before the last micro-batch
+            return contextlib.nullcontext()
+        return self.engine.no_sync() if hasattr(self.engine, "no_sync") else contextlib.nullcontext()
+
+
+# ---- the named steps -----------------------------------------------------------------------------------------
+def setup(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | None, cfg: TrainConfig,
+          out_dir: str | Path) -> Run:
+    """Check the data against the model once (no per-step checks), wrap the loss for DDP / FSDP / compile, make
+    the optimizer (after sharding: FSDP replaces the parameters)."""
+    rank, world = dist_info()
+    ckpt_path = Path(out_dir) / "checkpoints" / LAST_CKPT
+    data = codes if isinstance(codes, CodeSource) else TensorCodes(codes, labels)
+    data.check_model(model.codebook_size, model.num_classes, model.seq_len)
+    check_order_schedule(model, cfg)
+    per_rank, micro = split_batch(cfg.batch_size, world, cfg.grad_accum)
+    if rank == 0 and ckpt_path.parent.is_dir():  # temporary files of a write a kill interrupted
+        for stale in ckpt_path.parent.glob(f".{LAST_CKPT}.*.tmp"):
+            stale.unlink(missing_ok=True)
+    loss_module = TrainingLoss(model)
+    fsdp = cfg.fsdp and world > 1
+    engine = wrap(loss_module, list(model.transformer.blocks), fsdp=fsdp)
+    opt = make_optimizer(model, cfg)
+    forward = torch.compile(engine) if cfg.compile else engine
+    return Run(model, cfg, data, EpochStream(len(data), data.augmentations, cfg.seed), loss_module, engine,
+               forward, opt, ckpt_path, rank, world, per_rank, micro, fsdp)
+
+
+def resume_from_checkpoint(run: Run) -> TrainState:
+    """The state of ``run``'s last checkpoint (model and optimizer loaded into place), or a fresh one. A
+    checkpoint of another model config is refused, naming the keys."""
+    path = run.ckpt_path
+    if not path.is_file():
+        return TrainState()
+    state = load_checkpoint(path)
+    if state.get("format") != CKPT_FORMAT:
+        raise CheckpointError(f"{path}: written by an older anyorder (no format {CKPT_FORMAT}); "
+                              "start afresh (--fresh) or use another output directory")
+    diff = _config_differences(state.get("model_config", {}), run.model.config_dict())
+    if diff:
+        raise CheckpointError(f"{path}: the model config differs from the checkpoint's in {len(diff)} key(s): "
+                              + "; ".join(diff) + ". Resume with the same model config, or start afresh "
+                              "(--fresh / another output directory)")
+    try:
+        load_full_state(run.loss_module, run.opt, state["model"], state["optimizer"], prefix="model.")
+    except (RuntimeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path}: does not fit this model ({e})") from e
+    out = TrainState(int(state["step"]), int(state["samples_seen"]), list(state.get("history", [])))
+    if run.rank == 0:
+        tqdm.write(f"resumed from {path} at step {out.step} (epoch {out.seen / len(run.data):.3f})")
+    return out
+
+
+def train_step(run: Run, state: TrainState, batch: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor, dict]:
+    """One optimizer step on the global batch (this rank's share ``batch``, in ``grad_accum`` micro-batches).
+
+    Every draw comes from seeds of ``(seed, step)``: the orders, label dropout and extras of the whole global
+    batch from one generator (each rank takes its slice), the model's dropout from the global RNG per rank.
+    Returns the step's mean loss and the grad norm (device tensors: no host sync) and the schedules' values."""
+    cfg, model, step = run.cfg, run.model, state.step
+    torch.manual_seed(_seed(cfg.seed, step, run.rank, 1))  # the model's dropout
+    run.gen.manual_seed(_seed(cfg.seed, step, 2))  # orders, label dropout and extras of the global batch
+    r = permutation_ratio(step, cfg, model.family)
+    lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.end_lr)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    orders = orders_lib.training_orders(cfg.batch_size, run.base_order, r, generator=run.gen)
+    drop = torch.rand(cfg.batch_size, generator=run.gen, device=run.gen.device) < run.class_dropout
+    extras = {k: v.to(run.device) for k, v in model.training_extras(cfg.batch_size, run.gen).items()}
+    x_all, y_all = batch
+    step_loss = torch.zeros((), device=run.device)
+    for m in range(cfg.grad_accum):
+        local = slice(m * run.micro, (m + 1) * run.micro)
+        first = run.rank * run.per_rank + m * run.micro
+        glob = slice(first, first + run.micro)
+        x = x_all[local].to(run.device, non_blocking=True)
+        y = y_all[local].to(run.device, non_blocking=True)
+        y = torch.where(drop[glob].to(run.device), model.null_class, y)  # class-label dropout
+        final = m == cfg.grad_accum - 1
+        if run.fsdp and final and cfg.grad_accum > 1:
+            run.loss_module.set_requires_gradient_sync(True)
+        with run.no_sync(final), run.amp:
+            loss = run.forward(x, y, orders[glob].to(run.device), **extras)
+        (loss / cfg.grad_accum).backward()
+        step_loss += loss.detach() / cfg.grad_accum
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    state.step += 1
+    state.seen += cfg.batch_size
+    return step_loss, grad_norm, {"lr": lr, "r": r}
+
+
+def log_and_check(run: Run, state: TrainState, step_loss: Tensor, loss_sum: Tensor, since: int,
+                  grad_norm: Tensor) -> dict[str, float]:
+    """The loop's only host sync: the step's loss, the mean loss since the last log and the grad norm (averaged
+    over processes), refused when not finite (the last checkpoint predates it)."""
+    gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+    vals = torch.stack([step_loss, loss_sum / since, gn.to(device=run.device, dtype=torch.float32)])
+    if run.world > 1:
+        dist.all_reduce(vals[:2], op=dist.ReduceOp.SUM)
+        vals[:2] /= run.world
+    loss, loss_avg, gn_val = (float(v) for v in vals.cpu())
+    if not all(math.isfinite(v) for v in (loss, loss_avg, gn_val)):
+        raise FloatingPointError(
+            f"non-finite training at step {state.step}: loss {loss}, mean loss since the last log {loss_avg}, "
+            f"grad norm {gn_val}; the last checkpoint ({run.ckpt_path}) predates it")
+    return {"loss": loss, "loss_avg": loss_avg, "grad_norm": gn_val}
+
+
+def save(run: Run, state: TrainState) -> None:
+    """Write ``last.pt`` atomically (full state dicts: a collective under FSDP; rank 0 writes)."""
+    msd, osd = full_state(run.loss_module, run.opt, prefix="model.")
+    if run.rank == 0:
+        atomic_torch_save(run.ckpt_path, {
+            "format": CKPT_FORMAT, "model": msd, "optimizer": osd, "step": state.step, "samples_seen": state.seen,
+            "epoch": state.seen / len(run.data), "history": state.history, "world_size": run.world,
+            "model_config": run.model.config_dict(), "train_config": config_to_dict(run.cfg),
+        })
+
+
 # ---- the loop --------------------------------------------------------------------------------------------------
 def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | None, cfg: TrainConfig,
           out_dir: str | Path, resume: bool = True, progress: bool = True,
@@ -163,156 +318,45 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     class ``labels [N]``); checkpoints go to ``out_dir/checkpoints``. ``cfg.batch_size`` is the global batch.
 
     Returns a summary (steps, final loss, seconds, the logged history). ``step_callback(step, stats)`` is called
-    after each optimizer step (``stats`` holds the loss only at logging steps).
-    """
-    rank, world = dist_info()
-    device = model.device
-    out_dir = Path(out_dir)
-    ckpt_path = out_dir / "checkpoints" / LAST_CKPT
-    data = codes if isinstance(codes, CodeSource) else TensorCodes(codes, labels)
-    data.check_model(model.codebook_size, model.num_classes, model.seq_len)  # once, here: no per-step checks
-    check_order_schedule(model, cfg)
-    per_rank, micro = split_batch(cfg.batch_size, world, cfg.grad_accum)
-    stream = EpochStream(len(data), data.augmentations, cfg.seed)
-    family = model.family
-    if rank == 0 and ckpt_path.parent.is_dir():  # temporary files of a write a kill interrupted
-        for stale in ckpt_path.parent.glob(f".{LAST_CKPT}.*.tmp"):
-            stale.unlink(missing_ok=True)
-
-    loss_module = TrainingLoss(model)
-    fsdp = cfg.fsdp and world > 1
-    engine = wrap(loss_module, list(model.transformer.blocks), fsdp=fsdp)  # the module itself, DDP or FSDP
-    opt = make_optimizer(model, cfg)  # after sharding: FSDP replaces the parameters
-
-    step, seen, history = 0, 0, []
-    if resume and ckpt_path.is_file():
-        state = load_checkpoint(ckpt_path)
-        if state.get("format") != CKPT_FORMAT:
-            raise CheckpointError(f"{ckpt_path}: written by an older anyorder (no format {CKPT_FORMAT}); "
-                                  "start afresh (--fresh) or use another output directory")
-        diff = _config_differences(state.get("model_config", {}), model.config_dict())
-        if diff:
-            raise CheckpointError(f"{ckpt_path}: the model config differs from the checkpoint's in "
-                                  f"{len(diff)} key(s): " + "; ".join(diff) + ". Resume with the same model "
-                                  "config, or start afresh (--fresh / another output directory)")
-        try:
-            load_full_state(loss_module, opt, state["model"], state["optimizer"], prefix="model.")
-        except (RuntimeError, KeyError, ValueError) as e:
-            raise CheckpointError(f"{ckpt_path}: does not fit this model ({e})") from e
-        step, seen = int(state["step"]), int(state["samples_seen"])
-        history = list(state.get("history", []))
-        if rank == 0:
-            tqdm.write(f"resumed from {ckpt_path} at step {step} (epoch {seen / len(data):.3f})")
-        del state
-
-    forward = torch.compile(engine) if cfg.compile else engine
-    base_order = model.default_order()
-    class_dropout = float(getattr(model.config, "class_dropout", 0.0))
-    gen = torch.Generator(device=device)
-    amp = autocast_context(device, cfg.precision)
-    params = [p for p in model.parameters() if p.requires_grad]
-    pin = device.type == "cuda"
-
-    def fetch(position: int) -> tuple[Tensor, Tensor]:
-        """This rank's share of the global batch at stream ``position``: codes and labels (host, pinned on CUDA)."""
-        images, views = stream.take(position + rank * per_rank, per_rank)
-        x, y = data.gather(images, views), torch.from_numpy(data.labels[images])
-        return (x.pin_memory(), y.pin_memory()) if pin else (x, y)
-
+    after each optimizer step (``stats`` holds the loss only at logging steps)."""
+    run = setup(model, codes, labels, cfg, out_dir)
+    state = resume_from_checkpoint(run) if resume else TrainState()
     loader = ThreadPoolExecutor(max_workers=1)  # reads the next batch while a step runs
-    pending = loader.submit(fetch, seen)
-
-    def save(at: int) -> None:
-        msd, osd = full_state(loss_module, opt, prefix="model.")  # collective under FSDP
-        if rank == 0:
-            atomic_torch_save(ckpt_path, {
-                "format": CKPT_FORMAT, "model": msd, "optimizer": osd, "step": at, "samples_seen": seen,
-                "epoch": seen / len(data), "history": history, "world_size": world,
-                "model_config": model.config_dict(), "train_config": config_to_dict(cfg),
-            })
-
-    def no_sync(last_micro: bool) -> contextlib.AbstractContextManager:
-        if last_micro or world == 1:
-            return contextlib.nullcontext()
-        if fsdp:
-            loss_module.set_requires_gradient_sync(False)  # set back to True before the last micro-batch
-            return contextlib.nullcontext()
-        return engine.no_sync() if hasattr(engine, "no_sync") else contextlib.nullcontext()
-
+    pending: Future = loader.submit(run.fetch, state.seen)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=f"train {model.family}", dynamic_ncols=True,
+               disable=not progress or run.rank != 0)
+    last = state.history[-1] if state.history else {}
+    loss = float(last["loss"]) if last.get("step") == state.step and "loss" in last else float("nan")
+    loss_sum, since = torch.zeros((), device=run.device), 0
     model.train()
-    model.validate_inputs = False
+    model.validate_inputs = False  # the data were checked once in setup
     t0 = time.perf_counter()
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {family}", disable=not progress or rank != 0,
-               dynamic_ncols=True)
-    last = history[-1] if history else {}
-    loss_val = float(last["loss"]) if last.get("step") == step and "loss" in last else float("nan")
-    loss_sum, since = torch.zeros((), device=device), 0
     try:
-        while step < cfg.steps:
-            torch.manual_seed(_seed(cfg.seed, step, rank, 1))  # the model's dropout
-            gen.manual_seed(_seed(cfg.seed, step, 2))  # orders and label dropout of the global batch
-            r = permutation_ratio(step, cfg, family)
-            lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.end_lr)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            orders = orders_lib.training_orders(cfg.batch_size, base_order, r, generator=gen)
-            drop = torch.rand(cfg.batch_size, generator=gen, device=gen.device) < class_dropout
-            x_all, y_all = pending.result()
-            pending = loader.submit(fetch, seen + cfg.batch_size)
-            step_loss = torch.zeros((), device=device)
-            for m in range(cfg.grad_accum):
-                local = slice(m * micro, (m + 1) * micro)
-                glob = slice(rank * per_rank + m * micro, rank * per_rank + (m + 1) * micro)
-                x = x_all[local].to(device, non_blocking=True)
-                y = y_all[local].to(device, non_blocking=True)
-                y = torch.where(drop[glob].to(device), model.null_class, y)
-                final = m == cfg.grad_accum - 1
-                if fsdp and final and cfg.grad_accum > 1:
-                    loss_module.set_requires_gradient_sync(True)
-                with no_sync(final), amp:
-                    loss = forward(x, y, orders[glob].to(device))
-                (loss / cfg.grad_accum).backward()
-                step_loss += loss.detach() / cfg.grad_accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            seen += cfg.batch_size
-            loss_sum += step_loss
-            since += 1
-            stats: dict[str, float] = {"lr": lr, "r": r}
-            log_now = step % max(1, cfg.log_every) == 0 or step == cfg.steps
-            save_now = cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0
-            if log_now or save_now:  # the only host syncs of the loop
-                gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-                vals = torch.stack([step_loss, loss_sum / since, gn.to(device=device, dtype=torch.float32)])
-                if world > 1:
-                    dist.all_reduce(vals[:2], op=dist.ReduceOp.SUM)
-                    vals[:2] /= world
-                loss_val, loss_avg, gn_val = (float(v) for v in vals.cpu())
-                if not all(math.isfinite(v) for v in (loss_val, loss_avg, gn_val)):
-                    raise FloatingPointError(
-                        f"non-finite training at step {step}: loss {loss_val}, mean loss since the last log "
-                        f"{loss_avg}, grad norm {gn_val}; the last checkpoint ({ckpt_path}) predates it")
-                stats.update(loss=loss_val, loss_avg=loss_avg, grad_norm=gn_val)
-                loss_sum.zero_()
-                since = 0
-                if log_now:
-                    history.append({"step": step, "epoch": seen / len(data), **stats})
-                    bar.set_postfix(loss=f"{loss_val:.3f}", r=f"{r:.2f}", epoch=f"{seen / len(data):.2f}")
+        while state.step < cfg.steps:
+            batch, pending = pending.result(), loader.submit(run.fetch, state.seen + cfg.batch_size)
+            step_loss, grad_norm, stats = train_step(run, state, batch)
+            loss_sum, since = loss_sum + step_loss, since + 1
+            log_now = state.step % max(1, cfg.log_every) == 0 or state.step == cfg.steps
+            save_now = cfg.ckpt_every > 0 and state.step % cfg.ckpt_every == 0
+            if log_now or save_now:
+                stats.update(log_and_check(run, state, step_loss, loss_sum, since, grad_norm))
+                loss, loss_sum, since = stats["loss"], torch.zeros_like(loss_sum), 0
+            if log_now:
+                epoch = state.seen / len(run.data)
+                state.history.append({"step": state.step, "epoch": epoch, **stats})
+                bar.set_postfix(loss=f"{loss:.3f}", r=f"{stats['r']:.2f}", epoch=f"{epoch:.2f}")
             bar.update(1)
             if save_now:
-                save(step)
+                save(run, state)
             if step_callback is not None:
-                step_callback(step, stats)
+                step_callback(state.step, stats)
         bar.close()
-        save(step)
+        save(run, state)
     finally:
         model.validate_inputs = True
         loader.shutdown(wait=True, cancel_futures=True)
-    seconds = time.perf_counter() - t0
-    summary = {"steps": step, "final_loss": loss_val, "seconds": seconds, "epochs": seen / len(data),
-               "history": history}
-    if rank == 0:
-        atomic_write_json(out_dir / "train_log.json", summary)
+    summary = {"steps": state.step, "final_loss": loss, "seconds": time.perf_counter() - t0,
+               "epochs": state.seen / len(run.data), "history": state.history}
+    if run.rank == 0:
+        atomic_write_json(Path(out_dir) / "train_log.json", summary)
     return summary

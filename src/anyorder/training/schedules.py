@@ -1,10 +1,13 @@
-"""Schedules over training steps: RAR's randomness annealing and the learning rate."""
+"""Schedules over training steps: the probability of a random order (RAR's annealing) and the learning rate."""
 
 from __future__ import annotations
 
 import math
 
-__all__ = ['anneal_ratio', 'lr_at']
+from anyorder.models.registry import get_family
+from anyorder.training.config import TrainConfig
+
+__all__ = ["anneal_ratio", "anneal_bounds", "permutation_ratio", "lr_at"]
 
 
 def anneal_ratio(step: int, start: int, end: int) -> float:
@@ -14,6 +17,32 @@ def anneal_ratio(step: int, start: int, end: int) -> float:
     if step >= end:
         return 0.0
     return 1.0 - (step - start) / (end - start)
+
+
+def anneal_bounds(cfg: TrainConfig, family: str) -> tuple[int, int]:
+    """``(start, end)`` of the randomness annealing; ``end < 0``: random orders throughout. Unset in ``cfg``
+    (None): the family's default order schedule (RAR's paper: r = 1 until 50% of ``cfg.steps``, 0 from 75%;
+    RandAR and LPD: random throughout)."""
+    start, end = cfg.anneal_start, cfg.anneal_end
+    if start is None and end is None:
+        default = get_family(family).order_schedule
+        if default is None:
+            return 0, -1
+        return int(default[0] * cfg.steps), int(default[1] * cfg.steps)
+    if end is None:
+        raise ValueError(f"train.anneal_start={start} needs train.anneal_end (the step r reaches 0; -1: never)")
+    start = 0 if start is None else start
+    if end >= 0 and end < start:
+        raise ValueError(f"train.anneal_end={end} is before train.anneal_start={start}")
+    return start, end
+
+
+def permutation_ratio(step: int, cfg: TrainConfig, family: str) -> float:
+    """The probability ``r`` of a random order at ``step``."""
+    start, end = anneal_bounds(cfg, family)
+    if end < 0:
+        return 1.0
+    return anneal_ratio(step, start, end)
 
 
 def lr_at(step: int, base_lr: float, warmup: int, total: int, end_lr: float = 0.0) -> float:

@@ -1,5 +1,5 @@
-"""Schedules over decoding: classifier-free guidance (RAR's pow-cosine, RandAR's linear) and RandAR's
-parallel-decoding steps."""
+"""Schedules over decoding: classifier-free guidance (RAR's pow-cosine, RandAR's and LPD's linear, LPD's
+constant) and the parallel-decoding step plans (RandAR's cosine schedule)."""
 
 from __future__ import annotations
 
@@ -32,31 +32,44 @@ def linear_guidance(decoded: int, total: int, start: float, end: float) -> float
 class GuidanceSchedule:
     """Classifier-free guidance as a function of how many tokens are decoded so far.
 
-    ``kind="pow_cosine"`` (RAR): ``scale``, ``power``; off when ``scale`` is 0 or 1.
-    ``kind="linear"`` (RandAR): from ``start`` to ``scale``; off unless ``scale > 1``.
+    ``kind="pow_cosine"`` (RAR): ``scale``, ``power``; on unless ``scale`` is 0 or 1.
+    ``kind="linear"`` (RandAR, LPD): from ``start`` to ``scale``; on when ``scale > 1``.
+    ``kind="constant"`` (LPD): ``scale`` for every token; on unless ``scale`` is 1.
+    ``per_token``: the scale of each token decoded in a step follows the schedule at its own generation index
+    (LPD: a step starting at ``j0`` uses ``j0, j0 + 1, ...``); otherwise every token of a step gets the scale at
+    the step's start (RAR, RandAR). ``enabled`` (None: the kind's rule above) says whether guidance runs at all.
     """
 
     kind: str = "pow_cosine"
     scale: float = 1.0
     power: float = 0.0
     start: float = 1.0
+    per_token: bool = False
+    enabled: bool | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in ("pow_cosine", "linear"):
-            raise ValueError(f"unknown guidance schedule kind {self.kind!r}; use 'pow_cosine' or 'linear'")
+        if self.kind not in ("pow_cosine", "linear", "constant"):
+            raise ValueError(f"unknown guidance schedule kind {self.kind!r}; use 'pow_cosine', 'linear' or "
+                             "'constant'")
         if self.scale < 0:
             raise ValueError(f"guidance scale must be >= 0, got {self.scale}")
-
-    @property
-    def enabled(self) -> bool:
-        if self.kind == "linear":
-            return self.scale > 1.0
-        return self.scale not in (0.0, 1.0)
+        if self.enabled is None:
+            rule = {"linear": self.scale > 1.0, "constant": self.scale != 1.0,
+                    "pow_cosine": self.scale not in (0.0, 1.0)}
+            object.__setattr__(self, "enabled", rule[self.kind])
 
     def __call__(self, decoded: int, total: int) -> float:
         if self.kind == "linear":
             return linear_guidance(decoded, total, self.start, self.scale)
+        if self.kind == "constant":
+            return self.scale
         return pow_cosine_guidance(decoded, total, self.scale, self.power)
+
+    def scales(self, decoded: int, count: int, total: int) -> list[float]:
+        """The scales of the ``count`` tokens a step decodes after ``decoded`` of ``total``."""
+        if self.per_token:
+            return [self(decoded + j, total) for j in range(count)]
+        return [self(decoded, total)] * count
 
 
 def parallel_decoding_schedule(steps: int, total: int) -> list[int]:

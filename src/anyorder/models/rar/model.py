@@ -16,17 +16,15 @@ For inference the two position tables can be merged into one for the final order
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs
+from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs, check_config
+from anyorder.models.spec import KeyMap
 from anyorder.nn import orders as orders_lib
-from anyorder.nn.kv_cache import attention_window
+from anyorder.nn.kv_cache import CacheStep, attention_window
 from anyorder.nn.transformer import Transformer, TransformerConfig
 
 
@@ -49,8 +47,8 @@ class RARConfig:
     grad_checkpointing: bool = False  # training only: recompute the blocks' activations in backward
 
     def __post_init__(self) -> None:
-        if math.isqrt(self.seq_len) ** 2 != self.seq_len:
-            raise ValueError(f"seq_len must be a square number of tokens, got {self.seq_len}")
+        check_config(self, ("dim", "depth", "n_head", "mlp_hidden", "seq_len", "codebook_size", "num_classes"),
+                     ("dropout", "attn_dropout", "class_dropout"))
         orders_lib.scan_order(self.order, 1)  # validates the name
         if self.pos_extra < 2 or self.timestep_extra < 2:
             raise ValueError("pos_extra and timestep_extra must be >= 2 (the cls and condition slots)")
@@ -63,12 +61,30 @@ class RARConfig:
         )
 
 
-# official key -> ours (the transformer lives under ``transformer.``)
-_OFFICIAL_KEYS = [
-    (r"^blocks\.", "transformer.blocks."),
-    (r"^adaln_before_head\.", "transformer.final."),
-    (r"^lm_head\.", "transformer.final.head."),
-]
+# official names <-> ours (the transformer lives under ``transformer.``; the final adaLN and the head under
+# ``transformer.final``); 1d-tokenizer's weight-decay rule reads the official names
+OFFICIAL_KEYS = KeyMap([
+    ("blocks.", "transformer.blocks."),
+    ("lm_head.", "transformer.final.head."),
+    ("adaln_before_head.", "transformer.final."),
+])
+# 1d-tokenizer's trainer (utils/train_utils.py, create_optimizer): no decay for names containing these
+_NO_DECAY = ("ln", "bias", "norm", "gamma", "embed", "embedding", "latent_tokens", "mask_token")
+
+
+@dataclass(kw_only=True)
+class RARState(DecodeState):
+    """What a RAR generation precomputes once: the condition ids and embedding, the merged position table,
+    the per-slot adaLN inputs, the slot indices; and the adaLN outputs computed ahead (:meth:`RAR._modulations`)."""
+
+    cond: Tensor  # condition token ids [B]
+    cond_emb: Tensor  # [B, 1, D]
+    table: Tensor  # merged position embeddings [B, T + 2, D]
+    adaln_in: Tensor  # [B, T + 2, D]
+    slots: Tensor  # arange(T + 2)
+    ahead: int  # slots whose adaLN outputs are computed at once (< 2: off)
+    mods: list[Tensor] | None = None
+    mods_span: tuple[int, int] = (0, 0)
 
 
 class RAR(AnyOrderModel):
@@ -104,6 +120,14 @@ class RAR(AnyOrderModel):
             if p is not None:
                 nn.init.trunc_normal_(p, std=0.02)
         nn.init.zeros_(self.cls_token)
+
+    def decays(self, name: str, param: Tensor) -> bool:
+        """1d-tokenizer's rule, read on the official name: matrices decay unless the name holds ``ln``,
+        ``bias``, ``norm``, ``gamma``, ``embed`` ... So the position / target-aware / timestep tables and the
+        token embedding do not decay, ``cls_token`` does; the blocks' adaLN weights decay, the final layer's
+        (``adaln_before_head``) do not."""
+        official = OFFICIAL_KEYS.to_official(name)
+        return param.dim() >= 2 and not any(s in official for s in _NO_DECAY)
 
     # ---- ids --------------------------------------------------------------------------------------
     def condition_tokens(self, classes: Tensor) -> Tensor:
@@ -167,7 +191,7 @@ class RAR(AnyOrderModel):
         return self.forward(orders_lib.permute(codes, orders), classes, orders, rows=slice(1, -1))
 
     # ---- KV-cached decoding ----------------------------------------------------------------------
-    def start_decoding(self, classes: Tensor, orders: Tensor, static: bool = False) -> DecodeState:
+    def start_decoding(self, classes: Tensor, orders: Tensor, static: bool = False) -> RARState:
         """Set up the cache and precompute, once per generation, everything a step only slices: the merged
         position table, the condition embedding, the per-slot adaLN inputs and the slot indices."""
         B, S = orders.shape[0], self.seq_len + 2
@@ -175,104 +199,61 @@ class RAR(AnyOrderModel):
         cond = self.condition_tokens(classes)
         cond_emb = self.embeddings(cond)[:, None]  # [B, 1, D]
         per_slot = B * (6 * self.config.depth + 2) * self.config.dim * self.cls_token.element_size()  # adaLN bytes
-        return DecodeState(orders=orders, classes=classes, static=static, extra={
-            "cond": cond, "cond_emb": cond_emb, "table": self.position_table(orders),
-            "adaln_in": cond_emb + self.timesteps_embeddings[:, :S],  # [B, T + 2, D]
-            "slots": torch.arange(S, device=orders.device),
-            "ahead": min(S, self.adaln_ahead_bytes // per_slot), "mods": None, "mods_span": (0, 0),
-        })
+        return RARState(orders=orders, classes=classes, static=static, cond=cond, cond_emb=cond_emb,
+                        table=self.position_table(orders), adaln_in=cond_emb + self.timesteps_embeddings[:, :S],
+                        slots=torch.arange(S, device=orders.device), ahead=min(S, self.adaln_ahead_bytes // per_slot))
 
-    def _modulations(self, state: DecodeState, start: int, stop: int) -> list[Tensor] | None:
+    def _modulations(self, state: RARState, start: int, stop: int) -> list[Tensor] | None:
         """The adaLN outputs of slots ``start:stop``, from blocks computed ahead for up to ``ahead`` slots.
 
         A one-row step multiplies every block's ``D x 6D`` adaLN weight (a third of the block) by ``B`` rows;
         the outputs depend on the class and the slot only, so one matmul per block for the next ``ahead``
         slots reads those weights once per ``ahead`` steps (``adaln_ahead_bytes`` bounds the buffer; ``None``
         where not even two slots fit: the step then computes them itself, as large batches on a GPU do)."""
-        ex = state.extra
-        if ex["ahead"] < 2:
+        if state.ahead < 2:
             return None
-        lo, hi = ex["mods_span"]
+        lo, hi = state.mods_span
         if not (lo <= start and stop <= hi):
             # every chunk holds exactly `ahead` slots (the last one starts earlier): same strides for the
             # slices a compiled step reads, so no recompilation at the last chunk
-            lo = min(start, self.seq_len + 2 - ex["ahead"])
-            hi = lo + ex["ahead"]
-            ex["mods"], ex["mods_span"] = self.transformer.modulations(ex["adaln_in"][:, lo:hi]), (lo, hi)
-        return [m[:, start - lo:stop - lo] for m in ex["mods"]]
+            lo = min(start, self.seq_len + 2 - state.ahead)
+            hi = lo + state.ahead
+            state.mods, state.mods_span = self.transformer.modulations(state.adaln_in[:, lo:hi]), (lo, hi)
+        return [m[:, start - lo : stop - lo] for m in state.mods]
 
-    def _feed(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> tuple[Tensor, Tensor, int, int]:
+    def _feed(self, state: RARState, new_tokens: Tensor | None,
+              num_queries: int) -> tuple[Tensor, Tensor, int, int]:
         if num_queries != 1:
             raise ValueError("RAR decodes one token per step (its target-aware embeddings fix the next position)")
-        ex = state.extra
         if new_tokens is None or new_tokens.shape[1] == 0:  # prefill: [cls, condition] at slots 0, 1
             start, stop = 0, 2
-            x = torch.cat([self.cls_token.expand(ex["cond_emb"].shape[0], -1, -1), ex["cond_emb"]], dim=1)
+            x = torch.cat([self.cls_token.expand(state.cond_emb.shape[0], -1, -1), state.cond_emb], dim=1)
         else:  # tokens with generation index done - n .. done - 1 sit at slots 2 + index
             start, stop = 2 + state.done - new_tokens.shape[1], 2 + state.done
             x = self.embeddings(new_tokens)
-        return x + ex["table"][:, start:stop], ex["adaln_in"][:, start:stop], start, stop
+        return x + state.table[:, start:stop], state.adaln_in[:, start:stop], start, stop
 
-    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> Tensor:
+    def decode_one_step(self, state: RARState, new_tokens: Tensor | None, num_queries: int = 1) -> Tensor:
         if state.static:
             return self.static_step(self.step_inputs(state, new_tokens, num_queries))
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
-        return self.transformer(x, c, input_pos=state.extra["slots"][start:stop], kv_len=stop, last=1,
-                                mods=self._modulations(state, start, stop))
+        step = CacheStep(state.slots[start:stop], kv_len=stop)
+        return self.transformer.decode_step(x, step, c, last=1, mods=self._modulations(state, start, stop))
 
-    def step_inputs(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int = 1) -> StepInputs:
+    def step_inputs(self, state: RARState, new_tokens: Tensor | None, num_queries: int = 1) -> StepInputs:
         """One token in, one query out (two rows at the prefill): RAR's step is static without padding."""
         x, c, start, stop = self._feed(state, new_tokens, num_queries)
         mods = self._modulations(state, start, stop)
-        return StepInputs(x=x, c=c if mods is None else None, mods=mods, last=1,
-                          input_pos=state.extra["slots"][start:stop], window=attention_window(stop, self.seq_len + 2))
+        return StepInputs(x=x, c=c if mods is None else None, mods=mods, last=1, input_pos=state.slots[start:stop],
+                          window=attention_window(stop, self.seq_len + 2))
 
     # ---- export ------------------------------------------------------------------------------------
     @torch.no_grad()
     def merge_position_embeddings(self) -> RAR:
         """A copy for inference whose single position table already holds the target-aware
         embeddings of the final (``config.order``) order. Its outputs equal this model's in that order."""
-        from dataclasses import replace
-
         merged = RAR(replace(self.config, merged_pos_embed=True)).to(self.device)
         sd = {k: v for k, v in self.state_dict().items() if k not in ("pos_embed", "target_aware_pos_embed")}
         merged.load_state_dict(sd, strict=False)
         merged.pos_embed.copy_(self.position_table(self.default_order()[None]))
         return merged
-
-    # ---- official format -------------------------------------------------------------------------
-    @classmethod
-    def convert_official_state_dict(cls, sd: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = {}
-        for k, v in sd.items():
-            for pat, rep in _OFFICIAL_KEYS:
-                k = re.sub(pat, rep, k)
-            out[k] = v
-        return out
-
-    @classmethod
-    def is_official_state_dict(cls, sd: dict[str, Tensor]) -> bool:
-        return "lm_head.weight" in sd
-
-    @classmethod
-    def config_from_official(cls, official: dict[str, Any]) -> RARConfig:
-        """From the official hyper-parameters: a ``config.json`` (flat) or 1d-tokenizer's YAML
-        (``configs/training/generator/rar.yaml``: ``model.generator`` with ``codebook_size`` under
-        ``model.vq_model``)."""
-        model = official.get("model", {}) if isinstance(official.get("model"), dict) else {}
-        g = model.get("generator", official)
-        vq = model.get("vq_model", {})
-        if "codebook_size" not in g and "codebook_size" not in vq:
-            raise ValueError("official RAR config: no codebook_size (neither in the generator section nor under "
-                             "model.vq_model)")
-        try:
-            return RARConfig(
-                dim=int(g["hidden_size"]), depth=int(g["num_hidden_layers"]), n_head=int(g["num_attention_heads"]),
-                mlp_hidden=int(g["intermediate_size"]), seq_len=int(g["image_seq_len"]),
-                codebook_size=int(g.get("codebook_size", vq.get("codebook_size"))),
-                num_classes=int(g["condition_num_classes"]), dropout=float(g.get("dropout", 0.0)),
-                attn_dropout=float(g.get("attn_drop", 0.0)),
-                class_dropout=float(g.get("class_label_dropout", 0.1)),
-            )
-        except KeyError as e:
-            raise ValueError(f"official RAR config: missing key {e.args[0]!r} in the generator section") from e

@@ -14,18 +14,16 @@ next queries, written from the slot after the first query of the previous step o
 
 from __future__ import annotations
 
-import math
-import re
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs, bucket
+from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs, bucket, check_config
+from anyorder.models.spec import KeyMap
 from anyorder.nn import orders as orders_lib
-from anyorder.nn.kv_cache import attention_window
-from anyorder.nn.rope import apply_rope, rope_2d
+from anyorder.nn.kv_cache import CacheStep, attention_window
+from anyorder.nn.rope import apply_rope, rope_2d, rope_2d_mixed
 from anyorder.nn.transformer import Transformer, TransformerConfig
 
 
@@ -63,8 +61,8 @@ class RandARConfig:
     grad_checkpointing: bool = False  # training only: recompute the blocks' activations in backward
 
     def __post_init__(self) -> None:
-        if math.isqrt(self.seq_len) ** 2 != self.seq_len:
-            raise ValueError(f"seq_len must be a square number of tokens, got {self.seq_len}")
+        check_config(self, ("dim", "depth", "n_head", "seq_len", "codebook_size", "num_classes", "multiple_of"),
+                     ("dropout", "attn_dropout", "class_dropout"))
         if self.order != "random":
             orders_lib.scan_order(self.order, 1)
         if not self.mlp_hidden:
@@ -78,18 +76,32 @@ class RandARConfig:
         )
 
 
-_OFFICIAL_KEYS = [
-    (r"^layers\.(\d+)\.attention\.wqkv\.", r"transformer.blocks.\1.attn.qkv."),
-    (r"^layers\.(\d+)\.attention\.wo\.", r"transformer.blocks.\1.attn.proj."),
-    (r"^layers\.(\d+)\.feed_forward\.w1\.", r"transformer.blocks.\1.mlp.fc1."),
-    (r"^layers\.(\d+)\.feed_forward\.w2\.", r"transformer.blocks.\1.mlp.fc2."),
-    (r"^layers\.(\d+)\.feed_forward\.w3\.", r"transformer.blocks.\1.mlp.fc3."),
-    (r"^layers\.(\d+)\.attention_norm\.", r"transformer.blocks.\1.norm1."),
-    (r"^layers\.(\d+)\.ffn_norm\.", r"transformer.blocks.\1.norm2."),
-    (r"^norm\.", "transformer.final.norm."),
-    (r"^output\.", "transformer.final.head."),
-    (r"^cls_embedding\.embedding_table\.", "class_embed."),
-]
+# official names <-> ours (LlamaGen's GPT layout)
+OFFICIAL_KEYS = KeyMap([
+    ("layers.{i}.attention.wqkv.", "transformer.blocks.{i}.attn.qkv."),
+    ("layers.{i}.attention.wo.", "transformer.blocks.{i}.attn.proj."),
+    ("layers.{i}.feed_forward.w1.", "transformer.blocks.{i}.mlp.fc1."),
+    ("layers.{i}.feed_forward.w2.", "transformer.blocks.{i}.mlp.fc2."),
+    ("layers.{i}.feed_forward.w3.", "transformer.blocks.{i}.mlp.fc3."),
+    ("layers.{i}.attention_norm.", "transformer.blocks.{i}.norm1."),
+    ("layers.{i}.ffn_norm.", "transformer.blocks.{i}.norm2."),
+    ("norm.", "transformer.final.norm."),
+    ("output.", "transformer.final.head."),
+    ("cls_embedding.embedding_table.", "class_embed."),
+])
+
+
+@dataclass(kw_only=True)
+class RandARState(DecodeState):
+    """What a RandAR generation precomputes once: the class rows, the instruction tokens and RoPE rows per
+    generation index, the RoPE row per cache slot and the slot indices."""
+
+    cls: Tensor  # class embeddings [B, 1, D]
+    instr: Tensor  # instruction tokens [B, T, D] in generation order
+    rope: Tensor  # their RoPE rows [B, T, head_dim / 2, 2]
+    rope0: Tensor  # the class token's (zero) row [B, 1, head_dim / 2, 2]
+    rope_slots: Tensor  # per cache slot: class, then instr_k / tok_k share row k
+    slots: Tensor  # arange(cache length)
 
 
 class RandAR(AnyOrderModel):
@@ -157,30 +169,74 @@ class RandAR(AnyOrderModel):
         base = self.pos_instruct_embeddings.view(1, 1, H, -1).expand(B, T, H, -1)
         return apply_rope(base, self.rope_rows(orders, table)).reshape(B, T, -1)
 
+    def canvas_table(self, canvas: tuple[int, int], rope: str = "extrapolate", ntk_boundary: int = 2) -> Tensor:
+        """The RoPE table of a ``canvas = (H, W)`` token grid (positions beyond the trained grid).
+
+        ``"extrapolate"``: :func:`rope_2d` of the canvas — true positions; rows/columns inside the trained grid
+        get exactly the trained rows of the table. ``"ntk"``: per axis, RandAR's NTK mix
+        (:func:`rope_2d_mixed`) with the factor ``canvas / trained`` of that axis (an axis no longer than the
+        trained one keeps its true positions); the first ``ntk_boundary`` frequency pairs extrapolate, the rest
+        interpolate."""
+        c = self.config
+        head_dim, base = c.dim // c.n_head, c.rope_base
+        H, W = canvas
+        if rope == "extrapolate":
+            table = rope_2d((H, W), head_dim, base)
+        elif rope == "ntk":
+            gh, gw = self.grid
+            fh, fw = max(1.0, H / gh), max(1.0, W / gw)
+            F = head_dim // 4
+            t_rows = rope_2d_mixed((H, W), head_dim, fh, ntk_boundary, base)
+            t_cols = rope_2d_mixed((H, W), head_dim, fw, ntk_boundary, base)
+            table = torch.cat([t_rows[:, :F], t_cols[:, F:]], dim=1)
+        else:
+            raise ValueError(f"rope must be 'extrapolate' or 'ntk', got {rope!r}")
+        return table.to(device=self.device, dtype=self.freqs_cis.dtype)
+
+    def extrapolation_table(self, factor: float, ntk_boundary: int = 2) -> Tensor:
+        """The RoPE table of the ``factor`` times larger grid of resolution extrapolation: the first
+        ``ntk_boundary`` frequency pairs of each axis at true positions, the rest squeezed by ``factor``."""
+        c = self.config
+        H, W = (int(g * factor) for g in self.grid)
+        return rope_2d_mixed((H, W), c.dim // c.n_head, factor, ntk_boundary, c.rope_base).to(
+            device=self.device, dtype=self.freqs_cis.dtype)
+
     def class_embedding(self, classes: Tensor) -> Tensor:
         return self.class_embed(self.check_classes(classes))[:, None]
 
+    def token_embeddings(self, ids: Tensor) -> Tensor:
+        """Image-token embeddings; spatial guidance feeds them (some zeroed) in place of ids."""
+        return self.tok_embeddings(ids)
+
+    def decays(self, name: str, param: Tensor) -> bool:
+        """RandAR's ``configure_optimizer`` (``randar_gpt.py``): every parameter with 2 or more dims decays —
+        embeddings and the position-instruction embedding included — the rest does not."""
+        return param.dim() >= 2
+
     # ---- teacher forcing ----------------------------------------------------------------------------
-    def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor, table: Tensor | None = None,
-                hidden_layers: tuple[int, ...] = (), head: bool = True) -> Tensor | tuple[Tensor | None, list[Tensor]]:
-        """Logits ``[B, T, V]`` read at the instruction slots for tokens ``gen_ids [B, T]`` already in
-        generation order ``orders``; logit ``j`` predicts ``gen_ids[:, j]``. ``hidden_layers`` also returns the
-        residual streams after those blocks (0-based); with ``head=False`` the forward stops after the last of
-        them and returns ``(None, hidden)`` (feature extraction: no later blocks, no vocabulary head)."""
-        B, T = gen_ids.shape
+    def _sequence(self, gen_ids: Tensor, classes: Tensor, orders: Tensor,
+                  table: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Inputs ``[class, instr_0, tok_0, instr_1, tok_1, ...]`` and their RoPE rows."""
+        B = gen_ids.shape[0]
         instr = self.instruction_tokens(orders, table)
-        toks = self.tok_embeddings(gen_ids)
-        x = torch.cat([self.class_embedding(classes).expand(B, -1, -1), interleave(instr, toks)], dim=1)
+        x = torch.cat([self.class_embedding(classes).expand(B, -1, -1),
+                       interleave(instr, self.tok_embeddings(gen_ids))], dim=1)
         rows = self.rope_rows(orders, table)
         table0 = (self.freqs_cis if table is None else table)[:1].expand(B, -1, -1, -1)
-        rope = torch.cat([table0, interleave(rows, rows)], dim=1)
-        if not head:
-            if not hidden_layers:
-                raise ValueError("head=False returns hidden states only: give hidden_layers")
-            _, hidden = self.transformer(x, rope=rope, hidden_layers=hidden_layers, stop_after=max(hidden_layers) + 1)
-            return None, hidden
+        return x, torch.cat([table0, interleave(rows, rows)], dim=1)
+
+    def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor, table: Tensor | None = None) -> Tensor:
+        """Logits ``[B, T, V]`` read at the instruction slots for tokens ``gen_ids [B, T]`` already in
+        generation order ``orders``; logit ``j`` predicts ``gen_ids[:, j]``."""
+        x, rope = self._sequence(gen_ids, classes, orders, table)
         # the head runs on the instruction slots only (1, 3, ..., 2T - 1): the predictions
-        return self.transformer(x, rope=rope, hidden_layers=hidden_layers, rows=slice(1, None, 2))
+        return self.transformer(x, rope=rope, rows=slice(1, None, 2))
+
+    def hidden_states(self, gen_ids: Tensor, classes: Tensor, orders: Tensor, layers: tuple[int, ...]) -> list[Tensor]:
+        """The residual streams ``[B, 1 + 2L, D]`` after blocks ``layers`` (0-based) for the sequence of
+        ``gen_ids [B, L]`` in ``orders`` (feature extraction: no later blocks, no vocabulary head)."""
+        x, rope = self._sequence(gen_ids, classes, orders)
+        return self.transformer.hidden_states(x, layers, rope=rope)
 
     def logits(self, codes: Tensor, classes: Tensor, orders: Tensor | None = None) -> Tensor:
         codes = self.check_codes(codes)
@@ -189,35 +245,35 @@ class RandAR(AnyOrderModel):
         return self.forward(orders_lib.permute(codes, orders), classes, orders)
 
     # ---- KV-cached (parallel) decoding -----------------------------------------------------------
-    def start_decoding(self, classes: Tensor, orders: Tensor, table: Tensor | None = None,
-                       static: bool = False) -> DecodeState:
+    def start_decoding(self, classes: Tensor, orders: Tensor, static: bool = False,
+                       table: Tensor | None = None) -> RandARState:
         """Set up the cache and precompute, once per generation, what the steps only slice: instruction
         tokens, RoPE rows per generation index and per cache slot, and the slot indices. ``static`` adds
-        one scratch slot (``2T + 1``) where the padding rows of a bucketed step are written."""
+        one scratch slot (``2T + 1``) where the padding rows of a bucketed step are written. ``table``: the
+        RoPE table of another grid (a larger canvas)."""
         B, T = orders.shape
         self.transformer.setup_cache(B, 2 * T + 1 + int(static), reuse=static)
         table = self.freqs_cis if table is None else table
         rope, rope0 = self.rope_rows(orders, table), table[:1].expand(B, -1, -1, -1)
-        return DecodeState(orders=orders, classes=classes, static=static, extra={
-            "cls": self.class_embedding(classes), "instr": self.instruction_tokens(orders, table),
-            "rope": rope, "rope0": rope0,
+        return RandARState(
+            orders=orders, classes=classes, static=static, cls=self.class_embedding(classes),
+            instr=self.instruction_tokens(orders, table), rope=rope, rope0=rope0,
             # slot 0: class; instr_k (slot 1 + 2k) and tok_k (slot 2 + 2k) share row k
-            "rope_slots": torch.cat([rope0, rope.repeat_interleave(2, dim=1)], dim=1),
-            "slots": torch.arange(2 * T + 1 + int(static), device=orders.device),
-        })
+            rope_slots=torch.cat([rope0, rope.repeat_interleave(2, dim=1)], dim=1),
+            slots=torch.arange(2 * T + 1 + int(static), device=orders.device))
 
-    def _feed(self, state: DecodeState, new_tokens: Tensor | None,
+    def _feed(self, state: RandARState, new_tokens: Tensor | None,
               num_queries: int) -> tuple[Tensor, Tensor, Tensor, Tensor, int]:
         """The fed rows (``x``, RoPE ``r``) and the query rows (``q``, ``rq``) of a step; the fed rows start
         at slot ``start`` and the queries follow them."""
-        ex, done, m = state.extra, state.done, num_queries
-        instr, rope = ex["instr"], ex["rope"]
+        done, m = state.done, num_queries
+        instr, rope = state.instr, state.rope
         T = state.orders.shape[1]
         if done + m > T:
             raise ValueError(f"{m} queries after {done} decoded tokens exceed the {T} positions")
         n = 0 if new_tokens is None else new_tokens.shape[1]
         if n == 0:  # prefill: [class, instr_0 .. instr_{m-1}]
-            x, r, start = ex["cls"], ex["rope0"], 0
+            x, r, start = state.cls, state.rope0, 0
         else:  # [tok_a, instr_{a+1}, tok_{a+1}, ..., tok_{done-1}, instr_done .. instr_{done+m-1}]
             a = done - n
             start = 2 + 2 * a
@@ -225,10 +281,10 @@ class RandAR(AnyOrderModel):
             x = torch.cat([interleave(tok[:, :-1], instr[:, a + 1 : done]), tok[:, -1:]], dim=1)
             # the fed tokens sit at their own slots (2 + 2a .. 2 * done); the queries at the provisional
             # slots after them, each with the RoPE row of the position it asks for
-            r = ex["rope_slots"][:, start : 2 * done + 1]
+            r = state.rope_slots[:, start : 2 * done + 1]
         return x, r, instr[:, done : done + m], rope[:, done : done + m], start
 
-    def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
+    def decode_one_step(self, state: RandARState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
         """Feed ``new_tokens`` — ids ``[B, n]``, or their embeddings ``[B, n, dim]`` (spatial guidance
         zeroes some) — and return logits ``[B, num_queries, V]`` for the next queries."""
         if state.static:
@@ -236,17 +292,17 @@ class RandAR(AnyOrderModel):
         x, r, q, rq, start = self._feed(state, new_tokens, num_queries)
         x, r = torch.cat([x, q], dim=1), torch.cat([r, rq], dim=1)
         stop = start + x.shape[1]
-        return self.transformer(x, rope=r, input_pos=state.extra["slots"][start:stop], kv_len=stop,
-                                last=num_queries)
+        return self.transformer.decode_step(x, CacheStep(state.slots[start:stop], kv_len=stop), rope=r,
+                                            last=num_queries)
 
-    def step_inputs(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> StepInputs:
+    def step_inputs(self, state: RandARState, new_tokens: Tensor | None, num_queries: int) -> StepInputs:
         """``[fed rows, padding, queries, padding]`` with both parts padded to :func:`bucket` sizes, so a
         whole parallel-decoding generation compiles to a few shapes. Padding rows are zeros written at the
         scratch slot ``2T + 1`` (no real query sees it; they see everything, so no row is fully masked)."""
         x, r, q, rq, start = self._feed(state, new_tokens, num_queries)
         B, F, m = x.shape[0], x.shape[1], num_queries
         fb, mb = bucket(F), bucket(m)
-        slots = state.extra["slots"]
+        slots = state.slots
         scratch = slots[-1:]
 
         def pad(t: Tensor, rows: int) -> Tensor:
@@ -257,43 +313,3 @@ class RandAR(AnyOrderModel):
         q0 = start + F
         pos = torch.cat([slots[start:q0], scratch.expand(fb - F), slots[q0 : q0 + m], scratch.expand(mb - m)])
         return StepInputs(x=x, rope=rope, input_pos=pos, last=mb, window=attention_window(q0 + m, slots.shape[0]))
-
-    # ---- official format -------------------------------------------------------------------------
-    @classmethod
-    def convert_official_state_dict(cls, sd: dict[str, Tensor]) -> dict[str, Tensor]:
-        out = {}
-        for k, v in sd.items():
-            if k == "freqs_cis":
-                continue
-            for pat, rep in _OFFICIAL_KEYS:
-                k = re.sub(pat, rep, k)
-            out[k] = v
-        return out
-
-    @classmethod
-    def is_official_state_dict(cls, sd: dict[str, Tensor]) -> bool:
-        return "output.weight" in sd and "pos_instruct_embeddings" in sd
-
-    @classmethod
-    def config_from_official(cls, official: dict[str, Any]) -> RandARConfig:
-        """From the official hyper-parameters: a flat ``config.json`` or RandAR's YAML
-        (``configs/randar/*.yaml``: ``ar_model.params``)."""
-        g = official
-        for section in ("ar_model", "model"):
-            sub = official.get(section)
-            if isinstance(sub, dict):
-                g = sub.get("params", sub)
-                break
-        if "dim" not in g:
-            raise ValueError("official RandAR config: no 'dim' (expected a flat config.json or ar_model.params)")
-        cfg = RandARConfig(
-            dim=int(g["dim"]), depth=int(g["n_layer"]), n_head=int(g["n_head"]), seq_len=int(g["block_size"]),
-            codebook_size=int(g["vocab_size"]), num_classes=int(g["num_classes"]),
-            multiple_of=int(g.get("multiple_of", 256)), rope_base=float(g.get("rope_base", 10000)),
-            norm_eps=float(g.get("norm_eps", 1e-5)), class_dropout=float(g.get("class_dropout_prob", 0.1)),
-            mlp_hidden=int(g.get("ffn_hidden", 0) or 0), dropout=float(g.get("resid_dropout_p", 0.0)),
-            order="random" if g.get("position_order", "random") == "random" else "raster",
-        )
-        if int(g.get("cls_token_num", 1)) != 1:
-            raise ValueError(f"cls_token_num={g['cls_token_num']} is not supported (class-conditional RandAR uses 1)")
-        return cfg

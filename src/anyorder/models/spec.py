@@ -1,0 +1,191 @@
+"""A family's spec: everything the rest of the package needs to know of a model family, in one object.
+
+torchtitan's ``ModelSpec``, for any-order generators. Each family folder (``models/rar``, ``models/randar``,
+``models/lpd``) defines its config and model (``model.py``) and a :class:`FamilySpec` (``spec.py``): its
+sampling policy, its official format (state-dict key map used in both directions, YAML sections, release
+sampling keys, release file names), its default order schedule, capabilities, presets, display name and
+default tokenizer. :func:`anyorder.models.registry.register_family` makes it known by name; every other layer
+asks the spec or a capability, never the family's name.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from anyorder.io.config import coerce_value
+from anyorder.models.policy import SamplingPolicy
+
+__all__ = ["Capabilities", "CAPABILITY_HELP", "KeyMap", "OfficialFormat", "Preset", "FamilySpec", "REQUIRED", "official_fields"]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a family can do beyond class-conditional sampling. Code asks these, not the family's name."""
+
+    parallel: bool = False  # several tokens per step, in any order: ``steps`` and order policies apply
+    known_tokens: bool = False  # decodes known tokens first at any positions: inpainting, outpainting
+    canvas: bool = False  # positions beyond the trained grid (a RoPE table per canvas): larger outpainting
+    extrapolation: bool = False  # zero-shot resolution extrapolation, with spatial guidance
+    features: bool = False  # bidirectional per-position features (the image fed twice)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+CAPABILITY_HELP = {
+    "parallel": "decodes several tokens per step, in any order",
+    "known_tokens": "decodes known tokens first at any positions",
+    "canvas": "has positions beyond its trained grid",
+    "extrapolation": "extrapolates to a larger resolution zero-shot",
+    "features": "gives bidirectional per-position features",
+}
+
+
+class KeyMap:
+    """Official parameter names <-> ours, one table used in both directions.
+
+    Each entry is ``(official, ours)``: name prefixes, where ``{i}`` stands for a block index. The first entry
+    whose pattern matches the start of a name rewrites it; names that match none are the same in both."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self.pairs = pairs
+        self._fwd = [self._compile(a, b) for a, b in pairs]
+        self._back = [self._compile(b, a) for a, b in pairs]
+
+    @staticmethod
+    def _compile(src: str, dst: str) -> tuple[re.Pattern[str], str]:
+        pattern = "^" + re.escape(src).replace(re.escape("{i}"), r"(\d+)")
+        return re.compile(pattern), dst.replace("{i}", r"\1")
+
+    @staticmethod
+    def _apply(rules: list[tuple[re.Pattern[str], str]], name: str) -> str:
+        for pattern, repl in rules:
+            if pattern.match(name):
+                return pattern.sub(repl, name, count=1)
+        return name
+
+    def to_ours(self, name: str) -> str:
+        return self._apply(self._fwd, name)
+
+    def to_official(self, name: str) -> str:
+        return self._apply(self._back, name)
+
+
+class OfficialFormat:
+    """How a family's official release is written. Subclasses fill in the class attributes and methods.
+
+    ``keys``: the state-dict :class:`KeyMap`; ``markers``: keys whose presence marks an official state dict of
+    this family; ``ignored``: official keys that hold no parameter of ours (RandAR's ``freqs_cis``);
+    ``release_files``: the released checkpoints' file stems and the preset of each; ``repo``: where the code is.
+    """
+
+    repo: str = ""
+    keys: KeyMap = KeyMap([])
+    markers: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    release_files: dict[str, str] = {}
+
+    def is_state_dict(self, sd: dict[str, Any]) -> bool:
+        return bool(self.markers) and all(k in sd for k in self.markers)
+
+    def convert_state_dict(self, sd: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An official state dict with our names (the ``ignored`` keys dropped)."""
+        return {self.keys.to_ours(k): v for k, v in sd.items() if k not in self.ignored}
+
+    def section(self, cfg: dict[str, Any]) -> dict[str, Any] | None:
+        """The part of an official config (a flat ``config.json`` or the official YAML) holding this family's
+        hyper-parameters, or None when ``cfg`` is not this family's."""
+        return None
+
+    def config(self, section: dict[str, Any], source: str) -> Any:
+        """Our config dataclass from :meth:`section`; every bad value is an error naming ``source``, the key,
+        the value and the rule."""
+        raise NotImplementedError
+
+    def sampling(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The sampling settings an official config records, as our policy's fields."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named model: its family, config fields, sampling settings (the release's), tokenizer, image size."""
+
+    family: str
+    model: dict[str, Any]
+    sampling: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = ""
+    image_size: int = 256
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """One model family: registered by ``name`` (:func:`anyorder.models.registry.register_family`).
+
+    ``order_schedule``: the default training schedule of random orders, as fractions of the training steps
+    ``(start, end)`` of RAR's annealing (r = 1 before ``start``, 0 from ``end``), or None for random orders
+    throughout. ``run_configs``: a folder of packaged run configs (YAML) for ``anyorder train --config``.
+    ``debug``: the config fields of a tiny model (tests, docs and the first-run checks build it)."""
+
+    name: str
+    display_name: str
+    description: str
+    model_class: type
+    config_class: type
+    policy_class: type[SamplingPolicy]
+    capabilities: Capabilities = Capabilities()
+    official: OfficialFormat | None = None
+    order_schedule: tuple[float, float] | None = None
+    default_tokenizer: str = ""
+    presets: dict[str, Preset] = field(default_factory=dict)
+    run_configs: Path | None = None
+    debug: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.policy_class.family != self.name:
+            raise ValueError(f"family {self.name!r}: its sampling policy {self.policy_class.__name__} says family "
+                             f"{self.policy_class.family!r} (set the policy's `family` ClassVar)")
+        for pname, p in self.presets.items():
+            if p.family != self.name:
+                raise ValueError(f"family {self.name!r}: preset {pname!r} belongs to family {p.family!r}")
+
+    def can(self, capability: str) -> bool:
+        if capability not in Capabilities.names():
+            raise ValueError(f"unknown capability {capability!r}; known: {Capabilities.names()}")
+        return bool(getattr(self.capabilities, capability))
+
+
+REQUIRED = object()  # an official key without a default
+_RULES = {"positive": (lambda v: v >= 1, "a positive integer"), "nonneg": (lambda v: v >= 0, ">= 0"),
+          "prob": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"), None: (lambda v: True, "")}
+
+
+def official_fields(section: dict[str, Any], table: list[tuple[str, str, type, Any, str | None]],
+                    source: str) -> dict[str, Any]:
+    """Our config fields from an official config ``section``: ``table`` rows ``(official key, our field,
+    type, default or REQUIRED, rule)``. Types are checked as strictly as our own files (``"64"`` is not an
+    integer, nor is ``2.5``); every error names ``source``, the official key, the value and the rule."""
+    out: dict[str, Any] = {}
+    for key, name, kind, default, rule in table:
+        if key not in section:
+            if default is REQUIRED:
+                raise ValueError(f"{source}: missing key {key!r}")
+            if default is not None:
+                out[name] = default
+            continue
+        try:
+            value = coerce_value(kind, section[key], key)
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}") from e
+        ok, what = _RULES[rule]
+        if not ok(value):
+            raise ValueError(f"{source}: config key {key!r} must be {what}, got {section[key]!r}")
+        out[name] = value
+    return out
