@@ -53,7 +53,8 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else samples.with_name(samples.stem + "_metrics.json")
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics are written as JSON; give a .json path")
-    metrics = evaluate(samples, args.ref, args.features, num_splits=args.is_splits, k=args.k, **common)
+    metrics = evaluate(samples, args.ref, args.features, num_splits=args.is_splits, k=args.k,
+                       pr_fp16=not args.pr_float32, **common)
     atomic_write_json(out, metrics)
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "judge_accuracy")
     print(" ".join(f"{k}={_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None)
@@ -85,6 +86,9 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=int, default=None, help="--make-ref: ADM centre crop of folder images")
     p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits")
     p.add_argument("--k", type=int, default=3, help="nearest neighbours of the precision / recall manifolds")
+    p.add_argument("--pr-float32", action="store_true",
+                   help="precision / recall from exact float32 distances instead of ADM's float16 blocks "
+                        "(not the official numbers)")
     p.add_argument("--out", default=None,
                    help="metrics JSON (default SAMPLES_metrics.json beside the samples); REF.npz with --make-ref")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

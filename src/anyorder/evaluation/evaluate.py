@@ -7,7 +7,8 @@
 * FID between the samples' pool statistics and the reference's stored ``mu`` / ``sigma``; sFID likewise
   with the spatial statistics ``mu_s`` / ``sigma_s``;
 * Inception Score from the samples' softmax (10 splits);
-* precision / recall between the reference images' and the samples' pool features (k = 3).
+* precision / recall between the reference images' and the samples' pool features (k = 3), with ADM's
+  float16 distance blocks (``pr_fp16=False``: exact float32 distances, not the official numbers).
 
 ``features="judge"`` swaps Inception for the digit judge of the bundled digits
 (:class:`anyorder.models.digit_judge.DigitClassifier`): its 32-d features stand in for the pool features
@@ -38,6 +39,8 @@ from anyorder.evaluation.adm import load_image_folder, read_reference, write_ref
 from anyorder.evaluation.inception import InceptionV3, load_inception, resolve_inception_weights
 from anyorder.evaluation.judge import class_probabilities, extract_features, images_from_uint8
 from anyorder.evaluation.metrics import (
+    COL_BATCH_SIZE,
+    ROW_BATCH_SIZE,
     feature_statistics,
     frechet_distance,
     inception_score,
@@ -144,7 +147,7 @@ def evaluate(
     samples_npz: str | os.PathLike, ref_npz: str | os.PathLike, features: str = "inception", *,
     judge: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "auto", num_splits: int = 10, k: int = 3,
-    progress: bool = True,
+    pr_fp16: bool = True, progress: bool = True,
 ) -> dict[str, Any]:
     """FID, sFID, IS, precision and recall of ``samples_npz`` against the reference batch ``ref_npz``.
 
@@ -183,7 +186,7 @@ def evaluate(
         raise ValueError(f"{ref_npz}: mu has {ref.pool.dim} dimensions but the {features} features have "
                          f"{smp_pool.dim}")
     is_mean, is_std = inception_score(smp["probs"], num_splits)
-    precision, recall = precision_recall(ref_feats["pool"], smp["pool"], k=k, device=dev)
+    precision, recall = precision_recall(ref_feats["pool"], smp["pool"], k=k, device=dev, fp16=pr_fp16)
     result: dict[str, Any] = {
         "features": features,
         "fid": frechet_distance(smp_pool, ref.pool),
@@ -208,6 +211,9 @@ def evaluate(
         "reference": str(ref_npz),
         "is_splits": num_splits,
         "pr_k": k,
+        "pr_distances": "float16" if pr_fp16 else "float32",
+        "pr_row_batch_size": ROW_BATCH_SIZE,
+        "pr_col_batch_size": COL_BATCH_SIZE,
         **meta,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
