@@ -108,19 +108,50 @@ def test_feature_statistics_needs_enough_samples() -> None:
 
 # ------------------------------------------------------------------------------------------ Inception Score
 def test_inception_score_on_known_class_distributions() -> None:
-    classes, splits = 7, 10
-    uniform = np.full((splits * 20, classes), 1.0 / classes)
-    assert inception_score(uniform, splits) == pytest.approx((1.0, 0.0), abs=1e-12)
+    classes, split = 7, 20
+    uniform = np.full((10 * split, classes), 1.0 / classes)
+    assert inception_score(uniform, split) == pytest.approx((1.0, 0.0), abs=1e-12)
     # one-hot and balanced within every split: KL = log(C) for every sample, so IS = C exactly
-    onehot = np.eye(classes)[np.arange(splits * classes * 3) % classes]
-    mean, std = inception_score(onehot, splits)
+    onehot = np.eye(classes)[np.arange(10 * classes * 3) % classes]
+    mean, std = inception_score(onehot, classes * 3)
     assert mean == pytest.approx(classes, rel=1e-12) and std == pytest.approx(0.0, abs=1e-9)
     # all samples the same class: no diversity, IS = 1
-    assert inception_score(np.eye(classes)[np.zeros(50, dtype=int)], splits)[0] == pytest.approx(1.0)
+    assert inception_score(np.eye(classes)[np.zeros(50, dtype=int)], split)[0] == pytest.approx(1.0)
+
+
+def test_inception_score_splits_by_5000_samples_as_adm() -> None:
+    """ADM's compute_inception_score slices preds[i : i + 5000] for i in range(0, N, 5000): 12,000 samples
+    are three splits of 5,000 / 5,000 / 2,000. Rows 0-4999 are one-hot over 5 classes in turn (IS 5),
+    rows 5000-9999 one-hot over 2 other classes (IS 2), rows 10000-11999 uniform (IS 1)."""
+    classes = 8
+    first = np.eye(classes)[np.arange(5000) % 5]
+    second = np.eye(classes)[5 + np.arange(5000) % 2]
+    third = np.full((2000, classes), 1.0 / classes)
+    probs = np.concatenate([first, second, third])
+    mean, std = inception_score(probs)  # the default split size is ADM's 5,000
+    assert mean == pytest.approx((5 + 2 + 1) / 3, rel=1e-12)
+    assert std == pytest.approx(np.std([5.0, 2.0, 1.0]), rel=1e-12)
+    # fewer than 5,000 samples are one split: the 2,000 + 2,000 rows below score as one set
+    assert inception_score(np.concatenate([second[:2000], third]))[0] == pytest.approx(
+        math.exp(0.5 * math.log(2) + 0.5 * 0.0 + _entropy_gain(second[:2000], third)), rel=1e-12)
+    with pytest.raises(ValueError, match="split size >= 1"):
+        inception_score(probs, 0)
+
+
+def _entropy_gain(a: np.ndarray, b: np.ndarray) -> float:
+    """Extra KL from pooling two halves of equal size: the Jensen-Shannon divergence of their marginals."""
+    pa, pb = a.mean(0), b.mean(0)
+    m = (pa + pb) / 2
+
+    def kl(p, q):
+        nz = p > 0
+        return float((p[nz] * np.log(p[nz] / q[nz])).sum())
+
+    return 0.5 * kl(pa, m) + 0.5 * kl(pb, m)
 
 
 def test_inception_score_matches_entropy_form() -> None:
-    """IS of a split = exp(H(mean p) - mean H(p)), averaged over 10 contiguous splits."""
+    """IS of a split = exp(H(mean p) - mean H(p)), averaged over contiguous splits."""
     rng = _rng(2)
     logits = rng.normal(size=(1000, 12)) * 3
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -130,10 +161,8 @@ def test_inception_score_matches_entropy_form() -> None:
 
     parts = np.split(probs, 10)
     want = [math.exp(entropy(p.mean(0)) - entropy(p).mean()) for p in parts]
-    mean, std = inception_score(probs, 10)
+    mean, std = inception_score(probs, 100)
     assert mean == pytest.approx(np.mean(want), rel=1e-10) and std == pytest.approx(np.std(want), rel=1e-8)
-    with pytest.raises(ValueError, match="at least num_splits"):
-        inception_score(probs[:5], 10)
 
 
 # ------------------------------------------------------------------------------------------ precision / recall
@@ -415,6 +444,7 @@ def test_cli_eval_end_to_end_with_the_digit_judge(tmp_path, judge_ref, capsys) -
     assert 1.0 <= metrics["inception_score"] <= cfg.num_classes
     assert 0.0 <= metrics["precision"] <= 1.0 and 0.0 <= metrics["recall"] <= 1.0
     assert metrics["pr_distances"] == "float16" and metrics["pr_row_batch_size"] == 10000  # ADM's protocol
+    assert metrics["is_split_size"] == 5000 and metrics["is_splits"] == 1  # 40 samples: one split
     assert 0.0 <= metrics["judge_accuracy"] <= 1.0
     # the FID equals an independent computation on the judge's features
     assert metrics["fid"] == pytest.approx(_fid_scipy(_judge_features(run, images), ref_feats), rel=1e-4)

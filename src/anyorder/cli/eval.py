@@ -16,6 +16,7 @@ from pathlib import Path
 
 from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, DIGIT_SOURCES, FEATURE_KINDS, evaluate, make_reference
 from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV
+from anyorder.evaluation.metrics import IS_SPLIT_SIZE
 from anyorder.io import atomic_write_json
 
 __all__ = ["add_eval_command", "cmd_eval"]
@@ -53,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else samples.with_name(samples.stem + "_metrics.json")
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics are written as JSON; give a .json path")
-    metrics = evaluate(samples, args.ref, args.features, num_splits=args.is_splits, k=args.k,
+    metrics = evaluate(samples, args.ref, args.features, is_split_size=args.is_split_size, k=args.k,
                        pr_fp16=not args.pr_float32, **common)
     atomic_write_json(out, metrics)
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "judge_accuracy")
@@ -84,7 +85,8 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per feature batch")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--image-size", type=int, default=None, help="--make-ref: ADM centre crop of folder images")
-    p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits")
+    p.add_argument("--is-split-size", type=int, default=IS_SPLIT_SIZE,
+                   help="samples per Inception Score split (ADM: 5000 at any N; the last split may be shorter)")
     p.add_argument("--k", type=int, default=3, help="nearest neighbours of the precision / recall manifolds")
     p.add_argument("--pr-float32", action="store_true",
                    help="precision / recall from exact float32 distances instead of ADM's float16 blocks "

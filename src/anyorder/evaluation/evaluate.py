@@ -6,7 +6,7 @@
 * features of every sample image (Inception pool / spatial / logits, batched, on CUDA when present);
 * FID between the samples' pool statistics and the reference's stored ``mu`` / ``sigma``; sFID likewise
   with the spatial statistics ``mu_s`` / ``sigma_s``;
-* Inception Score from the samples' softmax (10 splits);
+* Inception Score from the samples' softmax (splits of 5,000 samples, as ADM);
 * precision / recall between the reference images' and the samples' pool features (k = 3), with ADM's
   float16 distance blocks (``pr_fp16=False``: exact float32 distances, not the official numbers).
 
@@ -23,6 +23,7 @@ digits (``digits:test`` / ``digits:train``, the demo's split: 10% test, seed 0).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -40,6 +41,7 @@ from anyorder.evaluation.inception import InceptionV3, load_inception, resolve_i
 from anyorder.evaluation.judge import class_probabilities, extract_features, images_from_uint8
 from anyorder.evaluation.metrics import (
     COL_BATCH_SIZE,
+    IS_SPLIT_SIZE,
     ROW_BATCH_SIZE,
     feature_statistics,
     frechet_distance,
@@ -146,8 +148,8 @@ def _load_network(features: str, judge: str | os.PathLike | None, inception_weig
 def evaluate(
     samples_npz: str | os.PathLike, ref_npz: str | os.PathLike, features: str = "inception", *,
     judge: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "auto", num_splits: int = 10, k: int = 3,
-    pr_fp16: bool = True, progress: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "auto",
+    is_split_size: int = IS_SPLIT_SIZE, k: int = 3, pr_fp16: bool = True, progress: bool = True,
 ) -> dict[str, Any]:
     """FID, sFID, IS, precision and recall of ``samples_npz`` against the reference batch ``ref_npz``.
 
@@ -164,10 +166,12 @@ def evaluate(
     samples_npz, ref_npz = Path(samples_npz), Path(ref_npz)
     info = open_images(samples_npz)  # validate both files before loading any network
     ref = read_reference(ref_npz, require_spatial=features == "inception", features=features)
-    need = max(2, num_splits, k + 1)
+    if is_split_size < 1:
+        raise ValueError(f"is_split_size must be >= 1, got {is_split_size}")
+    need = max(2, k + 1)
     if info.count < need:
-        raise ValueError(f"{samples_npz}: {info.count} sample(s) are too few for a covariance (2), the Inception "
-                         f"Score's {num_splits} splits and k={k} neighbours: give at least {need}")
+        raise ValueError(f"{samples_npz}: {info.count} sample(s) are too few for a covariance (2) and k={k} "
+                         f"neighbours: give at least {need}")
     assert ref.images is not None
     if ref.images.count <= k:
         raise ValueError(f"{ref_npz}: {ref.images.count} reference images; precision / recall with k={k} need "
@@ -185,7 +189,7 @@ def evaluate(
     if smp_pool.dim != ref.pool.dim:
         raise ValueError(f"{ref_npz}: mu has {ref.pool.dim} dimensions but the {features} features have "
                          f"{smp_pool.dim}")
-    is_mean, is_std = inception_score(smp["probs"], num_splits)
+    is_mean, is_std = inception_score(smp["probs"], is_split_size)
     precision, recall = precision_recall(ref_feats["pool"], smp["pool"], k=k, device=dev, fp16=pr_fp16)
     result: dict[str, Any] = {
         "features": features,
@@ -209,7 +213,8 @@ def evaluate(
         "sample_image_size": list(info.shape[1:3]),
         "samples": str(samples_npz),
         "reference": str(ref_npz),
-        "is_splits": num_splits,
+        "is_split_size": is_split_size,
+        "is_splits": math.ceil(info.count / is_split_size),
         "pr_k": k,
         "pr_distances": "float16" if pr_fp16 else "float32",
         "pr_row_batch_size": ROW_BATCH_SIZE,

@@ -11,9 +11,9 @@ and the digit judge's features):
   same trace from the symmetric matrix ``S1^{1/2} S2 S1^{1/2}`` (it has the eigenvalues of ``S1 S2``) with
   ``eigh``: no complex round-off, exact for singular and near-singular covariances (fewer samples than
   dimensions), and ``eps`` is only used when an eigen-decomposition fails to converge.
-* **Inception Score**: ``exp(E_x KL(p(y|x) || p(y)))`` per split, averaged over splits. ADM slices its
-  50,000 samples into chunks of 5,000, i.e. 10 splits; we use 10 splits of ``ceil(N / 10)`` samples,
-  identical for 50,000 samples.
+* **Inception Score**: ``exp(E_x KL(p(y|x) || p(y)))`` per split, averaged over splits. As ADM, the
+  samples are sliced into consecutive chunks of 5,000 at any ``N`` (10 splits for 50,000 samples, 2 for
+  10,000, and a shorter last chunk when ``N`` is not a multiple of 5,000).
 * **Precision / recall** (Kynkäänniemi et al. 2019, as in ADM): each point of a set gets a radius, the
   distance to its ``k``-th nearest neighbour in its own set (``k = 3``; the point itself is neighbour 0).
   Precision is the fraction of samples that fall inside at least one reference ball, recall the fraction
@@ -21,9 +21,10 @@ and the digit judge's features):
   ``ManifoldEstimator`` / ``DistanceBlock``: squared distances ``(|u|^2 - 2 u.v) + |v|^2`` clamped at 0,
   in blocks of 10,000 x 10,000, each computed in **float16** (the features cast to float16) and recomputed
   in float32 only when some entry of that block is not finite; radii and comparisons in float32 on the
-  float16 values; no radius clamping (ADM's ``clamp_to_percentile=None``). Float16 moves distances by
-  about 0.1% and so decides near-ties at a radius differently from exact arithmetic; ``fp16=False`` gives
-  exact float32 distances (not ADM's numbers).
+  float16 values; no radius clamping (ADM's ``clamp_to_percentile=None``). Float16 keeps about three
+  significant digits of each term, and a distance is a difference of terms the size of ``|u|^2``, so
+  near-ties at a radius are decided differently from exact arithmetic; ``fp16=False`` gives exact
+  float32 distances (not ADM's numbers).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "COL_BATCH_SIZE",
+    "IS_SPLIT_SIZE",
+    "ROW_BATCH_SIZE",
     "GaussianStats",
     "feature_statistics",
     "frechet_distance",
@@ -48,6 +52,7 @@ __all__ = [
 
 ArrayLike = np.ndarray | Tensor
 ROW_BATCH_SIZE = COL_BATCH_SIZE = 10000  # ADM's ManifoldEstimator defaults
+IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
 
 
 def _as_float64(x: ArrayLike, name: str) -> np.ndarray:
@@ -135,23 +140,25 @@ def frechet_distance(stats1: GaussianStats, stats2: GaussianStats, eps: float = 
     return max(value, 0.0)
 
 
-def inception_score(probs: ArrayLike, num_splits: int = 10) -> tuple[float, float]:
-    """Inception Score of class probabilities ``probs [N, C]``: ``(mean, std)`` over ``num_splits`` splits.
+def inception_score(probs: ArrayLike, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+    """Inception Score of class probabilities ``probs [N, C]``: ``(mean, std)`` over the splits.
 
-    Each split is a contiguous chunk of ``ceil(N / num_splits)`` rows (the last may be shorter);
-    its score is ``exp(mean_i sum_c p_ic (log p_ic - log mean_j p_jc))`` with ``0 log 0 = 0``.
+    As ADM's ``compute_inception_score``: the splits are ``probs[i : i + split_size]`` for ``i`` in
+    ``range(0, N, split_size)`` (5,000 rows each, the last one shorter when ``N`` is not a multiple:
+    12,000 samples are split 5,000 / 5,000 / 2,000; fewer than 5,000 are one split). A split's score is
+    ``exp(mean_i sum_c p_ic (log p_ic - log mean_j p_jc))``, with ``0 log 0 = 0`` (ADM would give NaN).
     """
     p = _as_float64(probs, "class probabilities")
     if p.ndim != 2:
         raise ValueError(f"class probabilities must be [N, C], got shape {p.shape}")
-    if num_splits < 1 or len(p) < num_splits:
-        raise ValueError(f"the Inception Score needs at least num_splits={num_splits} samples, got {len(p)}")
+    if split_size < 1 or len(p) < 1:
+        raise ValueError(f"the Inception Score needs a split size >= 1 and samples, got split_size={split_size} "
+                         f"and {len(p)} samples")
     if (p < 0).any() or not np.allclose(p.sum(1), 1.0, atol=1e-4):
         raise ValueError("class probabilities must be non-negative rows summing to 1 (pass softmax outputs)")
-    size = math.ceil(len(p) / num_splits)
     scores = []
-    for start in range(0, len(p), size):
-        part = p[start : start + size]
+    for start in range(0, len(p), split_size):
+        part = p[start : start + split_size]
         marginal = part.mean(0, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             kl = np.where(part > 0, part * (np.log(part) - np.log(marginal)), 0.0)
