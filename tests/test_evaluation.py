@@ -473,10 +473,70 @@ def test_eval_errors(tmp_path, judge_ref, capsys) -> None:
     # a judge reference used for Inception features, and Inception without weights (CLI: exit 2, message)
     with pytest.raises(ValueError, match="statistics are of judge features, not inception"):
         evaluate(many, ref, "inception", progress=False)
-    assert main(["eval", str(many), "--ref", str(many), "--features", "judge", "--judge", str(run)]) == 2
-    assert "no statistics mu / sigma" in capsys.readouterr().err
+    np.savez(tmp_path / "labels_only.npz", arr_1=np.arange(20))  # neither statistics nor images
+    assert main(["eval", str(many), "--ref", str(tmp_path / "labels_only.npz"), "--features", "judge", "--judge",
+                 str(run)]) == 2
+    assert "no statistics mu / sigma and no images arr_0" in capsys.readouterr().err
     assert main(["eval", "--make-ref", str(many), "--out", str(tmp_path / "r.npz"),
                  "--inception-weights", str(tmp_path / "absent.pth"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "absent.pth" in err and INCEPTION_WEIGHTS_URL in err
     assert main(["eval", str(many)]) == 2
+
+
+# ------------------------------------------------------------------------------------------ images-only references
+def test_a_reference_of_images_only_gets_its_statistics_from_its_images(tmp_path, judge_ref, capsys) -> None:
+    """ADM's read_statistics: no ``mu`` in the reference -> statistics of its images' features. The same
+    images as a reference with stored statistics give the same numbers; the FID equals scipy's on the
+    judge's features computed here."""
+    run, cfg, _ = judge_ref
+    s = cfg.image_size
+    ref_images, images = _images(30, s, seed=7), _images(25, s, seed=8)
+    images_only = write_samples(tmp_path / "ref_images.npz", ref_images)  # arr_0 (+ no statistics)
+    samples = write_samples(tmp_path / "samples.npz", images, np.arange(25) % cfg.num_classes)
+    with pytest.raises(ValueError, match="not a reference batch"):
+        read_reference(images_only)  # a reader that needs statistics still says so
+    assert main(["eval", str(samples), "--ref", str(images_only), "--features", "judge", "--judge", str(run),
+                 "--out", str(tmp_path / "m.json"), "--quiet"]) == 0
+    assert "reference statistics computed from the reference images" in capsys.readouterr().out
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["reference_statistics"] == "computed from the reference images" and got["num_reference"] == 30
+    assert got["fid"] == pytest.approx(_fid_scipy(_judge_features(run, images), _judge_features(run, ref_images)),
+                                       rel=1e-4)
+    stored = make_reference(images_only, tmp_path / "ref_stats.npz", "judge", judge=run, progress=False)
+    want = evaluate(samples, stored["reference"], "judge", judge=run, progress=False)
+    assert want["reference_statistics"] == "stored"
+    for key in ("fid", "inception_score", "precision", "recall"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+class _TinyInception(torch.nn.Module):
+    """A random-init stand-in for the Inception network (pool, spatial, logits of fixed random projections)."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(pixels, d, generator=g) / pixels**0.5)
+                                         for k, d in (("pool", 6), ("spatial", 5), ("logits", 4))})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = x.float().flatten(1) / 255.0
+        return {k: flat @ w for k, w in self.w.items()}
+
+
+def test_an_images_only_reference_gets_spatial_statistics_too(tmp_path, monkeypatch) -> None:
+    """With Inception features an images-only reference also yields sFID (its spatial statistics computed)."""
+    import anyorder.evaluation.evaluate as ev
+
+    net = _TinyInception(8 * 8 * 3)
+    monkeypatch.setattr(ev, "_load_network", lambda *a, **k: (net, {"inception_weights": "random"}))
+    ref_images, images = _images(30, 8, seed=9), _images(20, 8, seed=10)
+    ref = write_samples(tmp_path / "ref.npz", ref_images)
+    samples = write_samples(tmp_path / "s.npz", images)
+    got = evaluate(samples, ref, "inception", device="cpu", progress=False)
+    with torch.no_grad():
+        f_ref, f_smp = (net(torch.from_numpy(a).permute(0, 3, 1, 2)) for a in (ref_images, images))
+    for key, name in (("fid", "pool"), ("sfid", "spatial")):
+        assert got[key] == pytest.approx(_fid_scipy(f_smp[name].double().numpy(), f_ref[name].double().numpy()),
+                                         rel=1e-5), key
+    assert got["reference_statistics"] == "computed from the reference images"

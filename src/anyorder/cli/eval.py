@@ -60,7 +60,7 @@ def _run(args: argparse.Namespace) -> int:
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "judge_accuracy")
     print(" ".join(f"{k}={_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None)
           + f"  ({metrics['num_samples']} samples vs {metrics['num_reference']} reference images, "
-            f"{metrics['features']} features)")
+            f"{metrics['features']} features; reference statistics {metrics['reference_statistics']})")
     print(f"wrote {out}")
     return 0
 
@@ -69,10 +69,12 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="FID, sFID, Inception Score, precision and recall (the ADM evaluator's definitions)",
         description="Score an ADM-format sample npz (arr_0 uint8 [N, H, W, 3]) against a reference batch "
-                    "(mu, sigma, mu_s, sigma_s, arr_0), or write a reference batch with --make-ref.",
+                    "(mu, sigma, mu_s, sigma_s, arr_0; or arr_0 alone: its statistics are then computed from "
+                    "its images, as ADM does), or write a reference batch with --make-ref.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", nargs="?", default=None, help="sample batch .npz (arr_0, optional arr_1 labels)")
-    p.add_argument("--ref", default=None, help="reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz")
+    p.add_argument("--ref", default=None, help="reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz "
+                                               "(a file of images alone, arr_0, is accepted)")
     p.add_argument("--make-ref", default=None, metavar="SRC",
                    help=f"write a reference batch from SRC (image folder, .npz, or {' / '.join(DIGIT_SOURCES)}) "
                         "to --out instead of evaluating")

@@ -5,7 +5,8 @@
 
 * features of every sample image (Inception pool / spatial / logits, batched, on CUDA when present);
 * FID between the samples' pool statistics and the reference's stored ``mu`` / ``sigma``; sFID likewise
-  with the spatial statistics ``mu_s`` / ``sigma_s``;
+  with the spatial statistics ``mu_s`` / ``sigma_s``. A reference of images only (``arr_0``, no ``mu``)
+  gets its statistics from its images' features, as ADM's ``read_statistics`` does;
 * Inception Score from the samples' softmax (splits of 5,000 samples, as ADM);
 * precision / recall between the reference images' and the samples' pool features (k = 3), with ADM's
   float16 distance blocks (``pr_fp16=False``: exact float32 distances, not the official numbers).
@@ -36,13 +37,14 @@ import torch
 from tqdm.auto import tqdm
 
 from anyorder.data.mnist import load_mnist
-from anyorder.evaluation.adm import load_image_folder, read_reference, write_reference
+from anyorder.evaluation.adm import ReferenceBatch, load_image_folder, read_reference, write_reference
 from anyorder.evaluation.inception import InceptionV3, load_inception, resolve_inception_weights
 from anyorder.evaluation.judge import class_probabilities, extract_features, images_from_uint8
 from anyorder.evaluation.metrics import (
     COL_BATCH_SIZE,
     IS_SPLIT_SIZE,
     ROW_BATCH_SIZE,
+    GaussianStats,
     feature_statistics,
     frechet_distance,
     inception_score,
@@ -155,7 +157,7 @@ def evaluate(
 
     Returns a JSON-ready dict of every number and setting. Sample npz: ``arr_0`` uint8 ``[N, H, W, 3]``
     (+ ``arr_1`` labels, used for the judge's class accuracy). Reference: ``mu``, ``sigma`` (and ``mu_s``,
-    ``sigma_s`` for Inception) plus ``arr_0``.
+    ``sigma_s`` for Inception) plus ``arr_0``, or ``arr_0`` alone (statistics computed from its images).
     """
     t0 = time.perf_counter()
     if features not in FEATURE_KINDS:
@@ -165,7 +167,8 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     samples_npz, ref_npz = Path(samples_npz), Path(ref_npz)
     info = open_images(samples_npz)  # validate both files before loading any network
-    ref = read_reference(ref_npz, require_spatial=features == "inception", features=features)
+    ref = read_reference(ref_npz, require_spatial=features == "inception", features=features,
+                         allow_images_only=True)
     if is_split_size < 1:
         raise ValueError(f"is_split_size must be >= 1, got {is_split_size}")
     need = max(2, k + 1)
@@ -177,23 +180,25 @@ def evaluate(
         raise ValueError(f"{ref_npz}: {ref.images.count} reference images; precision / recall with k={k} need "
                          f"more than {k}")
     net, meta = _load_network(features, judge, inception_weights, dev)
-    if features == "judge" and ref.judge_sha256 != meta["judge_sha256"]:
+    if features == "judge" and ref.has_statistics and ref.judge_sha256 != meta["judge_sha256"]:
         raise ValueError(f"{ref_npz}: its statistics were computed by another digit judge (sha256 "
                          f"{ref.judge_sha256}); rewrite it with `anyorder eval --make-ref digits:test --features "
                          f"judge --judge {judge} --out REF.npz`")
     smp = compute_features(iter_image_batches(samples_npz, batch_size), net, info.count, dev, "sample features",
                            progress)
-    ref_feats = compute_features(iter_image_batches(ref_npz, batch_size), net, ref.images.count, dev,
-                                 "reference features", progress)
+    desc = "reference features" if ref.has_statistics else "reference features and statistics"
+    ref_feats = compute_features(iter_image_batches(ref_npz, batch_size), net, ref.images.count, dev, desc,
+                                 progress)
+    ref_pool, ref_spatial = _reference_statistics(ref, ref_feats, features)
     smp_pool = feature_statistics(smp["pool"], f"{samples_npz}: {features} features")
-    if smp_pool.dim != ref.pool.dim:
-        raise ValueError(f"{ref_npz}: mu has {ref.pool.dim} dimensions but the {features} features have "
+    if smp_pool.dim != ref_pool.dim:
+        raise ValueError(f"{ref_npz}: mu has {ref_pool.dim} dimensions but the {features} features have "
                          f"{smp_pool.dim}")
     is_mean, is_std = inception_score(smp["probs"], is_split_size)
     precision, recall = precision_recall(ref_feats["pool"], smp["pool"], k=k, device=dev, fp16=pr_fp16)
     result: dict[str, Any] = {
         "features": features,
-        "fid": frechet_distance(smp_pool, ref.pool),
+        "fid": frechet_distance(smp_pool, ref_pool),
         "sfid": None,
         "inception_score": is_mean,
         "inception_score_std": is_std,
@@ -201,9 +206,9 @@ def evaluate(
         "recall": recall,
     }
     if features == "inception":
-        assert ref.spatial is not None
+        assert ref_spatial is not None
         smp_spatial = feature_statistics(smp["spatial"], f"{samples_npz}: spatial features")
-        result["sfid"] = frechet_distance(smp_spatial, ref.spatial)
+        result["sfid"] = frechet_distance(smp_spatial, ref_spatial)
     labels = read_labels(samples_npz, info.count)
     if features == "judge" and labels is not None:
         result["judge_accuracy"] = float((smp["probs"].argmax(1) == labels).mean())
@@ -213,6 +218,7 @@ def evaluate(
         "sample_image_size": list(info.shape[1:3]),
         "samples": str(samples_npz),
         "reference": str(ref_npz),
+        "reference_statistics": "stored" if ref.has_statistics else "computed from the reference images",
         "is_split_size": is_split_size,
         "is_splits": math.ceil(info.count / is_split_size),
         "pr_k": k,
@@ -224,6 +230,17 @@ def evaluate(
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return result
+
+
+def _reference_statistics(ref: ReferenceBatch, feats: dict[str, np.ndarray], features: str
+                          ) -> tuple[GaussianStats, GaussianStats | None]:
+    """The reference's stored statistics, or (a reference of images only) those of its images' features."""
+    if ref.pool is not None:
+        return ref.pool, ref.spatial
+    pool = feature_statistics(feats["pool"], f"{ref.path}: {features} features of its images")
+    spatial = feature_statistics(feats["spatial"], f"{ref.path}: spatial features of its images") \
+        if features == "inception" else None
+    return pool, spatial
 
 
 def _digit_split(source: str) -> tuple[np.ndarray, np.ndarray]:
