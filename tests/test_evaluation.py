@@ -108,19 +108,50 @@ def test_feature_statistics_needs_enough_samples() -> None:
 
 # ------------------------------------------------------------------------------------------ Inception Score
 def test_inception_score_on_known_class_distributions() -> None:
-    classes, splits = 7, 10
-    uniform = np.full((splits * 20, classes), 1.0 / classes)
-    assert inception_score(uniform, splits) == pytest.approx((1.0, 0.0), abs=1e-12)
+    classes, split = 7, 20
+    uniform = np.full((10 * split, classes), 1.0 / classes)
+    assert inception_score(uniform, split) == pytest.approx((1.0, 0.0), abs=1e-12)
     # one-hot and balanced within every split: KL = log(C) for every sample, so IS = C exactly
-    onehot = np.eye(classes)[np.arange(splits * classes * 3) % classes]
-    mean, std = inception_score(onehot, splits)
+    onehot = np.eye(classes)[np.arange(10 * classes * 3) % classes]
+    mean, std = inception_score(onehot, classes * 3)
     assert mean == pytest.approx(classes, rel=1e-12) and std == pytest.approx(0.0, abs=1e-9)
     # all samples the same class: no diversity, IS = 1
-    assert inception_score(np.eye(classes)[np.zeros(50, dtype=int)], splits)[0] == pytest.approx(1.0)
+    assert inception_score(np.eye(classes)[np.zeros(50, dtype=int)], split)[0] == pytest.approx(1.0)
+
+
+def test_inception_score_splits_by_5000_samples_as_adm() -> None:
+    """ADM's compute_inception_score slices preds[i : i + 5000] for i in range(0, N, 5000): 12,000 samples
+    are three splits of 5,000 / 5,000 / 2,000. Rows 0-4999 are one-hot over 5 classes in turn (IS 5),
+    rows 5000-9999 one-hot over 2 other classes (IS 2), rows 10000-11999 uniform (IS 1)."""
+    classes = 8
+    first = np.eye(classes)[np.arange(5000) % 5]
+    second = np.eye(classes)[5 + np.arange(5000) % 2]
+    third = np.full((2000, classes), 1.0 / classes)
+    probs = np.concatenate([first, second, third])
+    mean, std = inception_score(probs)  # the default split size is ADM's 5,000
+    assert mean == pytest.approx((5 + 2 + 1) / 3, rel=1e-12)
+    assert std == pytest.approx(np.std([5.0, 2.0, 1.0]), rel=1e-12)
+    # fewer than 5,000 samples are one split: the 2,000 + 2,000 rows below score as one set
+    assert inception_score(np.concatenate([second[:2000], third]))[0] == pytest.approx(
+        math.exp(0.5 * math.log(2) + 0.5 * 0.0 + _entropy_gain(second[:2000], third)), rel=1e-12)
+    with pytest.raises(ValueError, match="split size >= 1"):
+        inception_score(probs, 0)
+
+
+def _entropy_gain(a: np.ndarray, b: np.ndarray) -> float:
+    """Extra KL from pooling two halves of equal size: the Jensen-Shannon divergence of their marginals."""
+    pa, pb = a.mean(0), b.mean(0)
+    m = (pa + pb) / 2
+
+    def kl(p, q):
+        nz = p > 0
+        return float((p[nz] * np.log(p[nz] / q[nz])).sum())
+
+    return 0.5 * kl(pa, m) + 0.5 * kl(pb, m)
 
 
 def test_inception_score_matches_entropy_form() -> None:
-    """IS of a split = exp(H(mean p) - mean H(p)), averaged over 10 contiguous splits."""
+    """IS of a split = exp(H(mean p) - mean H(p)), averaged over contiguous splits."""
     rng = _rng(2)
     logits = rng.normal(size=(1000, 12)) * 3
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
@@ -130,10 +161,8 @@ def test_inception_score_matches_entropy_form() -> None:
 
     parts = np.split(probs, 10)
     want = [math.exp(entropy(p.mean(0)) - entropy(p).mean()) for p in parts]
-    mean, std = inception_score(probs, 10)
+    mean, std = inception_score(probs, 100)
     assert mean == pytest.approx(np.mean(want), rel=1e-10) and std == pytest.approx(np.std(want), rel=1e-8)
-    with pytest.raises(ValueError, match="at least num_splits"):
-        inception_score(probs[:5], 10)
 
 
 # ------------------------------------------------------------------------------------------ precision / recall
@@ -150,23 +179,113 @@ def _brute_force_pr(ref: np.ndarray, smp: np.ndarray, k: int) -> tuple[float, fl
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_precision_recall_match_brute_force_knn(k: int) -> None:
+    """With exact float32 distances (fp16=False) the metric is the textbook k-NN one."""
     rng = _rng(3)
     ref = rng.normal(size=(150, 6)).astype(np.float32)
     smp = (rng.normal(size=(110, 6)) + 1.5).astype(np.float32)  # shifted: the manifolds overlap in part
     want = _brute_force_pr(ref.astype(np.float64), smp.astype(np.float64), k)
     assert 0.05 < want[0] < 0.95 and 0.05 < want[1] < 0.95  # a case where both can be wrong
-    for batch_size in (10000, 17):  # one block, and many blocks of rows and columns
-        assert precision_recall(ref, smp, k=k, batch_size=batch_size) == pytest.approx(want, abs=1e-12)
-    radii = manifold_radii(ref, k=k, batch_size=23).double().sqrt().numpy()
+    for rows, cols in ((10000, 10000), (17, 23)):  # one block, and many blocks of rows and columns
+        got = precision_recall(ref, smp, k=k, row_batch_size=rows, col_batch_size=cols, fp16=False)
+        assert got == pytest.approx(want, abs=1e-12)
+    radii = manifold_radii(ref, k=k, row_batch_size=23, col_batch_size=11, fp16=False).double().sqrt().numpy()
     d = np.sqrt(((ref[:, None].astype(np.float64) - ref[None]) ** 2).sum(-1))
     np.testing.assert_allclose(radii, np.sort(d, 1)[:, k], rtol=1e-4)
 
 
 def test_precision_recall_of_a_set_with_itself_is_one() -> None:
     x = _rng(4).normal(size=(40, 5))
-    assert precision_recall(x, x) == (1.0, 1.0)
+    assert precision_recall(x, x) == (1.0, 1.0)  # float16 distances: each point is still in its own ball
+    assert precision_recall(x, x, fp16=False) == (1.0, 1.0)
     with pytest.raises(ValueError, match="more than 3 points"):
         precision_recall(x[:3], x)
+    with pytest.raises(ValueError, match="sample features hold NaN"):
+        precision_recall(x, np.where(x > 1.5, np.nan, x))
+
+
+def _adm_distance_block(u: np.ndarray, v: np.ndarray, fp16: bool = True) -> np.ndarray:
+    """ADM's ``DistanceBlock`` re-derived in numpy from evaluations/evaluator.py: features cast to float16,
+    ``max(|u|^2 - 2 u v^T + |v|^2, 0)`` with float16 results (squares, sums and the product accumulate in
+    float32 and round once, as on the GPU), cast to float32; the whole block in float32 if any entry is not
+    finite."""
+    u32, v32 = u.astype(np.float32), v.astype(np.float32)
+    if fp16:
+        u16, v16 = u32.astype(np.float16), v32.astype(np.float16)
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq_u = (u16.astype(np.float32) ** 2).astype(np.float16).astype(np.float32)
+            sq_v = (v16.astype(np.float32) ** 2).astype(np.float16).astype(np.float32)
+            norm_u = sq_u.sum(1).astype(np.float16).reshape(-1, 1)
+            norm_v = sq_v.sum(1).astype(np.float16).reshape(1, -1)
+            uv = (u16.astype(np.float32) @ v16.astype(np.float32).T).astype(np.float16)
+            block = np.maximum(norm_u - np.float16(2) * uv + norm_v, np.float16(0))
+        assert block.dtype == np.float16
+        if np.isfinite(block).all():
+            return block.astype(np.float32)
+    norm_u, norm_v = (u32**2).sum(1).reshape(-1, 1), (v32**2).sum(1).reshape(1, -1)
+    return np.maximum(norm_u - 2 * (u32 @ v32.T) + norm_v, np.float32(0))
+
+
+def _adm_precision_recall(ref: np.ndarray, smp: np.ndarray, rows: int, cols: int, fp16: bool = True):
+    """ADM's ``ManifoldEstimator`` (nhood_sizes=(3,), no clamp_to_percentile): radii = entry 3 of each
+    row's partition (the row holds the point itself), then ``evaluate_pr``'s blockwise ``<=`` tests."""
+
+    def radii(x: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(x), np.float32)
+        for b1 in range(0, len(x), rows):
+            e1 = min(b1 + rows, len(x))
+            dist = np.zeros((e1 - b1, len(x)), np.float32)
+            for b2 in range(0, len(x), cols):
+                e2 = min(b2 + cols, len(x))
+                dist[:, b2:e2] = _adm_distance_block(x[b1:e1], x[b2:e2], fp16)
+            out[b1:e1] = np.partition(dist, np.arange(4), axis=1)[:, 3]
+        return out
+
+    r_ref, r_smp = radii(ref), radii(smp)
+    ref_status, smp_status = np.zeros(len(ref), bool), np.zeros(len(smp), bool)
+    for b1 in range(0, len(ref), rows):
+        for b2 in range(0, len(smp), cols):
+            dist = _adm_distance_block(ref[b1 : b1 + rows], smp[b2 : b2 + cols], fp16)
+            ref_status[b1 : b1 + rows] |= (dist <= r_smp[None, b2 : b2 + cols]).any(1)
+            smp_status[b2 : b2 + cols] |= (dist <= r_ref[b1 : b1 + rows, None]).any(0)
+    return float(smp_status.mean()), float(ref_status.mean()), r_ref
+
+
+def _near_tie_features(n: int, seed: int, offset: float = 6.0) -> np.ndarray:
+    """Points on a 0.25 grid around (6, 6, 6, 6): |x|^2 ~ 144 and 2 u.v ~ 288, where float16 steps by 0.125
+    and 0.25, while the radii (squared) are 0.6-2.6. Float32 is exact on this grid, so float16 rounding
+    alone moves distances across radii (here by one precision decision)."""
+    return offset + _rng(seed).integers(-6, 7, size=(n, 4)) / 4.0
+
+
+def test_precision_recall_follow_adm_float16_distance_blocks() -> None:
+    ref, smp = _near_tie_features(64, 10), _near_tie_features(48, 11) + 0.25
+    adm = _adm_precision_recall(ref, smp, 10000, 10000)
+    exact = _adm_precision_recall(ref, smp, 10000, 10000, fp16=False)
+    assert adm[:2] != exact[:2]  # the case decides differently in float16 and float32
+    assert exact[:2] == _brute_force_pr(ref, smp, 3)  # the float32 path is exact on this grid
+    for rows, cols in ((10000, 10000), (16, 20), (7, 64)):
+        want = _adm_precision_recall(ref, smp, rows, cols)
+        assert precision_recall(ref, smp, row_batch_size=rows, col_batch_size=cols) == want[:2]
+        np.testing.assert_array_equal(manifold_radii(ref, row_batch_size=rows, col_batch_size=cols).numpy(),
+                                      want[2])
+    assert precision_recall(ref, smp, fp16=False) == exact[:2]
+
+
+def test_precision_recall_recompute_only_non_finite_blocks_in_float32() -> None:
+    """A point whose float16 square overflows (|x| > 256) makes its blocks non-finite: those blocks, and only
+    those, are recomputed in float32, so the result depends on the block sizes exactly as ADM's."""
+    ref, smp = _near_tie_features(40, 12, offset=12.0), _near_tie_features(30, 13, offset=12.0)
+    ref[5, 0] = smp[3, 1] = 300.0  # 300^2 = 90,000 > 65,504 (float16's largest)
+    got = {}
+    for rows, cols in ((10000, 10000), (8, 8), (16, 5)):
+        want = _adm_precision_recall(ref, smp, rows, cols)
+        got[rows, cols] = precision_recall(ref, smp, row_batch_size=rows, col_batch_size=cols)
+        assert got[rows, cols] == want[:2]
+        np.testing.assert_array_equal(manifold_radii(ref, row_batch_size=rows, col_batch_size=cols).numpy(),
+                                      want[2])
+    # one block: everything in float32 (exact on this grid); smaller blocks keep float16 where finite
+    assert got[10000, 10000] == _brute_force_pr(ref, smp, 3)
+    assert got[8, 8] != got[10000, 10000]
 
 
 # ------------------------------------------------------------------------------------------ ADM npz files
@@ -324,6 +443,8 @@ def test_cli_eval_end_to_end_with_the_digit_judge(tmp_path, judge_ref, capsys) -
     assert metrics["sfid"] is None and metrics["features"] == "judge"
     assert 1.0 <= metrics["inception_score"] <= cfg.num_classes
     assert 0.0 <= metrics["precision"] <= 1.0 and 0.0 <= metrics["recall"] <= 1.0
+    assert metrics["pr_distances"] == "float16" and metrics["pr_row_batch_size"] == 10000  # ADM's protocol
+    assert metrics["is_split_size"] == 5000 and metrics["is_splits"] == 1  # 40 samples: one split
     assert 0.0 <= metrics["judge_accuracy"] <= 1.0
     # the FID equals an independent computation on the judge's features
     assert metrics["fid"] == pytest.approx(_fid_scipy(_judge_features(run, images), ref_feats), rel=1e-4)
@@ -352,10 +473,70 @@ def test_eval_errors(tmp_path, judge_ref, capsys) -> None:
     # a judge reference used for Inception features, and Inception without weights (CLI: exit 2, message)
     with pytest.raises(ValueError, match="statistics are of judge features, not inception"):
         evaluate(many, ref, "inception", progress=False)
-    assert main(["eval", str(many), "--ref", str(many), "--features", "judge", "--judge", str(run)]) == 2
-    assert "no statistics mu / sigma" in capsys.readouterr().err
+    np.savez(tmp_path / "labels_only.npz", arr_1=np.arange(20))  # neither statistics nor images
+    assert main(["eval", str(many), "--ref", str(tmp_path / "labels_only.npz"), "--features", "judge", "--judge",
+                 str(run)]) == 2
+    assert "no statistics mu / sigma and no images arr_0" in capsys.readouterr().err
     assert main(["eval", "--make-ref", str(many), "--out", str(tmp_path / "r.npz"),
                  "--inception-weights", str(tmp_path / "absent.pth"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "absent.pth" in err and INCEPTION_WEIGHTS_URL in err
     assert main(["eval", str(many)]) == 2
+
+
+# ------------------------------------------------------------------------------------------ images-only references
+def test_a_reference_of_images_only_gets_its_statistics_from_its_images(tmp_path, judge_ref, capsys) -> None:
+    """ADM's read_statistics: no ``mu`` in the reference -> statistics of its images' features. The same
+    images as a reference with stored statistics give the same numbers; the FID equals scipy's on the
+    judge's features computed here."""
+    run, cfg, _ = judge_ref
+    s = cfg.image_size
+    ref_images, images = _images(30, s, seed=7), _images(25, s, seed=8)
+    images_only = write_samples(tmp_path / "ref_images.npz", ref_images)  # arr_0 (+ no statistics)
+    samples = write_samples(tmp_path / "samples.npz", images, np.arange(25) % cfg.num_classes)
+    with pytest.raises(ValueError, match="not a reference batch"):
+        read_reference(images_only)  # a reader that needs statistics still says so
+    assert main(["eval", str(samples), "--ref", str(images_only), "--features", "judge", "--judge", str(run),
+                 "--out", str(tmp_path / "m.json"), "--quiet"]) == 0
+    assert "reference statistics computed from the reference images" in capsys.readouterr().out
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert got["reference_statistics"] == "computed from the reference images" and got["num_reference"] == 30
+    assert got["fid"] == pytest.approx(_fid_scipy(_judge_features(run, images), _judge_features(run, ref_images)),
+                                       rel=1e-4)
+    stored = make_reference(images_only, tmp_path / "ref_stats.npz", "judge", judge=run, progress=False)
+    want = evaluate(samples, stored["reference"], "judge", judge=run, progress=False)
+    assert want["reference_statistics"] == "stored"
+    for key in ("fid", "inception_score", "precision", "recall"):
+        assert got[key] == pytest.approx(want[key], rel=1e-9, abs=1e-12), key
+
+
+class _TinyInception(torch.nn.Module):
+    """A random-init stand-in for the Inception network (pool, spatial, logits of fixed random projections)."""
+
+    def __init__(self, pixels: int) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.ParameterDict({k: torch.nn.Parameter(torch.randn(pixels, d, generator=g) / pixels**0.5)
+                                         for k, d in (("pool", 6), ("spatial", 5), ("logits", 4))})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        flat = x.float().flatten(1) / 255.0
+        return {k: flat @ w for k, w in self.w.items()}
+
+
+def test_an_images_only_reference_gets_spatial_statistics_too(tmp_path, monkeypatch) -> None:
+    """With Inception features an images-only reference also yields sFID (its spatial statistics computed)."""
+    import anyorder.evaluation.evaluate as ev
+
+    net = _TinyInception(8 * 8 * 3)
+    monkeypatch.setattr(ev, "_load_network", lambda *a, **k: (net, {"inception_weights": "random"}))
+    ref_images, images = _images(30, 8, seed=9), _images(20, 8, seed=10)
+    ref = write_samples(tmp_path / "ref.npz", ref_images)
+    samples = write_samples(tmp_path / "s.npz", images)
+    got = evaluate(samples, ref, "inception", device="cpu", progress=False)
+    with torch.no_grad():
+        f_ref, f_smp = (net(torch.from_numpy(a).permute(0, 3, 1, 2)) for a in (ref_images, images))
+    for key, name in (("fid", "pool"), ("sfid", "spatial")):
+        assert got[key] == pytest.approx(_fid_scipy(f_smp[name].double().numpy(), f_ref[name].double().numpy()),
+                                         rel=1e-5), key
+    assert got["reference_statistics"] == "computed from the reference images"

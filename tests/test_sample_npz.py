@@ -50,6 +50,43 @@ def num_classes(name: str) -> int:
     return cfg.get("condition_num_classes", cfg.get("num_classes"))
 
 
+def _decoded_values() -> np.ndarray:
+    """float32 values in [0, 1] and around it: every level k / 255, the half-levels (k + 0.5) / 255, a grid
+    j / 1024, and out-of-range values."""
+    k = np.arange(256, dtype=np.float64)
+    vals = np.concatenate([k / 255, (k + 0.5) / 255, np.arange(-100, 1125) / 1024, [-3.0, -1e-6, 1 + 1e-6, 7.5]])
+    return vals.astype(np.float32)
+
+
+def test_uint8_truncate_is_the_rar_scripts_conversion() -> None:
+    """1d-tokenizer demo_util.sample_fn (called by sample_imagenet_rar.py): torch.clamp(img, 0.0, 1.0),
+    then (img * 255.0) cast to uint8, i.e. truncated; here in numpy float32 arithmetic."""
+    x = _decoded_values()
+    official = np.floor(np.clip(x, np.float32(0), np.float32(1)) * np.float32(255)).astype(np.uint8)
+    got = batch_lib.images_to_uint8(torch.from_numpy(x).reshape(1, 1, 1, -1), "truncate")
+    assert got.shape == (1, 1, len(x), 3)
+    np.testing.assert_array_equal(got[0, 0, :, 0], official)
+    assert got[0, 0, :, 0].tolist() == got[0, 0, :, 2].tolist()  # grayscale replicated
+
+
+def test_uint8_round_is_randars_conversion() -> None:
+    """RandAR tokenizer.py decode_codes_to_img (LlamaGen VQ, decoder output r in [-1, 1]): r * 127.5 + 128,
+    clamped to [0, 255], cast to uint8. With r = 2x - 1 that is x * 255 + 0.5: on the j / 1024 grid every
+    step is exact in float32, so both must agree to the level, half-levels (round half up) included."""
+    x = (np.arange(-100, 1125) / 1024).astype(np.float32)
+    r = np.float32(2) * x - np.float32(1)
+    official = np.floor(np.clip(r * np.float32(127.5) + np.float32(128), 0, 255)).astype(np.uint8)
+    got = batch_lib.images_to_uint8(torch.from_numpy(x).reshape(1, 1, 1, -1).expand(1, 3, 1, -1))[0, 0, :, 0]
+    np.testing.assert_array_equal(got, official)
+    assert (official == np.round(np.clip(x, 0, 1) * 255 + 1e-9)).all()  # round half up, not to even
+    # the two modes: half a level apart (x = 0.5 -> 127.5: 128 rounded, 127 truncated)
+    half = torch.full((1, 3, 1, 1), 0.5)
+    assert batch_lib.images_to_uint8(half)[0, 0, 0, 0] == 128
+    assert batch_lib.images_to_uint8(half, "truncate")[0, 0, 0, 0] == 127
+    with pytest.raises(ValueError, match="unknown uint8 conversion 'floor'"):
+        batch_lib.images_to_uint8(half, "floor")
+
+
 def test_balanced_labels_spread_the_remainder_over_the_first_classes() -> None:
     classes = [7, 2, 5]
     y = balanced_labels(11, classes)

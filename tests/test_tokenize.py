@@ -184,6 +184,32 @@ def test_official_tokenizer_files(tmp_path, kind):
         assert np.array_equal(codes[i], _encode(tok, _adm_views(arr, r)))
 
 
+@pytest.mark.parametrize(("kind", "want", "rows"), [("maskgit_vqgan", "ten-crop", 10), ("llamagen_vq", "adm", 2)])
+def test_default_augmentation_follows_the_tokenizer(tmp_path, capsys, kind, want, rows):
+    """Without --aug: ten-crop for the MaskGIT-VQGAN (RAR's pretokenization.py --ten_crop), adm for the LlamaGen
+    VQ (RandAR's released checkpoints: imagenet-llamagen-adm-256_codes); printed and recorded in meta.json."""
+    folder, ckpt_name, cfg_name = OFFICIAL[kind]
+    root = fixture_dir(folder)
+    r = int(json.loads((root / cfg_name).read_text())["image_size"])
+    good = _folder(tmp_path / "src", per_class=1, bad=False)
+    args = ["tokenize", "--tokenizer", str(root / ckpt_name), "--tokenizer-config", str(root / cfg_name),
+            "--data", str(tmp_path / "src"), "--batch-size", "4", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    assert f"augmentation {want} (default for the" in capsys.readouterr().err
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["augmentation"] == want and meta["A"] == rows and meta["augmentation_source"].startswith("default")
+    codes = np.load(tmp_path / "out" / "codes.npy")
+    tok = load_official_tokenizer(root / ckpt_name, root / cfg_name)
+    views = _ten_crop_views if want == "ten-crop" else _adm_views
+    arr = _sorted_good(good)[0][1]
+    assert codes.shape[1] == rows and np.array_equal(codes[0], _encode(tok, views(arr, r)))
+    # --aug still overrides, and says so
+    other = "adm" if want == "ten-crop" else "ten-crop"
+    assert main([*args, "--out", str(tmp_path / "given"), "--aug", other, "--quiet"]) == 0
+    meta = json.loads((tmp_path / "given" / "meta.json").read_text())
+    assert meta["augmentation"] == other and meta["augmentation_source"] == "given (--aug)"
+
+
 def test_dtype_is_uint16_while_the_codebook_fits_else_int32(tmp_path):
     assert codes_dtype(2**16) == np.uint16 and codes_dtype(2**16 + 1) == np.int32 and codes_dtype(16) == np.uint16
     good = _folder(tmp_path / "src", per_class=1, bad=False)

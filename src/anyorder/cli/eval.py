@@ -16,6 +16,7 @@ from pathlib import Path
 
 from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, DIGIT_SOURCES, FEATURE_KINDS, evaluate, make_reference
 from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV
+from anyorder.evaluation.metrics import IS_SPLIT_SIZE
 from anyorder.io import atomic_write_json
 
 __all__ = ["add_eval_command", "cmd_eval"]
@@ -53,12 +54,13 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else samples.with_name(samples.stem + "_metrics.json")
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics are written as JSON; give a .json path")
-    metrics = evaluate(samples, args.ref, args.features, num_splits=args.is_splits, k=args.k, **common)
+    metrics = evaluate(samples, args.ref, args.features, is_split_size=args.is_split_size, k=args.k,
+                       pr_fp16=not args.pr_float32, **common)
     atomic_write_json(out, metrics)
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "judge_accuracy")
     print(" ".join(f"{k}={_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None)
           + f"  ({metrics['num_samples']} samples vs {metrics['num_reference']} reference images, "
-            f"{metrics['features']} features)")
+            f"{metrics['features']} features; reference statistics {metrics['reference_statistics']})")
     print(f"wrote {out}")
     return 0
 
@@ -67,10 +69,12 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval", help="FID, sFID, Inception Score, precision and recall (the ADM evaluator's definitions)",
         description="Score an ADM-format sample npz (arr_0 uint8 [N, H, W, 3]) against a reference batch "
-                    "(mu, sigma, mu_s, sigma_s, arr_0), or write a reference batch with --make-ref.",
+                    "(mu, sigma, mu_s, sigma_s, arr_0; or arr_0 alone: its statistics are then computed from "
+                    "its images, as ADM does), or write a reference batch with --make-ref.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("samples", nargs="?", default=None, help="sample batch .npz (arr_0, optional arr_1 labels)")
-    p.add_argument("--ref", default=None, help="reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz")
+    p.add_argument("--ref", default=None, help="reference batch .npz, e.g. VIRTUAL_imagenet256_labeled.npz "
+                                               "(a file of images alone, arr_0, is accepted)")
     p.add_argument("--make-ref", default=None, metavar="SRC",
                    help=f"write a reference batch from SRC (image folder, .npz, or {' / '.join(DIGIT_SOURCES)}) "
                         "to --out instead of evaluating")
@@ -83,8 +87,12 @@ def add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="images per feature batch")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
     p.add_argument("--image-size", type=int, default=None, help="--make-ref: ADM centre crop of folder images")
-    p.add_argument("--is-splits", type=int, default=10, help="Inception Score splits")
+    p.add_argument("--is-split-size", type=int, default=IS_SPLIT_SIZE,
+                   help="samples per Inception Score split (ADM: 5000 at any N; the last split may be shorter)")
     p.add_argument("--k", type=int, default=3, help="nearest neighbours of the precision / recall manifolds")
+    p.add_argument("--pr-float32", action="store_true",
+                   help="precision / recall from exact float32 distances instead of ADM's float16 blocks "
+                        "(not the official numbers)")
     p.add_argument("--out", default=None,
                    help="metrics JSON (default SAMPLES_metrics.json beside the samples); REF.npz with --make-ref")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -19,7 +19,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, device=args.device, workers=args.workers,
                        part_size=args.part_size, tokenizer_config=args.tokenizer_config, progress=not args.quiet)
     if not args.quiet:
-        print(f"tokenize: {meta['N']} images x {meta['A']} views -> {args.out}/codes.npy "
+        print(f"tokenize: {meta['N']} images x {meta['A']} views ({meta['augmentation']}) -> {args.out}/codes.npy "
               f"[{meta['N']}, {meta['A']}, {meta['grid'][0]}, {meta['grid'][1]}] {meta['codes']['dtype']}; "
               f"{meta['num_skipped']} file(s) skipped (listed in meta.json)")
     return 0
@@ -39,9 +39,11 @@ def add_tokenize_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="SRC",
                    help="image-folder tree, a .tar shard, a folder of .tar shards or a brace pattern")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument("--aug", choices=AUGMENTATIONS, default="ten-crop",
-                   help="ten-crop: 1.1x ADM centre crop + TenCrop, 10 rows (the official ImageNet recipe, "
-                        "default); adm: centre crop + flip, 2 rows; none: centre crop, 1 row")
+    p.add_argument("--aug", choices=AUGMENTATIONS, default=None,
+                   help="ten-crop: 1.1x ADM centre crop + TenCrop, 10 rows; adm: centre crop + flip, 2 rows; "
+                        "none: centre crop, 1 row. Default: the tokenizer's official recipe: ten-crop for the "
+                        "MaskGIT-VQGAN (RAR), adm for the LlamaGen VQ (RandAR's released checkpoints), "
+                        "ten-crop for others")
     p.add_argument("--resolution", type=int, default=None, metavar="R",
                    help="image size fed to the tokenizer (a multiple of its downsampling; default: the "
                         "tokenizer's own, 256 for the official ones)")

@@ -6,8 +6,15 @@ Output in ``DIR``:
   order of :func:`anyorder.data.augment.view_names`); ``uint16`` when the codebook has at most 65,536 entries,
   else ``int32``. A plain ``.npy``: ``np.load(path, mmap_mode="r")``.
 - ``labels.npy`` ``[N]`` int64 class ids; ``classes.json`` (image folders): the class folder names in id order.
-- ``meta.json``: tokenizer file and its sha256, grid, augmentation, ``A``, ``N``, the skipped files with
-  their reasons, and the ``fingerprint`` of the run; written last, so its presence means the output is complete.
+- ``meta.json``: tokenizer file and its sha256, grid, augmentation (and ``augmentation_source``: given with
+  ``--aug`` or the tokenizer's default), ``A``, ``N``, the skipped files with their reasons, and the
+  ``fingerprint`` of the run; written last, so its presence means the output is complete.
+
+The default augmentation follows the tokenizer, as the official recipes built on it
+(:func:`default_augmentation`): MaskGIT-VQGAN -> ``ten-crop`` (1d-tokenizer ``scripts/pretokenization.py``,
+whose example command passes ``--ten_crop``: RAR); LlamaGen VQ -> ``adm`` (RandAR ``documentation.md`` and
+``slurm_scripts/*.sh``: its released checkpoints were trained on ``imagenet-llamagen-adm-256_codes``); any
+other tokenizer -> ``ten-crop``.
 
 Work is split into parts (:mod:`anyorder.data.images`). Under ``torchrun`` rank ``r`` encodes parts
 ``r, r + W, r + 2W, ...`` into ``DIR/parts/part-XXXXX.npz`` (each written atomically), rank 0 merges them in
@@ -44,9 +51,12 @@ from anyorder.hub import load_module
 from anyorder.io import atomic_write_bytes, atomic_write_json
 from anyorder.nn.device import resolve_device
 from anyorder.tokenizers.base import ImageTokenizer
+from anyorder.tokenizers.llamagen_vq import LlamaGenVQ
+from anyorder.tokenizers.maskgit_vqgan import MaskGITVQGAN
 from anyorder.tokenizers.official import load_official_tokenizer
 
-__all__ = ["pretokenize", "load_tokenizer_any", "codes_dtype", "file_sha256", "FORMAT", "FORMAT_VERSION"]
+__all__ = ["pretokenize", "load_tokenizer_any", "default_augmentation", "codes_dtype", "file_sha256", "FORMAT",
+           "FORMAT_VERSION"]
 
 FORMAT, FORMAT_VERSION = "anyorder-pretokenized", 1
 DEFAULT_PART_SIZE = 1000
@@ -93,6 +103,17 @@ def load_tokenizer_any(spec: str | os.PathLike, device: str | torch.device = "cp
     if not isinstance(tok, ImageTokenizer):
         raise ValueError(f"{target}: holds a {type(tok).__name__}, not an image tokenizer")
     return tok.to(device).eval()
+
+
+def default_augmentation(tok: ImageTokenizer) -> tuple[str, str]:
+    """``(augmentation, why)``: the views the official recipe built on this tokenizer trained on."""
+    if isinstance(tok, LlamaGenVQ):
+        return "adm", ("default for the LlamaGen VQ: RandAR's released checkpoints were trained on adm codes "
+                       "(RandAR documentation.md, slurm_scripts)")
+    if isinstance(tok, MaskGITVQGAN):
+        return "ten-crop", ("default for the MaskGIT-VQGAN: RAR's pretokenization (1d-tokenizer "
+                            "scripts/pretokenization.py --ten_crop)")
+    return "ten-crop", f"default for a {type(tok).__name__} tokenizer (no official recipe)"
 
 
 def _default_resolution(tok: ImageTokenizer) -> int:
@@ -264,16 +285,19 @@ def _merge(out: Path, parts: list[Part], parts_dir: Path, fingerprint: dict[str,
 
 
 def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike,
-                aug: str = "ten-crop", resolution: int | None = None, batch_size: int = 8, device: str = "auto",
+                aug: str | None = None, resolution: int | None = None, batch_size: int = 8, device: str = "auto",
                 workers: int | None = None, part_size: int = DEFAULT_PART_SIZE, crop_range: float = CROP_RANGE,
                 tokenizer_config: str | os.PathLike | None = None, progress: bool = True) -> dict[str, Any]:
     """Encode every image of ``data`` with ``tokenizer`` into ``out`` (see the module docstring); returns the meta.
+
+    ``aug=None`` takes the tokenizer's default (:func:`default_augmentation`); the choice is printed (with
+    ``progress``) and recorded in ``meta.json`` as ``augmentation`` and ``augmentation_source``.
 
     Every check that can fail (missing tokenizer, missing / empty data, a resolution the tokenizer cannot take,
     an ``out`` holding another run) fails before any image is encoded. Under ``torchrun`` (``WORLD_SIZE > 1``)
     the process group is set up here (gloo, used only for barriers) unless one exists already.
     """
-    if aug not in AUGMENTATIONS:
+    if aug is not None and aug not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {aug!r}; expected one of {list(AUGMENTATIONS)}")
     if batch_size < 1 or part_size < 1:
         raise ValueError(f"batch_size and part_size must be >= 1, got {batch_size} and {part_size}")
@@ -287,6 +311,10 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
     source = open_source(data)
     dev = resolve_device(device)
     tok = load_tokenizer_any(target, dev, tokenizer_config)
+    aug, aug_source = (aug, "given (--aug)") if aug is not None else default_augmentation(tok)
+    rank, world = _dist_env()
+    if progress and rank == 0:
+        print(f"tokenize: augmentation {aug} ({aug_source})", file=sys.stderr)
     ds = int(tok.downsample)
     res = _default_resolution(tok) if resolution is None else int(resolution)
     if res % ds:
@@ -309,7 +337,7 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
                       "config": str(Path(tokenizer_config).resolve()) if tokenizer_config is not None else None,
                       "codebook_size": int(tok.codebook_size), "downsample": ds},
         "codebook_size": int(tok.codebook_size), "source": source.describe(), "resolution": res, "grid": grid,
-        "augmentation": aug,
+        "augmentation": aug, "augmentation_source": aug_source,
         "crop_range": fingerprint["crop_range"], "A": a, "views": view_names(aug), "N": None,
         "codes": {"file": "codes.npy", "shape": "[N, A, h, w]", "dtype": dtype.name},
         "labels": None, "classes": "classes.json" if source.classes is not None else None,
@@ -329,7 +357,6 @@ def pretokenize(tokenizer: str | os.PathLike, data: str | os.PathLike, out: str 
                 print(f"tokenize: {out} is complete already ({old.get('N')} images); nothing to do", file=sys.stderr)
             return old
 
-    rank, world = _dist_env()
     own_group = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("gloo", timeout=timedelta(hours=24))

@@ -7,7 +7,9 @@
   Gaussian statistics of their features: ``mu [F]``, ``sigma [F, F]`` (pool features, FID) and ``mu_s``,
   ``sigma_s`` (spatial features, sFID). References written by anyorder also carry ``features``
   (``"inception"`` or ``"judge"``) and, for the digit judge, ``judge_sha256`` (which judge computed them);
-  a reference without ``features`` is an ADM file and holds Inception statistics.
+  a reference without ``features`` is an ADM file and holds Inception statistics. As in ADM's
+  ``Evaluator.read_statistics``, a reference may also hold **only images** (``arr_0``, no ``mu``): its
+  statistics are then computed from those images by the evaluating network (``allow_images_only``).
 
 Every error names the file, the key, and the shape or dtype found.
 """
@@ -48,14 +50,19 @@ _STAT_KEYS = {"pool": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
 
 @dataclass
 class ReferenceBatch:
-    """A reference batch: its file, the feature kind its statistics belong to, and the statistics."""
+    """A reference batch: its file, the feature kind its statistics belong to, and the statistics
+    (``pool`` and ``spatial`` are None for a reference of images only: compute them from the images)."""
 
     path: Path
     features: str
-    pool: GaussianStats
+    pool: GaussianStats | None
     spatial: GaussianStats | None
     images: NpzImages | None
     judge_sha256: str | None = None
+
+    @property
+    def has_statistics(self) -> bool:
+        return self.pool is not None
 
 
 def _read_str(f, key: str) -> str | None:
@@ -66,13 +73,15 @@ def _read_str(f, key: str) -> str | None:
 
 
 def read_reference(path: str | os.PathLike, require_spatial: bool = True, require_images: bool = True,
-                   features: str | None = None) -> ReferenceBatch:
+                   features: str | None = None, allow_images_only: bool = False) -> ReferenceBatch:
     """Read a reference batch's statistics (and validate its images' header).
 
     Raises :class:`ValueError` naming the file and key when a statistic is missing or mis-shaped: the
     pool statistics ``mu`` / ``sigma`` are always needed, ``mu_s`` / ``sigma_s`` with ``require_spatial``,
     and ``arr_0`` (for precision / recall) with ``require_images``; and when ``features`` is given and
-    the statistics are of another feature kind.
+    the statistics are of another feature kind. With ``allow_images_only`` a file without ``mu`` that
+    holds ``arr_0`` is a reference too (ADM computes its statistics from the images): it is returned
+    with ``pool = spatial = None`` (any ``mu_s`` / ``sigma_s`` in it are ignored, as ADM does).
     """
     path = Path(path)
     members = set(npz_keys(path))
@@ -94,8 +103,12 @@ def read_reference(path: str | os.PathLike, require_spatial: bool = True, requir
             stats[kind] = GaussianStats(mu, sigma)
         judge_sha = _read_str(f, "judge_sha256")
     how = "write one with `anyorder eval --make-ref SRC --out REF.npz`"
+    if stats["pool"] is None and allow_images_only and IMAGE_KEY in members:
+        return ReferenceBatch(path, features or kind_found, None, None, open_images(path), None)
     if stats["pool"] is None:
-        raise ValueError(f"{path}: not a reference batch: no statistics mu / sigma (keys: {sorted(members)}); {how}")
+        also = f" and no images {IMAGE_KEY}" if allow_images_only else ""
+        raise ValueError(f"{path}: not a reference batch: no statistics mu / sigma{also} (keys: {sorted(members)}); "
+                         f"{how}")
     if features is not None and kind_found != features:
         raise ValueError(f"{path}: its statistics are of {kind_found} features, not {features}: write a reference "
                          f"with `anyorder eval --make-ref SRC --features {features} --out REF.npz`")

@@ -5,9 +5,11 @@
 
 * features of every sample image (Inception pool / spatial / logits, batched, on CUDA when present);
 * FID between the samples' pool statistics and the reference's stored ``mu`` / ``sigma``; sFID likewise
-  with the spatial statistics ``mu_s`` / ``sigma_s``;
-* Inception Score from the samples' softmax (10 splits);
-* precision / recall between the reference images' and the samples' pool features (k = 3).
+  with the spatial statistics ``mu_s`` / ``sigma_s``. A reference of images only (``arr_0``, no ``mu``)
+  gets its statistics from its images' features, as ADM's ``read_statistics`` does;
+* Inception Score from the samples' softmax (splits of 5,000 samples, as ADM);
+* precision / recall between the reference images' and the samples' pool features (k = 3), with ADM's
+  float16 distance blocks (``pr_fp16=False``: exact float32 distances, not the official numbers).
 
 ``features="judge"`` swaps Inception for the digit judge of the bundled digits
 (:class:`anyorder.models.digit_judge.DigitClassifier`): its 32-d features stand in for the pool features
@@ -22,6 +24,7 @@ digits (``digits:test`` / ``digits:train``, the demo's split: 10% test, seed 0).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from collections.abc import Iterable, Iterator
@@ -34,10 +37,14 @@ import torch
 from tqdm.auto import tqdm
 
 from anyorder.data.datasets import dataset_names, split_source
-from anyorder.evaluation.adm import load_image_folder, read_reference, write_reference
+from anyorder.evaluation.adm import ReferenceBatch, load_image_folder, read_reference, write_reference
 from anyorder.evaluation.inception import InceptionV3, load_inception, resolve_inception_weights
 from anyorder.evaluation.judge import class_probabilities, extract_features, images_from_uint8
 from anyorder.evaluation.metrics import (
+    COL_BATCH_SIZE,
+    IS_SPLIT_SIZE,
+    ROW_BATCH_SIZE,
+    GaussianStats,
     feature_statistics,
     frechet_distance,
     inception_score,
@@ -144,14 +151,14 @@ def _load_network(features: str, judge: str | os.PathLike | None, inception_weig
 def evaluate(
     samples_npz: str | os.PathLike, ref_npz: str | os.PathLike, features: str = "inception", *,
     judge: str | os.PathLike | None = None, inception_weights: str | os.PathLike | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "auto", num_splits: int = 10, k: int = 3,
-    progress: bool = True,
+    batch_size: int = DEFAULT_BATCH_SIZE, device: str | torch.device = "auto",
+    is_split_size: int = IS_SPLIT_SIZE, k: int = 3, pr_fp16: bool = True, progress: bool = True,
 ) -> dict[str, Any]:
     """FID, sFID, IS, precision and recall of ``samples_npz`` against the reference batch ``ref_npz``.
 
     Returns a JSON-ready dict of every number and setting. Sample npz: ``arr_0`` uint8 ``[N, H, W, 3]``
     (+ ``arr_1`` labels, used for the judge's class accuracy). Reference: ``mu``, ``sigma`` (and ``mu_s``,
-    ``sigma_s`` for Inception) plus ``arr_0``.
+    ``sigma_s`` for Inception) plus ``arr_0``, or ``arr_0`` alone (statistics computed from its images).
     """
     t0 = time.perf_counter()
     if features not in FEATURE_KINDS:
@@ -161,33 +168,38 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     samples_npz, ref_npz = Path(samples_npz), Path(ref_npz)
     info = open_images(samples_npz)  # validate both files before loading any network
-    ref = read_reference(ref_npz, require_spatial=features == "inception", features=features)
-    need = max(2, num_splits, k + 1)
+    ref = read_reference(ref_npz, require_spatial=features == "inception", features=features,
+                         allow_images_only=True)
+    if is_split_size < 1:
+        raise ValueError(f"is_split_size must be >= 1, got {is_split_size}")
+    need = max(2, k + 1)
     if info.count < need:
-        raise ValueError(f"{samples_npz}: {info.count} sample(s) are too few for a covariance (2), the Inception "
-                         f"Score's {num_splits} splits and k={k} neighbours: give at least {need}")
+        raise ValueError(f"{samples_npz}: {info.count} sample(s) are too few for a covariance (2) and k={k} "
+                         f"neighbours: give at least {need}")
     assert ref.images is not None
     if ref.images.count <= k:
         raise ValueError(f"{ref_npz}: {ref.images.count} reference images; precision / recall with k={k} need "
                          f"more than {k}")
     net, meta = _load_network(features, judge, inception_weights, dev)
-    if features == "judge" and ref.judge_sha256 != meta["judge_sha256"]:
+    if features == "judge" and ref.has_statistics and ref.judge_sha256 != meta["judge_sha256"]:
         raise ValueError(f"{ref_npz}: its statistics were computed by another digit judge (sha256 "
                          f"{ref.judge_sha256}); rewrite it with `anyorder eval --make-ref digits:test --features "
                          f"judge --judge {judge} --out REF.npz`")
     smp = compute_features(iter_image_batches(samples_npz, batch_size), net, info.count, dev, "sample features",
                            progress)
-    ref_feats = compute_features(iter_image_batches(ref_npz, batch_size), net, ref.images.count, dev,
-                                 "reference features", progress)
+    desc = "reference features" if ref.has_statistics else "reference features and statistics"
+    ref_feats = compute_features(iter_image_batches(ref_npz, batch_size), net, ref.images.count, dev, desc,
+                                 progress)
+    ref_pool, ref_spatial = _reference_statistics(ref, ref_feats, features)
     smp_pool = feature_statistics(smp["pool"], f"{samples_npz}: {features} features")
-    if smp_pool.dim != ref.pool.dim:
-        raise ValueError(f"{ref_npz}: mu has {ref.pool.dim} dimensions but the {features} features have "
+    if smp_pool.dim != ref_pool.dim:
+        raise ValueError(f"{ref_npz}: mu has {ref_pool.dim} dimensions but the {features} features have "
                          f"{smp_pool.dim}")
-    is_mean, is_std = inception_score(smp["probs"], num_splits)
-    precision, recall = precision_recall(ref_feats["pool"], smp["pool"], k=k, device=dev)
+    is_mean, is_std = inception_score(smp["probs"], is_split_size)
+    precision, recall = precision_recall(ref_feats["pool"], smp["pool"], k=k, device=dev, fp16=pr_fp16)
     result: dict[str, Any] = {
         "features": features,
-        "fid": frechet_distance(smp_pool, ref.pool),
+        "fid": frechet_distance(smp_pool, ref_pool),
         "sfid": None,
         "inception_score": is_mean,
         "inception_score_std": is_std,
@@ -195,9 +207,9 @@ def evaluate(
         "recall": recall,
     }
     if features == "inception":
-        assert ref.spatial is not None
+        assert ref_spatial is not None
         smp_spatial = feature_statistics(smp["spatial"], f"{samples_npz}: spatial features")
-        result["sfid"] = frechet_distance(smp_spatial, ref.spatial)
+        result["sfid"] = frechet_distance(smp_spatial, ref_spatial)
     labels = read_labels(samples_npz, info.count)
     if features == "judge" and labels is not None:
         result["judge_accuracy"] = float((smp["probs"].argmax(1) == labels).mean())
@@ -207,13 +219,29 @@ def evaluate(
         "sample_image_size": list(info.shape[1:3]),
         "samples": str(samples_npz),
         "reference": str(ref_npz),
-        "is_splits": num_splits,
+        "reference_statistics": "stored" if ref.has_statistics else "computed from the reference images",
+        "is_split_size": is_split_size,
+        "is_splits": math.ceil(info.count / is_split_size),
         "pr_k": k,
+        "pr_distances": "float16" if pr_fp16 else "float32",
+        "pr_row_batch_size": ROW_BATCH_SIZE,
+        "pr_col_batch_size": COL_BATCH_SIZE,
         **meta,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),
     })
     return result
+
+
+def _reference_statistics(ref: ReferenceBatch, feats: dict[str, np.ndarray], features: str
+                          ) -> tuple[GaussianStats, GaussianStats | None]:
+    """The reference's stored statistics, or (a reference of images only) those of its images' features."""
+    if ref.pool is not None:
+        return ref.pool, ref.spatial
+    pool = feature_statistics(feats["pool"], f"{ref.path}: {features} features of its images")
+    spatial = feature_statistics(feats["spatial"], f"{ref.path}: spatial features of its images") \
+        if features == "inception" else None
+    return pool, spatial
 
 
 def _bundled_split(source: str) -> tuple[np.ndarray, np.ndarray]:

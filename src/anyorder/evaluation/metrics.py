@@ -11,21 +11,27 @@ and the digit judge's features):
   same trace from the symmetric matrix ``S1^{1/2} S2 S1^{1/2}`` (it has the eigenvalues of ``S1 S2``) with
   ``eigh``: no complex round-off, exact for singular and near-singular covariances (fewer samples than
   dimensions), and ``eps`` is only used when an eigen-decomposition fails to converge.
-* **Inception Score**: ``exp(E_x KL(p(y|x) || p(y)))`` per split, averaged over splits. ADM slices its
-  50,000 samples into chunks of 5,000, i.e. 10 splits; we use 10 splits of ``ceil(N / 10)`` samples,
-  identical for 50,000 samples.
+* **Inception Score**: ``exp(E_x KL(p(y|x) || p(y)))`` per split, averaged over splits. As ADM, the
+  samples are sliced into consecutive chunks of 5,000 at any ``N`` (10 splits for 50,000 samples, 2 for
+  10,000, and a shorter last chunk when ``N`` is not a multiple of 5,000).
 * **Precision / recall** (Kynkäänniemi et al. 2019, as in ADM): each point of a set gets a radius, the
   distance to its ``k``-th nearest neighbour in its own set (``k = 3``; the point itself is neighbour 0).
   Precision is the fraction of samples that fall inside at least one reference ball, recall the fraction
-  of reference points inside at least one sample ball (``distance <= radius``). ADM compares squared
-  distances in blocks of 10,000 rows, in float16 when finite; we compare them in blocks in ``dtype``
-  (float32 by default) on any device.
+  of reference points inside at least one sample ball (``distance <= radius``). As ADM's
+  ``ManifoldEstimator`` / ``DistanceBlock``: squared distances ``(|u|^2 - 2 u.v) + |v|^2`` clamped at 0,
+  in blocks of 10,000 x 10,000, each computed in **float16** (the features cast to float16) and recomputed
+  in float32 only when some entry of that block is not finite; radii and comparisons in float32 on the
+  float16 values; no radius clamping (ADM's ``clamp_to_percentile=None``). Float16 keeps about three
+  significant digits of each term, and a distance is a difference of terms the size of ``|u|^2``, so
+  near-ties at a radius are decided differently from exact arithmetic; ``fp16=False`` gives exact
+  float32 distances (not ADM's numbers).
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +39,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "COL_BATCH_SIZE",
+    "IS_SPLIT_SIZE",
+    "ROW_BATCH_SIZE",
     "GaussianStats",
     "feature_statistics",
     "frechet_distance",
@@ -42,6 +51,8 @@ __all__ = [
 ]
 
 ArrayLike = np.ndarray | Tensor
+ROW_BATCH_SIZE = COL_BATCH_SIZE = 10000  # ADM's ManifoldEstimator defaults
+IS_SPLIT_SIZE = 5000  # ADM's compute_inception_score(split_size=5000)
 
 
 def _as_float64(x: ArrayLike, name: str) -> np.ndarray:
@@ -129,23 +140,25 @@ def frechet_distance(stats1: GaussianStats, stats2: GaussianStats, eps: float = 
     return max(value, 0.0)
 
 
-def inception_score(probs: ArrayLike, num_splits: int = 10) -> tuple[float, float]:
-    """Inception Score of class probabilities ``probs [N, C]``: ``(mean, std)`` over ``num_splits`` splits.
+def inception_score(probs: ArrayLike, split_size: int = IS_SPLIT_SIZE) -> tuple[float, float]:
+    """Inception Score of class probabilities ``probs [N, C]``: ``(mean, std)`` over the splits.
 
-    Each split is a contiguous chunk of ``ceil(N / num_splits)`` rows (the last may be shorter);
-    its score is ``exp(mean_i sum_c p_ic (log p_ic - log mean_j p_jc))`` with ``0 log 0 = 0``.
+    As ADM's ``compute_inception_score``: the splits are ``probs[i : i + split_size]`` for ``i`` in
+    ``range(0, N, split_size)`` (5,000 rows each, the last one shorter when ``N`` is not a multiple:
+    12,000 samples are split 5,000 / 5,000 / 2,000; fewer than 5,000 are one split). A split's score is
+    ``exp(mean_i sum_c p_ic (log p_ic - log mean_j p_jc))``, with ``0 log 0 = 0`` (ADM would give NaN).
     """
     p = _as_float64(probs, "class probabilities")
     if p.ndim != 2:
         raise ValueError(f"class probabilities must be [N, C], got shape {p.shape}")
-    if num_splits < 1 or len(p) < num_splits:
-        raise ValueError(f"the Inception Score needs at least num_splits={num_splits} samples, got {len(p)}")
+    if split_size < 1 or len(p) < 1:
+        raise ValueError(f"the Inception Score needs a split size >= 1 and samples, got split_size={split_size} "
+                         f"and {len(p)} samples")
     if (p < 0).any() or not np.allclose(p.sum(1), 1.0, atol=1e-4):
         raise ValueError("class probabilities must be non-negative rows summing to 1 (pass softmax outputs)")
-    size = math.ceil(len(p) / num_splits)
     scores = []
-    for start in range(0, len(p), size):
-        part = p[start : start + size]
+    for start in range(0, len(p), split_size):
+        part = p[start : start + split_size]
         marginal = part.mean(0, keepdims=True)
         with np.errstate(divide="ignore", invalid="ignore"):
             kl = np.where(part > 0, part * (np.log(part) - np.log(marginal)), 0.0)
@@ -153,73 +166,114 @@ def inception_score(probs: ArrayLike, num_splits: int = 10) -> tuple[float, floa
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def _as_tensor(x: ArrayLike, device: torch.device, dtype: torch.dtype, name: str) -> Tensor:
+def _as_tensor(x: ArrayLike, device: torch.device, name: str) -> Tensor:
+    """Features as float32 on ``device`` (ADM feeds float32 features to its distance graph)."""
     t = x if isinstance(x, Tensor) else torch.from_numpy(np.ascontiguousarray(x))
     if t.ndim != 2:
         raise ValueError(f"{name}: expected a feature matrix [N, F], got shape {tuple(t.shape)}")
-    return t.to(device=device, dtype=dtype)
+    t = t.detach().to(device=device, dtype=torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{name} hold NaN or infinite values")
+    return t
+
+
+@contextmanager
+def _no_tf32():
+    """Full float32 matrix products on CUDA (TF32 would round the float32 fallback's inputs)."""
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _sq_distances(a: Tensor, b: Tensor) -> Tensor:
-    """Squared Euclidean distances ``[len(a), len(b)]`` (``|a|^2 - 2ab + |b|^2``, clamped at 0)."""
+    """Squared Euclidean distances ``[len(a), len(b)]`` (``(|a|^2 - 2ab) + |b|^2``, clamped at 0)."""
     d = (a * a).sum(1, keepdim=True) - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
     return d.clamp_min_(0.0)
 
 
-def manifold_radii(
-    features: ArrayLike, k: int = 3, batch_size: int = 10000, device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> Tensor:
-    """Squared distance of every point of ``features [N, F]`` to its ``k``-th nearest neighbour in the set.
+def _sq_distances_fp16(a: Tensor, b: Tensor) -> Tensor:
+    """ADM's float16 distance graph: the same formula with float16 inputs and a float16 result per op.
 
-    The point itself is neighbour 0 (distance 0), so ``k = 3`` is the third other point. Computed in
-    blocks of ``batch_size`` x ``batch_size`` distances, keeping the ``k + 1`` smallest per row.
+    Squares are rounded to float16; the row sums and the matrix product accumulate in float32 (as the
+    GPU kernels do) and are rounded to float16 once; ``-``, ``2 *``, ``+`` and the clamp are float16 ops
+    (an overflow gives ``inf`` / ``nan``, which makes the caller fall back to float32).
+    """
+    a16, b16 = a.half().float(), b.half().float()
+    norm_a = a16.square().half().float().sum(1).half()
+    norm_b = b16.square().half().float().sum(1).half()
+    prod = (a16 @ b16.T).half()
+    return (norm_a[:, None] - 2 * prod + norm_b[None, :]).clamp_min(0.0)
+
+
+def _distance_block(a: Tensor, b: Tensor, fp16: bool) -> Tensor:
+    """One block of squared distances, float32, as ADM's ``DistanceBlock``: computed in float16 and
+    kept when every entry of the block is finite, else the whole block recomputed in float32."""
+    if fp16:
+        d16 = _sq_distances_fp16(a, b)
+        if torch.isfinite(d16).all():
+            return d16.float()
+    return _sq_distances(a, b)
+
+
+def manifold_radii(
+    features: ArrayLike, k: int = 3, row_batch_size: int = ROW_BATCH_SIZE, col_batch_size: int = COL_BATCH_SIZE,
+    device: str | torch.device = "cpu", fp16: bool = True,
+) -> Tensor:
+    """Squared distance (float32) of every point of ``features [N, F]`` to its ``k``-th neighbour in the set.
+
+    ADM's ``ManifoldEstimator.manifold_radii``: the distances of a block of ``row_batch_size`` points to
+    every point (in blocks of ``col_batch_size`` columns, each a :func:`_distance_block`), and the
+    ``k + 1``-th smallest of each row; the point itself is among them (its distance is 0 in exact
+    arithmetic), so ``k = 3`` is the third other point.
     """
     device = torch.device(device)
-    x = _as_tensor(features, device, dtype, "features")
+    x = _as_tensor(features, device, "features")
     n = len(x)
     if n <= k:
         raise ValueError(f"precision/recall with k={k} needs more than {k} points per set, got {n}")
-    radii = torch.empty(n, dtype=dtype, device=device)
-    for r0 in range(0, n, batch_size):
-        rows = x[r0 : r0 + batch_size]
-        best = rows.new_empty(len(rows), 0)  # the k + 1 smallest distances seen so far, per row
-        for c0 in range(0, n, batch_size):
-            cand = torch.cat([best, _sq_distances(rows, x[c0 : c0 + batch_size])], 1)
-            best = cand.topk(min(k + 1, cand.shape[1]), dim=1, largest=False).values
-        radii[r0 : r0 + len(rows)] = best.max(1).values  # n > k, so best holds k + 1 columns
+    if row_batch_size < 1 or col_batch_size < 1:
+        raise ValueError(f"batch sizes must be >= 1, got rows {row_batch_size} and columns {col_batch_size}")
+    radii = torch.empty(n, dtype=torch.float32, device=device)
+    with _no_tf32():
+        for r0 in range(0, n, row_batch_size):
+            rows = x[r0 : r0 + row_batch_size]
+            best = rows.new_empty(len(rows), 0)  # the k + 1 smallest distances seen so far, per row
+            for c0 in range(0, n, col_batch_size):
+                cand = torch.cat([best, _distance_block(rows, x[c0 : c0 + col_batch_size], fp16)], 1)
+                best = cand.topk(min(k + 1, cand.shape[1]), dim=1, largest=False).values
+            radii[r0 : r0 + len(rows)] = best.max(1).values  # n > k, so best holds k + 1 columns
     return radii
 
 
-def _covered(points: Tensor, centres: Tensor, radii: Tensor, batch_size: int) -> Tensor:
-    """For every row of ``points``: does it lie in at least one ball ``|p - centre_j|^2 <= radii_j``?"""
-    inside = torch.zeros(len(points), dtype=torch.bool, device=points.device)
-    for r0 in range(0, len(points), batch_size):
-        rows = points[r0 : r0 + batch_size]
-        hit = torch.zeros(len(rows), dtype=torch.bool, device=points.device)
-        for c0 in range(0, len(centres), batch_size):
-            d = _sq_distances(rows, centres[c0 : c0 + batch_size])
-            hit |= (d <= radii[None, c0 : c0 + batch_size]).any(1)
-        inside[r0 : r0 + len(rows)] = hit
-    return inside
-
-
 def precision_recall(
-    ref_features: ArrayLike, sample_features: ArrayLike, k: int = 3, batch_size: int = 10000,
-    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+    ref_features: ArrayLike, sample_features: ArrayLike, k: int = 3, row_batch_size: int = ROW_BATCH_SIZE,
+    col_batch_size: int = COL_BATCH_SIZE, device: str | torch.device = "cpu", fp16: bool = True,
 ) -> tuple[float, float]:
     """ADM's improved precision and recall with ``k``-nearest-neighbour manifolds: ``(precision, recall)``.
 
     Precision: fraction of samples inside the reference manifold; recall: fraction of reference points
-    inside the sample manifold.
+    inside the sample manifold. As ADM's ``ManifoldEstimator.evaluate_pr``, one distance block per
+    (``row_batch_size`` reference points, ``col_batch_size`` samples) serves both, float16 unless
+    ``fp16=False`` (exact float32 distances, not ADM's numbers).
     """
     device = torch.device(device)
-    ref = _as_tensor(ref_features, device, dtype, "reference features")
-    smp = _as_tensor(sample_features, device, dtype, "sample features")
+    ref = _as_tensor(ref_features, device, "reference features")
+    smp = _as_tensor(sample_features, device, "sample features")
     if ref.shape[1] != smp.shape[1]:
         raise ValueError(f"feature dimensions differ: reference {ref.shape[1]} vs samples {smp.shape[1]}")
-    ref_radii = manifold_radii(ref, k, batch_size, device, dtype)
-    smp_radii = manifold_radii(smp, k, batch_size, device, dtype)
-    precision = _covered(smp, ref, ref_radii, batch_size).double().mean().item()
-    recall = _covered(ref, smp, smp_radii, batch_size).double().mean().item()
-    return float(precision), float(recall)
+    ref_radii = manifold_radii(ref, k, row_batch_size, col_batch_size, device, fp16)
+    smp_radii = manifold_radii(smp, k, row_batch_size, col_batch_size, device, fp16)
+    ref_in = torch.zeros(len(ref), dtype=torch.bool, device=device)  # inside a sample ball: recall
+    smp_in = torch.zeros(len(smp), dtype=torch.bool, device=device)  # inside a reference ball: precision
+    with _no_tf32():
+        for r0 in range(0, len(ref), row_batch_size):
+            r1 = r0 + row_batch_size
+            for c0 in range(0, len(smp), col_batch_size):
+                c1 = c0 + col_batch_size
+                d = _distance_block(ref[r0:r1], smp[c0:c1], fp16)  # rows: reference, columns: samples
+                ref_in[r0:r1] |= (d <= smp_radii[None, c0:c1]).any(1)
+                smp_in[c0:c1] |= (d <= ref_radii[r0:r1, None]).any(0)
+    return float(smp_in.double().mean().item()), float(ref_in.double().mean().item())

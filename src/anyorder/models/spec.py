@@ -20,7 +20,8 @@ from torch import Tensor
 from anyorder.io.config import coerce_value
 from anyorder.models.policy import SamplingPolicy
 
-__all__ = ["Capabilities", "CAPABILITY_HELP", "KeyMap", "OfficialFormat", "Preset", "FamilySpec", "REQUIRED", "official_fields"]
+__all__ = ["Capabilities", "CAPABILITY_HELP", "KeyMap", "OfficialFormat", "Preset", "FamilySpec", "REQUIRED",
+           "official_fields"]
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,11 @@ from anyorder.io import atomic_write_json
 from anyorder.io.npz import IMAGE_KEY, LABEL_KEY, array_header, merge_sample_chunks, read_labels, write_samples
 from anyorder.sampling.generate import generate
 
-__all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "parts_dir",
-           "sample_npz"]
+__all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "UINT8_MODES",
+           "parts_dir", "sample_npz"]
 
 _JOB_FILE = "job.json"
+UINT8_MODES = ("round", "truncate")  # decoded [0, 1] -> uint8: see images_to_uint8
 
 
 def balanced_labels(num_samples: int, classes: Sequence[int]) -> Tensor:
@@ -74,12 +75,25 @@ def sample_chunk(model, labels: Tensor, seed: int, chunk: int, sampling: dict[st
     return generate(model, labels.to(model.device), generator=gen, **kw)
 
 
-def images_to_uint8(images: Tensor) -> np.ndarray:
-    """Decoded images ``[B, C, H, W]`` in ``[0, 1]`` -> uint8 ``[B, H, W, 3]`` (``x * 255 + 0.5``, clamped,
-    truncated: the same rounding as the PNGs); grayscale (C = 1) is replicated to three channels."""
+def images_to_uint8(images: Tensor, mode: str = "round") -> np.ndarray:
+    """Decoded images ``[B, C, H, W]`` in ``[0, 1]`` -> uint8 ``[B, H, W, 3]``; grayscale (C = 1) is
+    replicated to three channels. ``mode`` (:data:`UINT8_MODES`) is how a value becomes a level:
+
+    * ``"round"``: ``x * 255 + 0.5``, clamped to ``[0, 255]``, truncated (round half up; PIL's PNGs,
+      and RandAR's ``decode_codes_to_img``: ``r * 127.5 + 128`` for ``r = 2x - 1``);
+    * ``"truncate"``: ``x`` clamped to ``[0, 1]``, ``* 255``, truncated (1d-tokenizer ``demo_util.sample_fn``,
+      which RAR's ``sample_imagenet_rar.py`` calls): about half a level darker than ``"round"``.
+    """
+    if mode not in UINT8_MODES:
+        raise ValueError(f"unknown uint8 conversion {mode!r}; expected one of {UINT8_MODES}")
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"expected decoded images [B, C, H, W] with C in (1, 3), got shape {tuple(images.shape)}")
-    x = images.detach().float().mul(255.0).add_(0.5).clamp_(0.0, 255.0).to(torch.uint8)
+    x = images.detach().float()
+    if mode == "round":
+        x = x.mul(255.0).add_(0.5).clamp_(0.0, 255.0)
+    else:
+        x = x.clamp(0.0, 1.0).mul_(255.0)
+    x = x.to(torch.uint8)  # truncates: every value is in [0, 255] here
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
@@ -131,17 +145,20 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int) -> None:
 
 def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batch_size: int, seed: int,
                sampling: dict[str, Any], settings: dict[str, Any] | None = None, progress: bool = True,
-               keep_parts: bool = False) -> dict[str, Any] | None:
+               keep_parts: bool = False, uint8: str = "round") -> dict[str, Any] | None:
     """Sample codes for ``labels`` chunk by chunk, decode them with ``tokenizer``, write ``out`` (ADM npz).
 
     ``sampling`` are :func:`~anyorder.sampling.generate` keywords (a ``seed`` in it is ignored: each
     chunk has its own stream from ``seed``). ``settings`` (model, tokenizer, ...) are recorded in the
     JSON beside ``out`` and, with everything that determines the samples, in the parts directory: a
     rerun with other settings refuses to mix its chunks with the old ones. Under ``torchrun`` every rank
-    calls this; rank 0 merges and returns the record (other ranks return ``None``).
+    calls this; rank 0 merges and returns the record (other ranks return ``None``). ``uint8`` is the
+    conversion of the decoded images (:func:`images_to_uint8`), recorded with the settings.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if uint8 not in UINT8_MODES:
+        raise ValueError(f"unknown uint8 conversion {uint8!r}; expected one of {UINT8_MODES}")
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--npz {out}: the file name must end in .npz")
@@ -153,7 +170,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
         n_chunks = -(-len(labels) // batch_size)
         job = {"num_samples": len(labels), "batch_size": batch_size, "seed": seed, "sampling": sampling,
                "labels_sha256": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
-               "device_type": model.device.type, **(settings or {})}
+               "device_type": model.device.type, "uint8": uint8, **(settings or {})}
         job = json.loads(json.dumps(job, default=str))
         _check_job(parts, job, rank, world)
         mine = [i for i in range(rank, n_chunks, world) if not _chunk_path(parts, i).is_file()]
@@ -166,7 +183,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
                 y = labels[i * batch_size : (i + 1) * batch_size]
                 codes = sample_chunk(model, y, seed, i, sampling)
                 with torch.no_grad():
-                    images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)))
+                    images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)), uint8)
                 write_samples(_chunk_path(parts, i), images, y.numpy())
                 bar.update(len(y))
         seconds = time.perf_counter() - t0
