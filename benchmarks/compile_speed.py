@@ -26,6 +26,7 @@ from kv_cache_speed import FULL, QUICK, common_args, environment, markdown_table
 
 from anyorder.hub import build_model  # noqa: E402
 from anyorder.sampling.decode import decode  # noqa: E402
+from anyorder.sampling.job import generation_job  # noqa: E402
 from anyorder.sampling.policy import sampling_config  # noqa: E402
 
 
@@ -50,13 +51,12 @@ def main() -> None:
         for steps in runs[fam]:
             policy = sampling_config(fam, {"guidance_scale": 4.0, **({"steps": steps} if steps else {})})
             orders = model.sampling_orders(B, torch.Generator().manual_seed(args.seed))
-            plan, guidance = policy.plan(T), policy.guidance()
 
-            def run(mode: str, model=model, orders=orders, plan=plan, guidance=guidance):
+            def run(mode: str, model=model, orders=orders, policy=policy):
                 g = torch.Generator().manual_seed(args.seed)
                 kw = {"static": True} if mode == "static" else {"compile": args.backend} if mode == "compiled" else {}
                 with torch.no_grad():
-                    return decode(model, classes, orders, plan, guidance, 1.0, 0, 1.0, g, **kw)
+                    return decode(generation_job(model, classes, policy, orders=orders, generator=g), **kw)
 
             t0 = time.perf_counter()
             run("compiled")  # compiles every shape this plan needs

@@ -28,8 +28,9 @@ from typing import Any
 import torch
 
 from anyorder.hub import build_model
-from anyorder.models import get_preset
+from anyorder.models import get_family, get_preset
 from anyorder.sampling.decode import decode
+from anyorder.sampling.job import generation_job
 from anyorder.sampling.policy import sampling_config
 
 TABLE5_A100 = {"rar_b": 17.0, "rar_l": 15.0, "rar_xl": 8.3, "rar_xxl": 6.4}  # img/s, RAR paper Table 5
@@ -94,24 +95,24 @@ def _time_generation(model, batch: int, steps: int | None, compile: Any, warm_st
     """Seconds for one generation of ``batch`` images after a warm-up (a full one, or ``warm_steps`` steps)."""
     device = model.device
     fam = model.family
-    policy = sampling_config(fam, {"guidance_scale": 4.0, **({"steps": steps} if fam == "randar" else {})})
-    T = model.seq_len
+    parallel = get_family(fam).can("parallel")
+    policy = sampling_config(fam, {"guidance_scale": 4.0, **({"steps": steps} if parallel else {})})
     classes = torch.arange(batch, device=device) % model.num_classes
     g = torch.Generator(device=device).manual_seed(0)
     orders = model.sampling_orders(batch, g)
-    args = (model, classes, orders, policy.plan(T), policy.guidance(), 1.0, 0, 1.0, g)
+    job = generation_job(model, classes, policy, orders=orders, generator=g)
 
     def stop_after(done: int, _out: torch.Tensor) -> None:
         if warm_steps is not None and done >= warm_steps:
             raise _Stop
 
     try:
-        decode(*args, step_callback=stop_after, compile=compile)
+        decode(job, stop_after, compile=compile)
     except _Stop:
         pass
     _sync(device)
     t = time.perf_counter()
-    decode(*args, compile=compile)
+    decode(job, compile=compile)
     _sync(device)
     return time.perf_counter() - t
 

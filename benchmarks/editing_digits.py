@@ -362,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     model.eval()
     tok.eval()
-    E.require_randar(model, "this benchmark")
+    E.require_capability(model, "extrapolation", "this benchmark")
     judge = load_module(run / "judge", expected=DigitClassifier).eval()
     train_x, train_y, test_x, test_y = load_mnist(0.1, 0)
     kw = {"guidance_scale": args.guidance_scale, "guidance_start": 1.0, "temperature": 1.0, "steps": args.steps}

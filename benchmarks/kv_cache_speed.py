@@ -38,8 +38,8 @@ from reference_samplers import official_style_rar_generate  # noqa: E402
 
 from anyorder.models.rar import RAR, RARConfig  # noqa: E402
 from anyorder.nn.orders import permute  # noqa: E402
-from anyorder.sampling import generate, sample_logits  # noqa: E402
 from anyorder.nn.schedules import GuidanceSchedule  # noqa: E402
+from anyorder.sampling import generate, sample_logits  # noqa: E402
 
 FULL = {"dim": 256, "depth": 4, "n_head": 4, "seq_len": 256, "codebook_size": 1024, "num_classes": 1000,
         "batch": 8}

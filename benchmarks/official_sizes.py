@@ -93,30 +93,21 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
 
     from anyorder.hub import build_model
     from anyorder.models import get_preset
-    from anyorder.nn import orders as orders_lib
-    from anyorder.sampling import decode
-    from anyorder.nn.schedules import GuidanceSchedule, parallel_decoding_schedule
+    from anyorder.sampling import decode, generation_job, model_sampling
 
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rss_import = rss_mb()
-    preset = get_preset(model_name)
     t0 = time.perf_counter()
     model = build_model(model_name).eval()
     build_s = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
-    s = preset.sampling
     T = model.seq_len
     gen = torch.Generator().manual_seed(seed)
     classes = torch.randint(0, model.num_classes, (batch,), generator=gen)
-    if model.family == "rar":
-        plan = [1] * T
-        guidance = GuidanceSchedule("pow_cosine", s["guidance_scale"], s["guidance_power"])
-        orders = model.default_order().expand(batch, -1)
-    else:
-        plan = parallel_decoding_schedule(s["steps"], T)
-        guidance = GuidanceSchedule("linear", s["guidance_scale"], start=s["guidance_start"])
-        orders = orders_lib.random_orders(batch, T, generator=gen)
+    policy = model_sampling(model)  # the release's settings
+    plan = policy.plan(T)
+    orders = policy.orders(model, batch, gen)
     total_steps = len(plan)
     run_steps = total_steps if max_steps <= 0 else min(max_steps, total_steps)
     stamps: list[float] = []
@@ -132,8 +123,7 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
     with torch.no_grad(), RSSPoller() as poll:
         start, cpu_start = time.perf_counter(), time.process_time()
         try:
-            decode(model, classes, orders, plan, guidance, s.get("temperature", 1.0), s.get("top_k", 0),
-                   s.get("top_p", 1.0), gen, step_callback=on_step)
+            decode(generation_job(model, classes, policy, orders=orders, generator=gen), on_step)
         except _Stop:
             pass
     steps = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
@@ -142,7 +132,7 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
     total_s, cpu_s = (_total(x, total_steps) for x in (steps, cpu_steps))
     return {
         "model": model_name, "family": model.family, "params_M": round(n_params / 1e6, 1), "batch": batch,
-        "decoded_batch": batch * (2 if guidance.enabled else 1), "tokens": T, "total_steps": total_steps,
+        "decoded_batch": batch * (2 if policy.guidance().enabled else 1), "tokens": T, "total_steps": total_steps,
         "timed_steps": len(steps), "kind": "measured" if measured else "extrapolated",
         "first_step_s": round(steps[0], 4),
         "mean_later_step_s": round(sum(steps[1:]) / len(steps[1:]), 4) if len(steps) > 1 else None,
@@ -151,7 +141,7 @@ def run_one(model_name: str, batch: int, max_steps: int, threads: int, seed: int
         "rss_import_MB": round(rss_import), "rss_before_sampling_MB": round(rss_before),
         "sampling_delta_rss_MB": round(poll.peak - rss_before), "peak_rss_MB": round(max_rss_mb()),
         "build_s": round(build_s, 1), "threads": threads, "dtype": "float32",
-        "sampling": {k: v for k, v in s.items()}, "torch": torch.__version__,
+        "sampling": dict(get_preset(model_name).sampling), "torch": torch.__version__,
     }
 
 

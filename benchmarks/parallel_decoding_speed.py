@@ -34,8 +34,8 @@ from reference_samplers import official_style_randar_generate  # noqa: E402
 
 from anyorder.models.randar import RandAR, RandARConfig  # noqa: E402
 from anyorder.nn.orders import random_orders, unpermute  # noqa: E402
-from anyorder.sampling.generate import generate
 from anyorder.nn.schedules import parallel_decoding_schedule  # noqa: E402
+from anyorder.sampling.generate import generate
 
 FULL = {"dim": 256, "depth": 4, "n_head": 4, "seq_len": 256, "num_classes": 1000, "batch": 8}
 QUICK = {"dim": 128, "depth": 2, "n_head": 4, "seq_len": 64, "num_classes": 10, "batch": 4}

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from anyorder.nn.rope import apply_rope
-from anyorder.nn.transformer import modulate
 from anyorder.nn.schedules import parallel_decoding_schedule
+from anyorder.nn.transformer import modulate
 
 __all__ = ["official_style_rar_generate", "official_style_randar_generate", "official_style_sample"]
 

@@ -37,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kv_cache_speed import environment, markdown_table  # noqa: E402
 from make_fixture_twins import AttrDict, official_modules  # noqa: E402
 
-from anyorder.models.randar import RandAR  # noqa: E402
-from anyorder.models.rar import RAR  # noqa: E402
+from anyorder.models import RAR, RandAR, get_family  # noqa: E402
 from anyorder.nn import orders as orders_lib  # noqa: E402
 from anyorder.training.config import TrainConfig  # noqa: E402
 from anyorder.training.loop import TrainingLoss, autocast_context  # noqa: E402
@@ -78,7 +77,7 @@ def build_pair(off: dict, family: str, s: dict, seed: int) -> tuple[torch.nn.Mod
                "dropout": 0.0, "attn_drop": 0.0}
         theirs = off["rar"].RAR(AttrDict(model={"generator": gen, "vq_model": {"codebook_size": s["V"]}}))
         theirs.set_random_ratio(R)
-        ours_cls, cfg = RAR, RAR.config_from_official({**gen, "codebook_size": s["V"]})
+        ours_cls, cfg = RAR, get_family("rar").official.config({**gen, "codebook_size": s["V"]}, "train_speed")
     else:
         theirs = off["randar_gpt"].RandARTransformer(
             dim=s["dim"], n_layer=s["depth"], n_head=s["heads"], multiple_of=256, vocab_size=s["V"],
@@ -86,13 +85,13 @@ def build_pair(off: dict, family: str, s: dict, seed: int) -> tuple[torch.nn.Mod
             attn_dropout_p=0.0, class_dropout_prob=CLASS_DROP, cls_token_num=1, rope_base=10000, norm_eps=1e-5,
             grad_checkpointing=False)
         ours_cls = RandAR
-        cfg = RandAR.config_from_official({"dim": s["dim"], "n_layer": s["depth"], "n_head": s["heads"],
-                                           "block_size": s["T"], "vocab_size": s["V"], "num_classes": s["C"],
-                                           "multiple_of": 256, "class_dropout_prob": CLASS_DROP})
+        cfg = get_family("randar").official.config(
+            {"dim": s["dim"], "n_layer": s["depth"], "n_head": s["heads"], "block_size": s["T"], "vocab_size": s["V"],
+             "num_classes": s["C"], "multiple_of": 256, "class_dropout_prob": CLASS_DROP}, "train_speed")
     _noise(theirs, seed)
     sd = {k: v.detach().clone() for k, v in theirs.state_dict().items() if "freqs_cis" not in k}
     ours = ours_cls(cfg)
-    ours.load_state_dict(ours_cls.convert_official_state_dict(sd))
+    ours.load_state_dict(get_family(ours.family).official.convert_state_dict(sd))
     return theirs.train(), ours.train()
 
 
