@@ -8,8 +8,10 @@ the number of processes:
   folder names (``classes[i]`` is the folder of id ``i``); inside a class the files come in
   ``sorted(os.walk(...))`` order with sorted file names; only files with an image extension
   (:data:`IMG_EXTENSIONS`, case-insensitive) are samples. Other files, files directly under ``SRC`` and
-  class folders without images are reported (skipped / ``empty_classes``), never a crash. Parts are runs of
-  ``part_size`` consecutive images.
+  class folders without images are reported (skipped / ``empty_classes``), never a crash. Symbolic links
+  are followed, but every real folder and every real file is listed once: a link that loops back up, or a
+  second path to a folder or file listed already, is skipped and reported with its reason. Parts are runs
+  of ``part_size`` consecutive images.
 - **webdataset shards**: a ``.tar`` file, a folder of ``.tar`` files (sorted by name) or a brace pattern
   (``imagenet-train-{000000..000146}.tar``). A sample needs an image (``jpg``/``jpeg``/``png``/``webp``/...)
   and ``cls`` (the class id as text). Each shard is one part; they are read with the ``webdataset`` library.
@@ -115,17 +117,20 @@ class ImageFolderSource(ImageSource):
             if not e.is_dir():
                 self.listing_skipped.append({"file": e.name, "reason": "not inside a class folder"})
         self.items: list[tuple[str, int]] = []
+        # real folder -> where it is listed: the root and every class folder are taken up front, so a link
+        # back up (``a/loop -> ..``) or into another class is skipped instead of listed again
+        seen_dirs: dict[str, str] = {os.path.realpath(root_path): "the data folder itself"}
+        for name in self.classes:
+            seen_dirs.setdefault(os.path.realpath(root_path / name), name)
+        seen_files: dict[str, str] = {}  # real file -> the first relative path that listed it
         for label, name in enumerate(self.classes):
             n_before = len(self.items)
-            for dirpath, _, fnames in sorted(os.walk(root_path / name, followlinks=True)):
-                rel_dir = Path(dirpath).relative_to(root_path).as_posix()
-                for fname in sorted(fnames):
-                    rel = f"{rel_dir}/{fname}"
-                    if _is_image_name(fname):
-                        self.items.append((rel, label))
-                    else:
-                        ext = Path(fname).suffix or "(none)"
-                        self.listing_skipped.append({"file": rel, "reason": f"not an image file (extension {ext})"})
+            owner = seen_dirs[os.path.realpath(root_path / name)]
+            if owner != name:
+                self.listing_skipped.append({"file": f"{name}/", "reason": f"the same folder as class {owner} "
+                                             "(a symbolic link); its images are listed there once"})
+            else:
+                self._list_class(root_path, name, label, seen_dirs, seen_files)
             if len(self.items) == n_before:
                 self.empty_classes.append(name)
         if not self.classes:
@@ -137,6 +142,45 @@ class ImageFolderSource(ImageSource):
         if not self.items:
             raise ValueError(f"{self.root}: no image files ({', '.join(IMG_EXTENSIONS)}) in its "
                              f"{len(self.classes)} class folder(s)")
+
+    def _list_class(self, root: Path, name: str, label: int, seen_dirs: dict[str, str],
+                    seen_files: dict[str, str]) -> None:
+        """Append the images of class folder ``name`` to ``items``, each real file once; symbolic links are
+        followed, but one that leads to a folder listed already (a loop, or a second path to it) is skipped
+        and reported."""
+        walked: list[tuple[str, list[str]]] = []
+        for dirpath, dirnames, fnames in os.walk(root / name, followlinks=True):
+            here = os.path.realpath(dirpath)
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            keep = []
+            for d in sorted(dirnames):  # sorted: which of two paths to one folder is kept does not vary
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in seen_dirs:
+                    first = seen_dirs[real]
+                    loop = here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+                    why = (f"symbolic link loop: leads back to {first}" if loop
+                           else f"the same folder as {first}, listed there")
+                    self.listing_skipped.append({"file": f"{rel_dir}/{d}", "reason": why + "; not followed"})
+                else:
+                    seen_dirs[real] = f"{rel_dir}/{d}"
+                    keep.append(d)
+            dirnames[:] = keep  # os.walk descends only into these
+            walked.append((dirpath, fnames))
+        for dirpath, fnames in sorted(walked):  # the order of the plain sorted(os.walk(...)) listing
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for fname in sorted(fnames):
+                rel = f"{rel_dir}/{fname}"
+                if not _is_image_name(fname):
+                    ext = Path(fname).suffix or "(none)"
+                    self.listing_skipped.append({"file": rel, "reason": f"not an image file (extension {ext})"})
+                    continue
+                real = os.path.realpath(os.path.join(dirpath, fname))
+                if real in seen_files:
+                    self.listing_skipped.append({"file": rel, "reason": f"the same file as {seen_files[real]} "
+                                                 "(a symbolic link); listed once"})
+                    continue
+                seen_files[real] = rel
+                self.items.append((rel, label))
 
     def num_images(self) -> int:
         return len(self.items)
