@@ -62,3 +62,59 @@ def test_second_paths_to_a_folder_or_a_file_are_listed_once_and_named_in_meta(tm
     assert set(skipped) == {"a/sub/up", "a/to_b", "a/same.png", "c/"}
     assert "loop" in skipped["a/sub/up"] and "b" in skipped["a/to_b"] and "a/0.png" in skipped["a/same.png"]
     assert meta["source"]["empty_classes"] == ["c"]
+
+
+# ------------------------------------------------------------------------------- 16-bit and float images
+
+
+def _gray(seed: int = 5, h: int = 12, w: int = 12) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w), dtype=np.uint8)
+
+
+def _deep_files(arr: np.ndarray) -> dict[str, bytes]:
+    """``arr`` (8-bit gray) as files PIL opens in 16-bit / 32-bit / float modes, each ``arr`` at full scale:
+    ``v * 257`` is 16-bit ``v`` (what a 16-bit export of an 8-bit picture holds), ``v / 255`` float ``v``."""
+    out = {}
+    for name, img, fmt in (
+        ("i16.png", Image.fromarray(arr.astype(np.uint16) * 257), "PNG"),  # opens as I;16
+        ("i16b.tif", Image.frombytes("I;16B", arr.shape[::-1], (arr.astype(">u2") * 257).tobytes()), "TIFF"),
+        ("i32.tif", Image.fromarray(arr.astype(np.int32) * 257), "TIFF"),  # opens as I
+        ("float.tif", Image.fromarray(arr.astype(np.float32) / 255), "TIFF"),  # opens as F
+    ):
+        buf = io.BytesIO()
+        img.save(buf, format=fmt)
+        out[name] = buf.getvalue()
+    return out
+
+
+def test_deep_images_are_scaled_not_clipped_white(tmp_path):
+    arr = _gray()
+    files = _deep_files(arr)
+    modes = {n: Image.open(io.BytesIO(b)).mode for n, b in files.items()}
+    assert modes == {"i16.png": "I;16", "i16b.tif": "I;16B", "i32.tif": "I", "float.tif": "F"}
+    (tmp_path / "deep/a").mkdir(parents=True)
+    (tmp_path / "flat/a").mkdir(parents=True)
+    for i, (name, data) in enumerate(sorted(files.items())):
+        (tmp_path / "deep/a" / f"{i}-{name}").write_bytes(data)
+        (tmp_path / "flat/a" / f"{i}.png").write_bytes(_png(arr))  # the same picture in 8 bits
+    _demo_tokenizer(tmp_path / "tok")
+    kw = dict(aug="adm", resolution=8, workers=0, progress=False)
+    meta = pretokenize(tmp_path / "tok", tmp_path / "deep", tmp_path / "out_deep", **kw)
+    pretokenize(tmp_path / "tok", tmp_path / "flat", tmp_path / "out_flat", **kw)
+    assert meta["N"] == 4 and meta["skipped"] == []
+    deep, flat = (np.load(tmp_path / d / "codes.npy") for d in ("out_deep", "out_flat"))
+    assert np.array_equal(deep, flat)
+
+
+def test_floats_outside_0_1_and_ints_beyond_16_bits_are_skipped_and_listed(tmp_path):
+    (tmp_path / "src/a").mkdir(parents=True)
+    (tmp_path / "src/a/ok.png").write_bytes(_png(_gray()))
+    for name, arr in (("hdr.tif", np.full((12, 12), 3.5, np.float32)), ("big.tif", np.full((12, 12), 70000, np.int32))):
+        Image.fromarray(arr).save(tmp_path / "src/a" / name)
+    _demo_tokenizer(tmp_path / "tok")
+    meta = pretokenize(tmp_path / "tok", tmp_path / "src", tmp_path / "out", aug="none", resolution=8, workers=0,
+                       progress=False)
+    skipped = {s["file"]: s["reason"] for s in meta["skipped"]}
+    assert meta["N"] == 1 and set(skipped) == {"a/hdr.tif", "a/big.tif"}
+    assert "[3.5, 3.5]" in skipped["a/hdr.tif"] and "not [0, 1]" in skipped["a/hdr.tif"]
+    assert "70000" in skipped["a/big.tif"] and "0..65535" in skipped["a/big.tif"]

@@ -29,6 +29,7 @@ from anyorder.app import render
 from anyorder.app.stream import DecodeJob, Frame, edit_job, generation_job, stream
 from anyorder.data.classes import imagenet_classes
 from anyorder.editing import SIDES, mask_from_image
+from anyorder.io.images import PixelRangeError, to_8bit
 from anyorder.sampling import model_sampling
 
 __all__ = ["AppModel", "Update", "RAR_NOTE", "class_choices", "generate_updates", "inpaint_updates",
@@ -192,7 +193,9 @@ def load_upload(path: str, entry: AppModel) -> tuple[Image.Image, list[str]]:
     try:
         with Image.open(path) as img:
             img.load()
-            image = img.convert("RGB")
+            image = to_8bit(img, Path(path).name).convert("RGB")  # 16-bit / float: scaled, not clipped
+    except PixelRangeError:
+        raise  # names the file and its pixel range
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{Path(path).name} is not an image that can be read ({type(e).__name__}): "
                          "upload a PNG, JPEG, WebP or similar picture") from e

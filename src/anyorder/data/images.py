@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anyorder.data.augment import augment_array
+from anyorder.io.images import PixelRangeError
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -321,6 +322,8 @@ def decode_sample(sample: Sample, aug: str, resolution: int, channels: int) -> t
         return None, "file disappeared"
     except UnidentifiedImageError:
         return None, "not an image (PIL cannot identify the format)"
+    except PixelRangeError as e:  # a float / 32-bit image with no known white level
+        return None, e.reason
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))[:200]  # reasons go to meta.json: keep them reproducible
         return None, f"unreadable or truncated ({type(e).__name__}: {message})"
