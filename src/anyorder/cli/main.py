@@ -7,7 +7,9 @@ Configuration follows the official repos: a preset or YAML file plus dotted over
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections import Counter
 
 from anyorder.cli.app import add_app_command
 from anyorder.cli.edit import add_editing_commands
@@ -16,7 +18,9 @@ from anyorder.cli.sample import add_sample_command
 from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)  # section.key=value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,9 +36,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that a command with dotted ``overrides`` takes them anywhere on the line:
+    argparse gives a ``nargs="*"`` positional only its first run of words, so ``train a=1 --quiet b=2`` left
+    ``b=2`` unrecognised. The overrides keep their order on the command line (the last of one key wins)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    if not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    unknown = [x for x in extra if not _OVERRIDE.fullmatch(x)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    left = Counter([*args.overrides, *extra])
+    ordered = []
+    for word in argv:  # the command line's order
+        if left[word] > 0:
+            ordered.append(word)
+            left[word] -= 1
+    args.overrides = ordered
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
