@@ -30,6 +30,7 @@ from anyorder.app.stream import DecodeJob, Frame, edit_job, generation_job, stre
 from anyorder.data.classes import imagenet_classes
 from anyorder.editing import SIDES, mask_from_image
 from anyorder.io.images import PixelRangeError, to_8bit
+from anyorder.io.seeds import check_seed
 from anyorder.sampling import model_sampling
 
 __all__ = ["AppModel", "Update", "RAR_NOTE", "class_choices", "generate_updates", "inpaint_updates",
@@ -164,6 +165,18 @@ def _run(entry: AppModel, job: DecodeJob, what: str, base: Tensor | None, notes:
         yield update
 
 
+def _app_seed(seed: Any) -> int | None:
+    """The seed box's value, range-checked (:func:`anyorder.io.seeds.check_seed`); a number box may send a
+    float, which must be a whole number."""
+    if seed is None:
+        return None
+    if isinstance(seed, float):
+        if not seed.is_integer():
+            raise ValueError(f"seed must be a whole number, got {seed}")
+        seed = int(seed)
+    return check_seed(seed, "seed")
+
+
 def generate_updates(entry: AppModel, cls: int, n: int = 8, seed: int | None = 0, delay: float = 0.0,
                      **ui: Any) -> Iterator[Update]:
     """Sample ``n`` images of class ``cls`` (or every class in turn), streamed step by step."""
@@ -173,7 +186,7 @@ def generate_updates(entry: AppModel, cls: int, n: int = 8, seed: int | None = 0
     settings = sampling_settings(entry, **ui)
     if entry.family == "rar":
         settings.pop("steps", None)
-    job = generation_job(entry.model, classes, seed=None if seed is None else int(seed), **settings)
+    job = generation_job(entry.model, classes, seed=_app_seed(seed), **settings)
     what = f"{n} image{'s' if n != 1 else ''}" + (" in raster order" if entry.family == "rar" else " in random orders")
     yield from _run(entry, job, what, None, [], delay)
 
@@ -281,7 +294,7 @@ def inpaint_updates(entry: AppModel, background: Image.Image | None, layers: lis
         return
     if m == h * w:
         notes.append("The mask covers the whole image: this is plain class-conditional sampling.")
-    job = edit_job(entry.model, codes, token_mask, [cls], seed=None if seed is None else int(seed), **settings)
+    job = edit_job(entry.model, codes, token_mask, [cls], seed=_app_seed(seed), **settings)
     yield from _run(entry, job, f"inpainting {m} of {h * w} tokens", pixels, notes, delay)
 
 
@@ -311,6 +324,6 @@ def outpaint_updates(entry: AppModel, background: Image.Image | None, side: str,
     base = torch.zeros(1, pixels.shape[1], H * ds, W * ds)
     base[..., pad[0] * ds : (pad[0] + h) * ds, pad[2] * ds : (pad[2] + w) * ds] = pixels
     cls = classes_for(entry, cls, 1)[0] if int(cls) != EVERY_CLASS else entry.model.null_class
-    job = edit_job(entry.model, canvas, unknown, [cls], seed=None if seed is None else int(seed), **settings)
+    job = edit_job(entry.model, canvas, unknown, [cls], seed=_app_seed(seed), **settings)
     yield from _run(entry, job, f"outpainting {amount} token{'s' if amount > 1 else ''} {side} ({H}x{W} canvas)",
                     base, notes, delay)

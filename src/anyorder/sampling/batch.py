@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from anyorder.io import atomic_write_json
 from anyorder.io.npz import IMAGE_KEY, LABEL_KEY, array_header, merge_sample_chunks, read_labels, write_samples
+from anyorder.io.seeds import check_seed
 from anyorder.sampling.generate import generate
 
 __all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "parts_dir",
@@ -142,6 +143,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    seed = check_seed(seed, "--seed")
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--npz {out}: the file name must end in .npz")
