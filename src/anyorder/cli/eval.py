@@ -17,6 +17,7 @@ from pathlib import Path
 from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, DIGIT_SOURCES, FEATURE_KINDS, evaluate, make_reference
 from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV
 from anyorder.io import atomic_write_json
+from anyorder.io.outputs import ensure_writable
 
 __all__ = ["add_eval_command", "cmd_eval"]
 
@@ -40,6 +41,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("--make-ref writes a reference batch: give no SAMPLES.npz or --ref with it")
         if args.out is None:
             raise ValueError("--make-ref needs --out REF.npz")
+        ensure_writable(args.out, what="--out")  # before any feature is computed
         summary = make_reference(args.make_ref, args.out, args.features, image_size=args.image_size, **common)
         atomic_write_json(Path(args.out).with_suffix(".json"), summary)
         print(f"wrote reference batch {summary['reference']} ({summary['num_images']} images, {args.features} "
@@ -53,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else samples.with_name(samples.stem + "_metrics.json")
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics are written as JSON; give a .json path")
+    ensure_writable(out, what="--out")  # before any feature is computed
     metrics = evaluate(samples, args.ref, args.features, num_splits=args.is_splits, k=args.k, **common)
     atomic_write_json(out, metrics)
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "judge_accuracy")

@@ -17,6 +17,7 @@ from anyorder.cli.eval import add_eval_command
 from anyorder.cli.sample import add_sample_command
 from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
+from anyorder.io.outputs import describe_os_error
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -64,8 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"anyorder {args.command}: error: {e}", file=sys.stderr)
+    except OSError as e:  # a full disk, a read-only folder, a missing file: one line naming the path
+        print(f"anyorder {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e.__context__, OSError) and "inline_container" in str(e):  # torch.save on a full disk
+            print(f"anyorder {args.command}: error: {describe_os_error(e.__context__)} (while torch.save "
+                  f"wrote a file)", file=sys.stderr)
+        else:
+            print(f"anyorder {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 
