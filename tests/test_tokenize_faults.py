@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 
 import numpy as np
 import pytest
@@ -118,3 +119,59 @@ def test_floats_outside_0_1_and_ints_beyond_16_bits_are_skipped_and_listed(tmp_p
     assert meta["N"] == 1 and set(skipped) == {"a/hdr.tif", "a/big.tif"}
     assert "[3.5, 3.5]" in skipped["a/hdr.tif"] and "not [0, 1]" in skipped["a/hdr.tif"]
     assert "70000" in skipped["a/big.tif"] and "0..65535" in skipped["a/big.tif"]
+
+
+# ----------------------------------------------------------------------------------- webdataset shards
+
+
+def _shard(samples: list[tuple[str, dict[str, bytes]]]) -> tuple[bytes, dict[str, int]]:
+    """A tar of webdataset samples ``(key, {ext: data})`` and the byte offset of each member's header."""
+    buf, offsets = io.BytesIO(), {}
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for key, fields in samples:
+            for ext, data in fields.items():
+                offsets[f"{key}.{ext}"] = buf.tell()
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue(), offsets
+
+
+CUTS = {  # where the shard is cut: (member, bytes past its header's start)
+    "at a member boundary": ("s2.png", 0),
+    "inside a header": ("s2.png", 200),
+    "inside the data": ("s2.png", 600),
+}
+
+
+@pytest.mark.parametrize("where", sorted(CUTS))
+def test_a_truncated_shard_keeps_what_came_before_and_says_it_was_cut(tmp_path, where):
+    images = [_rgb(i) for i in range(4)]
+    data, offsets = _shard([(f"s{i}", {"png": _png(a), "cls": str(i).encode()}) for i, a in enumerate(images)])
+    member, past = CUTS[where]
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards/a-0000.tar").write_bytes(data[: offsets[member] + past])
+    _demo_tokenizer(tmp_path / "tok")
+    meta = pretokenize(tmp_path / "tok", tmp_path / "shards", tmp_path / "out", aug="none", resolution=8,
+                       workers=0, progress=False)
+    assert meta["N"] == 2 and np.load(tmp_path / "out/labels.npy").tolist() == [0, 1]
+    skipped = {s["file"]: s["reason"] for s in meta["skipped"]}
+    assert "truncated tar" in skipped.pop("a-0000.tar#truncated")
+    assert all("unexpected end of data" in why for why in skipped.values()), skipped  # tarfile's own word
+
+
+def test_whole_shards_with_odd_members(tmp_path):
+    good = _rgb(0)
+    data, _ = _shard([("ok", {"png": _png(good), "cls": b"3"}), ("text", {"txt": b"hello", "cls": b"1"}),
+                      ("fake", {"jpg": b"\xff\xd8 not a jpeg", "cls": b"1"}), ("nolabel", {"png": _png(good)}),
+                      ("badlabel", {"png": _png(good), "cls": b"three"}), ("neg", {"png": _png(good), "cls": b"-1"})])
+    (tmp_path / "one.tar").write_bytes(data)
+    _demo_tokenizer(tmp_path / "tok")
+    meta = pretokenize(tmp_path / "tok", tmp_path / "one.tar", tmp_path / "out", aug="none", resolution=8,
+                       workers=0, progress=False)
+    assert meta["N"] == 1 and np.load(tmp_path / "out/labels.npy").tolist() == [3]
+    skipped = {s["file"]: s["reason"] for s in meta["skipped"]}
+    assert set(skipped) == {f"one.tar/{k}" for k in ("text", "fake", "nolabel", "badlabel", "neg")}
+    assert "no image field" in skipped["one.tar/text"] and "not an image" in skipped["one.tar/fake"]
+    assert "no cls field" in skipped["one.tar/nolabel"] and "bad cls field" in skipped["one.tar/badlabel"]
+    assert "negative class id" in skipped["one.tar/neg"]

@@ -15,6 +15,8 @@ the number of processes:
 - **webdataset shards**: a ``.tar`` file, a folder of ``.tar`` files (sorted by name) or a brace pattern
   (``imagenet-train-{000000..000146}.tar``). A sample needs an image (``jpg``/``jpeg``/``png``/``webp``/...)
   and ``cls`` (the class id as text). Each shard is one part; they are read with the ``webdataset`` library.
+  A member that is not an image, a sample without ``cls`` and a shard cut short (``SHARD#truncated``:
+  :func:`tar_truncation`) are reported as skipped; the samples before the cut are kept.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ __all__ = [
     "WebDatasetSource",
     "open_source",
     "decode_sample",
+    "tar_truncation",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
@@ -282,6 +285,38 @@ class WebDatasetSource(ImageSource):
             yield Sample(key, label, data=rec[image_key] if image_key else None, error=error)
         for i, message in enumerate(errors):
             yield Sample(f"{shard.name}#error{i}", -1, error=f"unreadable tar content ({message})")
+        cut = tar_truncation(shard)
+        if cut is not None:
+            yield Sample(f"{shard.name}#truncated", -1, error=cut)
+
+
+def tar_truncation(path: Path) -> str | None:
+    """``None`` if the tar file ends properly (every member's data present, then the end-of-archive zero
+    block), else what is wrong. tarfile (and so webdataset) ends quietly when a shard is cut at or inside a
+    member header, so the samples after the cut would be lost without a word; this walks the headers."""
+    import tarfile
+
+    size = path.stat().st_size
+    offset, last = 0, None
+    with open(path, "rb") as f:
+        while True:
+            f.seek(offset)
+            block = f.read(512)
+            if len(block) < 512:
+                after = f" after member {last}" if last else ""
+                return (f"truncated tar: it ends at byte {size}{after} without the end-of-archive block; the "
+                        f"samples after that point are missing")
+            if block == bytes(512):
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as e:
+                return f"not a tar header at byte {offset} ({e}); the samples from there on are missing"
+            if offset + 512 + info.size > size:
+                return (f"truncated tar: member {info.name} needs {info.size} bytes at byte {offset + 512}, the "
+                        f"file ends at {size}; it and the samples after it are missing")
+            last = info.name
+            offset += 512 + -(-info.size // 512) * 512
 
 
 def _all_urls(urls: Any) -> Any:
