@@ -29,6 +29,8 @@ from anyorder.app import render
 from anyorder.app.stream import Frame, stream
 from anyorder.data.classes import imagenet_classes
 from anyorder.editing import SIDES, mask_from_image
+from anyorder.io.images import PixelRangeError, to_8bit
+from anyorder.io.seeds import check_seed
 from anyorder.models import families_with, family_of, get_family
 from anyorder.sampling import DecodeJob, edit_job, generation_job, model_sampling
 
@@ -178,13 +180,25 @@ def _run(entry: AppModel, job: DecodeJob, what: str, base: Tensor | None, notes:
         yield update
 
 
+def _app_seed(seed: Any) -> int | None:
+    """The seed box's value, range-checked (:func:`anyorder.io.seeds.check_seed`); a number box may send a
+    float, which must be a whole number."""
+    if seed is None:
+        return None
+    if isinstance(seed, float):
+        if not seed.is_integer():
+            raise ValueError(f"seed must be a whole number, got {seed}")
+        seed = int(seed)
+    return check_seed(seed, "seed")
+
+
 def generate_updates(entry: AppModel, cls: int, n: int = 8, seed: int | None = 0, delay: float = 0.0,
                      **ui: Any) -> Iterator[Update]:
     """Sample ``n`` images of class ``cls`` (or every class in turn), streamed step by step."""
     if not 1 <= int(n) <= 64:
         raise ValueError(f"number of images must be in 1..64, got {n}")
     classes = classes_for(entry, cls, int(n))
-    job = generation_job(entry.model, classes, sampling_settings(entry, **ui), seed=None if seed is None else int(seed))
+    job = generation_job(entry.model, classes, sampling_settings(entry, **ui), seed=_app_seed(seed))
     how = f" in {job.policy.order} orders" if entry.spec.can("parallel") else " in its scan order"
     what = f"{n} image{'s' if n != 1 else ''}{how}"
     yield from _run(entry, job, what, None, [], delay)
@@ -205,7 +219,9 @@ def load_upload(path: str, entry: AppModel) -> tuple[Image.Image, list[str]]:
     try:
         with Image.open(path) as img:
             img.load()
-            image = img.convert("RGB")
+            image = to_8bit(img, Path(path).name).convert("RGB")  # 16-bit / float: scaled, not clipped
+    except PixelRangeError:
+        raise  # names the file and its pixel range
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"{Path(path).name} is not an image that can be read ({type(e).__name__}): "
                          "upload a PNG, JPEG, WebP or similar picture") from e
@@ -292,7 +308,7 @@ def inpaint_updates(entry: AppModel, background: Image.Image | None, layers: lis
     if m == h * w:
         notes.append("The mask covers the whole image: this is plain class-conditional sampling.")
     job = edit_job(entry.model, codes, token_mask.to(codes.device), [cls], settings,
-                   seed=None if seed is None else int(seed))
+                   seed=_app_seed(seed))
     yield from _run(entry, job, f"inpainting {m} of {h * w} tokens", pixels, notes, delay)
 
 
@@ -323,6 +339,6 @@ def outpaint_updates(entry: AppModel, background: Image.Image | None, side: str,
     base[..., pad[0] * ds : (pad[0] + h) * ds, pad[2] * ds : (pad[2] + w) * ds] = pixels
     cls = classes_for(entry, cls, 1)[0] if int(cls) != EVERY_CLASS else entry.model.null_class
     job = edit_job(entry.model, canvas, unknown.to(canvas.device), [cls], settings,
-                   seed=None if seed is None else int(seed))
+                   seed=_app_seed(seed))
     yield from _run(entry, job, f"outpainting {amount} token{'s' if amount > 1 else ''} {side} ({H}x{W} canvas)",
                     base, notes, delay)

@@ -13,6 +13,7 @@ from PIL import Image
 from torch import Tensor
 
 from anyorder.app.stream import Frame
+from anyorder.io.images import to_8bit
 
 __all__ = ["PENDING", "GIVEN", "decode_pixels", "cells", "frame_pixels", "order_map", "tile", "display_scale",
            "pil_to_pixels", "fit_square"]
@@ -96,7 +97,7 @@ def pil_to_pixels(image: Image.Image, channels: int) -> Tensor:
     """PIL image -> ``[1, channels, H, W]`` in ``[0, 1]`` (``channels`` 1: luma, 3: RGB; alpha dropped)."""
     if channels not in (1, 3):
         raise ValueError(f"tokenizer expects {channels} channels; only 1 (gray) and 3 (RGB) are supported")
-    arr = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+    arr = np.asarray(to_8bit(image).convert("L" if channels == 1 else "RGB"), dtype=np.uint8)  # 16-bit: scaled
     t = torch.from_numpy(arr.copy()).float().div_(255.0)
     return (t[None] if channels == 1 else t.permute(2, 0, 1))[None]
 

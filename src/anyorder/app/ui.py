@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import shutil
+import signal
 import tempfile
 import threading
 from collections import deque
@@ -145,18 +146,54 @@ def _amount(entry: AppModel) -> int:
     return max(1, entry.model.grid[1] // 2)
 
 
+_TEMP_DIRS: set[Path] = set()  # frame folders to remove when the process ends
+_SIGNALS_HOOKED: set[int] = set()
+
+
+def _remove_temp_dirs() -> None:
+    for d in list(_TEMP_DIRS):
+        shutil.rmtree(d, ignore_errors=True)
+        _TEMP_DIRS.discard(d)
+
+
+def _on_signal(signum: int, frame: Any, previous: Any) -> None:
+    """Remove the frame folders, then do what ``previous`` (the handler this one replaced) would have done."""
+    if previous == signal.SIG_IGN:
+        return  # the signal was ignored: the process goes on, and so do its files
+    _remove_temp_dirs()
+    if callable(previous):
+        previous(signum, frame)  # e.g. Python's SIGINT handler: KeyboardInterrupt
+        return
+    signal.signal(signum, signal.SIG_DFL)  # the default action (SIGTERM: end the process), as if never caught
+    os.kill(os.getpid(), signum)
+
+
+def _remove_at_exit(path: Path) -> None:
+    """Remove ``path`` at exit and on SIGTERM / SIGINT (atexit alone misses a process ended by a signal).
+    Handlers can only be set from the main thread; elsewhere atexit is all there is."""
+    _TEMP_DIRS.add(path)
+    atexit.register(shutil.rmtree, path, True)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if sig not in _SIGNALS_HOOKED:
+            previous = signal.getsignal(sig)
+            signal.signal(sig, lambda signum, frame, previous=previous: _on_signal(signum, frame, previous))
+            _SIGNALS_HOOKED.add(sig)
+
+
 class _ImageFiles:
     """PNG files for the images the app returns, one per content, written atomically and never rewritten.
 
     Gradio saves a returned PIL image by rewriting a file named after its content, so two identical images
     in a row (or two users' identical first frames) could let a browser read a half-written file. A file path
     is copied into Gradio's cache under a temporary name and renamed instead. The newest ``keep`` files are
-    kept (the directory is removed at exit)."""
+    kept (the directory is removed at exit, and on SIGTERM / SIGINT)."""
 
     def __init__(self, keep: int = 4096) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="anyorder-app-"))
         self.keep, self.paths, self.lock = keep, deque(), threading.Lock()
-        atexit.register(shutil.rmtree, self.dir, True)
+        _remove_at_exit(self.dir)
 
     def __call__(self, image: Image.Image) -> str:
         buf = io.BytesIO()
@@ -165,6 +202,7 @@ class _ImageFiles:
         path = self.dir / f"{hashlib.sha256(data).hexdigest()[:40]}.png"
         with self.lock:
             if not path.exists():
+                self.dir.mkdir(parents=True, exist_ok=True)  # removed by a SIGINT the process survived
                 fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".part")
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)

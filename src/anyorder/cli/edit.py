@@ -34,6 +34,8 @@ from anyorder.editing import (
 )
 from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
+from anyorder.io.outputs import ensure_writable
+from anyorder.io.seeds import seed_arg
 from anyorder.nn.device import resolve_device
 from anyorder.sampling.policy import model_sampling
 
@@ -46,6 +48,10 @@ _NEEDS = {"inpaint": "known_tokens", "outpaint": "known_tokens", "extrapolate": 
 
 
 def _load(args: argparse.Namespace):
+    for name in ("samples", "per_class"):  # counts of images to make
+        if getattr(args, name, 1) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    ensure_writable(args.out, what="--out")  # before any model is loaded
     model = load_generator(args.model, args.checkpoint, args.device, config=args.config).eval()
     # a clear error before any work; the library warns where a scan-order-trained model runs in random orders
     require_capability(model, _NEEDS[args.command], f"anyorder {args.command}", random_orders=False)
@@ -215,7 +221,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     images = torch.cat([_load_image(p, model, tok) for p in args.image])
     codes = tok.encode(images.to(args.device))
-    layer = args.layer or default_feature_layer(model.config.depth)
+    layer = default_feature_layer(model.config.depth) if args.layer is None else args.layer
     cls = None if args.cls is None else _class(args, model)
     per_token, pooled = features(model, codes, cls, layer=layer, mode=args.mode, num_orders=args.num_orders,
                                  seed=args.seed, read=args.read)
@@ -240,7 +246,7 @@ def _common(p: argparse.ArgumentParser, capability: str | None) -> None:
     p.add_argument("--tokenizer", help="tokenizer file or demo tokenizer dir (default: the run's tokenizer/)")
     p.add_argument("--device", default="auto", type=lambda d: str(resolve_device(d)),
                    help="auto (default): CUDA when present, else CPU")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     if capability:  # default: the settings the model was made with (its run's, its release's)
         add_sampling_options(p, capability)
 

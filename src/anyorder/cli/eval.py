@@ -18,6 +18,7 @@ from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, DIGIT_SOURCES, FEAT
 from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV
 from anyorder.evaluation.metrics import IS_SPLIT_SIZE
 from anyorder.io import atomic_write_json
+from anyorder.io.outputs import ensure_writable
 
 __all__ = ["add_eval_command", "cmd_eval"]
 
@@ -41,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError("--make-ref writes a reference batch: give no SAMPLES.npz or --ref with it")
         if args.out is None:
             raise ValueError("--make-ref needs --out REF.npz")
+        ensure_writable(args.out, what="--out")  # before any feature is computed
         summary = make_reference(args.make_ref, args.out, args.features, image_size=args.image_size, **common)
         atomic_write_json(Path(args.out).with_suffix(".json"), summary)
         print(f"wrote reference batch {summary['reference']} ({summary['num_images']} images, {args.features} "
@@ -54,6 +56,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else samples.with_name(samples.stem + "_metrics.json")
     if out.suffix != ".json":
         raise ValueError(f"--out {out}: the metrics are written as JSON; give a .json path")
+    ensure_writable(out, what="--out")  # before any feature is computed
     metrics = evaluate(samples, args.ref, args.features, is_split_size=args.is_split_size, k=args.k,
                        pr_fp16=not args.pr_float32, **common)
     atomic_write_json(out, metrics)

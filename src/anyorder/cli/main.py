@@ -7,7 +7,9 @@ Configuration follows the official repos: a preset or YAML file plus dotted over
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+from collections import Counter
 
 from anyorder.cli.app import add_app_command
 from anyorder.cli.edit import add_editing_commands
@@ -15,8 +17,11 @@ from anyorder.cli.eval import add_eval_command
 from anyorder.cli.sample import add_sample_command
 from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
+from anyorder.io.outputs import describe_os_error
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "parse_args"]
+
+_OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)  # section.key=value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,13 +37,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args``, except that a command with dotted ``overrides`` takes them anywhere on the line:
+    argparse gives a ``nargs="*"`` positional only its first run of words, so ``train a=1 --quiet b=2`` left
+    ``b=2`` unrecognised. The overrides keep their order on the command line (the last of one key wins)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    if not hasattr(args, "overrides"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    unknown = [x for x in extra if not _OVERRIDE.fullmatch(x)]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    left = Counter([*args.overrides, *extra])
+    ordered = []
+    for word in argv:  # the command line's order
+        if left[word] > 0:
+            ordered.append(word)
+            left[word] -= 1
+    args.overrides = ordered
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
-        print(f"anyorder {args.command}: error: {e}", file=sys.stderr)
+    except OSError as e:  # a full disk, a read-only folder, a missing file: one line naming the path
+        print(f"anyorder {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except (ValueError, RuntimeError) as e:
+        if isinstance(e.__context__, OSError) and "inline_container" in str(e):  # torch.save on a full disk
+            print(f"anyorder {args.command}: error: {describe_os_error(e.__context__)} (while torch.save "
+                  f"wrote a file)", file=sys.stderr)
+        else:
+            print(f"anyorder {args.command}: error: {e}", file=sys.stderr)
         return 2
 
 

@@ -19,6 +19,8 @@ from anyorder.cli.common import (
 from anyorder.demo.run import decode_batched
 from anyorder.io import atomic_write_json
 from anyorder.io.images import save_image_grid
+from anyorder.io.outputs import ensure_writable
+from anyorder.io.seeds import seed_arg
 from anyorder.nn.device import resolve_device
 from anyorder.sampling.batch import balanced_labels, sample_chunk, sample_npz
 from anyorder.sampling.policy import model_sampling
@@ -42,6 +44,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--per-class and --batch-size must be >= 1, got {args.per_class} and {args.batch_size}")
     if args.num_samples is not None and not args.npz:
         raise ValueError("--num-samples writes an ADM-format npz: give --npz OUT.npz")
+    out = args.npz or args.out
+    ensure_writable(out, what="--npz" if args.npz else "--out")  # before the model is loaded
     device = resolve_device(args.device)
     if device.type == "cuda" and device.index is not None:
         torch.cuda.set_device(device)
@@ -101,7 +105,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classes", nargs="*", help="class indices or ImageNet names (default: all classes)")
     p.add_argument("--per-class", type=int, default=1)
     add_sampling_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", default="auto", help="auto: CUDA (cuda:LOCAL_RANK under torchrun) when present")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",

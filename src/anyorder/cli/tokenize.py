@@ -10,11 +10,13 @@ import argparse
 
 from anyorder.data.augment import AUGMENTATIONS
 from anyorder.data.pretokenize import DEFAULT_PART_SIZE, pretokenize
+from anyorder.io.outputs import ensure_writable
 
 __all__ = ["add_tokenize_command"]
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
+    ensure_writable(args.out, folder=True, what="--out")  # before any image is read
     meta = pretokenize(args.tokenizer, args.data, args.out, aug=args.aug, resolution=args.resolution,
                        batch_size=args.batch_size, device=args.device, workers=args.workers,
                        part_size=args.part_size, tokenizer_config=args.tokenizer_config, progress=not args.quiet)

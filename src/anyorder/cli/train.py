@@ -18,6 +18,7 @@ from anyorder.data.codes import open_codes
 from anyorder.data.datasets import DATASETS
 from anyorder.demo.run import run_demo
 from anyorder.hub import build_model, save_pretrained
+from anyorder.io.outputs import ensure_writable
 from anyorder.models import family_names
 from anyorder.nn.device import resolve_device
 from anyorder.training.config import RunConfig, load_run_config
@@ -46,6 +47,7 @@ def _run_config(args: argparse.Namespace, command: str) -> RunConfig:
                          f"{cfg.model_preset}): drop one or make them agree")
     if command == "train" and not cfg.data.source:
         raise ValueError(f"anyorder train: the config {args.config} names no data source: add {_SOURCES}")
+    ensure_writable(cfg.out_dir, folder=True, what="out_dir")  # before any data is read or step taken
     return cfg
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from anyorder.io.images import center_crop_arr
+from anyorder.io.images import center_crop_arr, to_8bit
 
 __all__ = [
     "AUGMENTATIONS",
@@ -105,10 +105,11 @@ def augment_views(image: Image.Image, aug: str, resolution: int, crop_range: flo
 
 def augment_array(image: Image.Image, aug: str, resolution: int, channels: int = 3,
                   crop_range: float = CROP_RANGE) -> np.ndarray:
-    """The views as one uint8 array ``[A, C, R, R]`` (``channels`` 3: RGB, 1: grayscale "L")."""
+    """The views as one uint8 array ``[A, C, R, R]`` (``channels`` 3: RGB, 1: grayscale "L"); 16-bit and
+    float images are scaled to 8 bits first (:func:`anyorder.io.images.to_8bit`, which may refuse one)."""
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    image = image.convert("RGB" if channels == 3 else "L")
+    image = to_8bit(image).convert("RGB" if channels == 3 else "L")
     views = augment_views(image, aug, resolution, crop_range)
     arr = np.stack([np.asarray(v, dtype=np.uint8) for v in views])  # [A, R, R] or [A, R, R, 3]
     return arr[:, None] if channels == 1 else np.ascontiguousarray(arr.transpose(0, 3, 1, 2))

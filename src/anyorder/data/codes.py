@@ -10,7 +10,9 @@ A folder written by ``anyorder tokenize`` holds
 
 ``codes.npy`` is opened with ``np.load(mmap_mode="r")``: a batch reads only its own rows, so a 1.28M-image
 ImageNet folder costs no RAM beyond the labels. The data are validated once when opened / checked against the
-model (:meth:`CodeSource.check_model`), never per step.
+model (:meth:`CodeSource.check_model`): the files' headers against their sizes (a truncated file is named as
+such), meta.json against the arrays, and the code ids of a spread of images against the codebook; each batch's
+code ids are bounded again when read (a comparison, nothing next to a step).
 
 The stream (:class:`EpochStream`): epoch ``e`` visits every image once, in a permutation seeded by
 ``(seed, e)``, each visit with one of its ``A`` views drawn with the same seed. Epochs count images, not rows.
@@ -114,14 +116,41 @@ class TensorCodes(CodeSource):
         return int(self.codes.max()) if self.codes.numel() else -1
 
 
-def _meta_int(meta: dict[str, Any], keys: tuple[str, ...]) -> int | None:
+def _meta_int(meta: dict[str, Any], keys: tuple[str, ...], where: Path) -> int | None:
+    """The first of ``keys`` (dotted paths) present in ``meta``; a value that is not an integer is an error
+    naming the file and the key (a number written as text, ``"6"``, is not taken on trust)."""
     for key in keys:
         node: Any = meta
         for part in key.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if isinstance(node, int) and not isinstance(node, bool):
-            return node
+        if node is None:
+            continue
+        if isinstance(node, bool) or not isinstance(node, int):
+            raise ValueError(f"{where}: {key} must be an integer, got {node!r}")
+        return node
     return None
+
+
+def _npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of a ``.npy`` file from its header; ``ValueError`` naming the file when the header is
+    unreadable or the data after it is shorter than the header says (a file cut short)."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(f)
+            start = f.tell()
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npy file ({type(e).__name__}: {e}; {size} bytes)") from e
+    need = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size - start < need:
+        raise ValueError(f"{path}: truncated: its header says {dtype} {list(shape)} ({need} bytes of data), the file "
+                         f"holds {size - start}; write it again (anyorder tokenize)")
+    return tuple(int(s) for s in shape), dtype
+
+
+_SPOT_ROWS = 1024  # images whose codes are checked against the codebook when a folder is opened
 
 
 class PretokenizedCodes(CodeSource):
@@ -134,46 +163,76 @@ class PretokenizedCodes(CodeSource):
             if not (d / f).is_file():
                 raise FileNotFoundError(f"{d}: no {f} (a folder written by `anyorder tokenize` has codes.npy, "
                                         "labels.npy and meta.json)")
+        meta_file = d / "meta.json"
         try:
-            meta = json.loads((d / "meta.json").read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{d / 'meta.json'}: invalid JSON ({e})") from e
+            meta = json.loads(meta_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{meta_file}: invalid JSON ({e})") from e
+        if not isinstance(meta, dict):
+            raise ValueError(f"{meta_file}: must be a JSON object, got a {type(meta).__name__}")
+        _npy_header(d / "codes.npy")  # a truncated file is named as such before numpy maps it
         try:
             codes = np.load(d / "codes.npy", mmap_mode="r")
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise ValueError(f"{d / 'codes.npy'}: unreadable ({e})") from e
         _check_codes_array(codes, str(d / "codes.npy"))
         if codes.ndim == 3:
             codes = codes[:, None]
         if codes.dtype not in (np.uint8, np.uint16, np.int16, np.int32, np.int64):
             raise ValueError(f"{d / 'codes.npy'}: codes must be integers (uint16 / int32), got {codes.dtype}")
-        labels = np.load(d / "labels.npy")  # [N]: small (8 bytes per image)
+        _npy_header(d / "labels.npy")
+        try:
+            labels = np.load(d / "labels.npy", allow_pickle=False)  # [N]: small (8 bytes per image)
+        except (ValueError, OSError, EOFError) as e:
+            raise ValueError(f"{d / 'labels.npy'}: unreadable ({e})") from e
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"{d / 'labels.npy'}: must be integer class ids [N], got {labels.dtype} "
                              f"{tuple(labels.shape)}")
         n, a, h, w = codes.shape
         if labels.shape[0] != n:
             raise ValueError(f"{d}: codes.npy has {n} images but labels.npy {labels.shape[0]} labels")
-        expect = {"images": (_meta_int(meta, ("num_images", "N")), n),
-                  "augmentations": (_meta_int(meta, ("augmentations", "A")), a)}
+        expect = {"images": (_meta_int(meta, ("num_images", "N"), meta_file), n),
+                  "augmentations": (_meta_int(meta, ("augmentations", "A"), meta_file), a)}
         for what, (said, found) in expect.items():
             if said is not None and said != found:
-                raise ValueError(f"{d / 'meta.json'} says {said} {what} but codes.npy {tuple(codes.shape)} has "
+                raise ValueError(f"{meta_file} says {said} {what} but codes.npy {tuple(codes.shape)} has "
                                  f"{found}")
         grid = meta.get("grid")
-        if grid is not None and [int(g) for g in grid] != [h, w]:
-            raise ValueError(f"{d / 'meta.json'} says grid {grid} but codes.npy is {tuple(codes.shape)} "
-                             "([N, A, h, w])")
-        self.codebook_size = _meta_int(meta, ("codebook_size", "tokenizer.codebook_size"))
+        if grid is not None and grid != [h, w]:
+            raise ValueError(f"{meta_file} says grid {grid} but codes.npy is {tuple(codes.shape)} ([N, A, h, w])")
+        said_dtype = meta.get("codes", {}).get("dtype") if isinstance(meta.get("codes"), dict) else None
+        if said_dtype is not None and said_dtype != codes.dtype.name:
+            raise ValueError(f"{meta_file} says codes.dtype {said_dtype} but codes.npy holds {codes.dtype.name}")
+        said_labels = meta.get("labels")
+        if isinstance(said_labels, dict) and n:
+            found = {"min": int(labels.min()), "max": int(labels.max())}
+            if any(k in said_labels and said_labels[k] != v for k, v in found.items()):
+                raise ValueError(f"{meta_file} says labels {said_labels} but labels.npy holds {found}")
+        self.codebook_size = _meta_int(meta, ("codebook_size", "tokenizer.codebook_size"), meta_file)
         if self.codebook_size is None:
-            raise ValueError(f"{d / 'meta.json'}: no codebook_size (the tokenizer's codebook the codes come from)")
+            raise ValueError(f"{meta_file}: no codebook_size (the tokenizer's codebook the codes come from)")
         self.codes, self.labels, self.meta = codes, labels.astype(np.int64), meta
         self.num_images, self.augmentations, self.grid = n, a, (h, w)
+        # the codebook meta.json names must hold the codes: a spread of images is read now (the whole file
+        # would cost a full pass over a 1.28M-image folder), and every batch is bounded in gather()
+        self._check_codes(np.unique(np.linspace(0, n - 1, min(n, _SPOT_ROWS)).astype(np.int64)) if n else None)
+
+    def _check_codes(self, images: np.ndarray | None, rows: np.ndarray | None = None) -> None:
+        """Code ids of ``images`` (all their views) or of the already-read ``rows`` within the codebook."""
+        if rows is None:
+            if images is None:
+                return
+            rows = np.asarray(self.codes[images])
+        if rows.size and (int(rows.max()) >= self.codebook_size or int(rows.min()) < 0):
+            bad = int(rows.max()) if int(rows.max()) >= self.codebook_size else int(rows.min())
+            raise ValueError(f"{self.name}/codes.npy: code id {bad}, outside the codebook of {self.codebook_size} "
+                             f"that meta.json names (codebook_size): the codes and meta.json disagree")
 
     def gather(self, images: np.ndarray, views: np.ndarray) -> Tensor:
         # read rows in file order (faster on disk), then put them back in batch order
         order = np.argsort(images, kind="stable")
         rows = np.asarray(self.codes[images[order], views[order]])  # reads only these rows
+        self._check_codes(None, rows)  # a bound check of the batch: nothing next to a training step
         out = np.empty_like(rows)
         out[order] = rows
         return torch.from_numpy(out.reshape(len(images), -1).astype(np.int64))

@@ -8,11 +8,15 @@ the number of processes:
   folder names (``classes[i]`` is the folder of id ``i``); inside a class the files come in
   ``sorted(os.walk(...))`` order with sorted file names; only files with an image extension
   (:data:`IMG_EXTENSIONS`, case-insensitive) are samples. Other files, files directly under ``SRC`` and
-  class folders without images are reported (skipped / ``empty_classes``), never a crash. Parts are runs of
-  ``part_size`` consecutive images.
+  class folders without images are reported (skipped / ``empty_classes``), never a crash. Symbolic links
+  are followed, but every real folder and every real file is listed once: a link that loops back up, or a
+  second path to a folder or file listed already, is skipped and reported with its reason. Parts are runs
+  of ``part_size`` consecutive images.
 - **webdataset shards**: a ``.tar`` file, a folder of ``.tar`` files (sorted by name) or a brace pattern
   (``imagenet-train-{000000..000146}.tar``). A sample needs an image (``jpg``/``jpeg``/``png``/``webp``/...)
   and ``cls`` (the class id as text). Each shard is one part; they are read with the ``webdataset`` library.
+  A member that is not an image, a sample without ``cls`` and a shard cut short (``SHARD#truncated``:
+  :func:`tar_truncation`) are reported as skipped; the samples before the cut are kept.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anyorder.data.augment import augment_array
+from anyorder.io.images import PixelRangeError
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -41,6 +46,7 @@ __all__ = [
     "WebDatasetSource",
     "open_source",
     "decode_sample",
+    "tar_truncation",
 ]
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")  # torchvision's
@@ -115,17 +121,20 @@ class ImageFolderSource(ImageSource):
             if not e.is_dir():
                 self.listing_skipped.append({"file": e.name, "reason": "not inside a class folder"})
         self.items: list[tuple[str, int]] = []
+        # real folder -> where it is listed: the root and every class folder are taken up front, so a link
+        # back up (``a/loop -> ..``) or into another class is skipped instead of listed again
+        seen_dirs: dict[str, str] = {os.path.realpath(root_path): "the data folder itself"}
+        for name in self.classes:
+            seen_dirs.setdefault(os.path.realpath(root_path / name), name)
+        seen_files: dict[str, str] = {}  # real file -> the first relative path that listed it
         for label, name in enumerate(self.classes):
             n_before = len(self.items)
-            for dirpath, _, fnames in sorted(os.walk(root_path / name, followlinks=True)):
-                rel_dir = Path(dirpath).relative_to(root_path).as_posix()
-                for fname in sorted(fnames):
-                    rel = f"{rel_dir}/{fname}"
-                    if _is_image_name(fname):
-                        self.items.append((rel, label))
-                    else:
-                        ext = Path(fname).suffix or "(none)"
-                        self.listing_skipped.append({"file": rel, "reason": f"not an image file (extension {ext})"})
+            owner = seen_dirs[os.path.realpath(root_path / name)]
+            if owner != name:
+                self.listing_skipped.append({"file": f"{name}/", "reason": f"the same folder as class {owner} "
+                                             "(a symbolic link); its images are listed there once"})
+            else:
+                self._list_class(root_path, name, label, seen_dirs, seen_files)
             if len(self.items) == n_before:
                 self.empty_classes.append(name)
         if not self.classes:
@@ -137,6 +146,45 @@ class ImageFolderSource(ImageSource):
         if not self.items:
             raise ValueError(f"{self.root}: no image files ({', '.join(IMG_EXTENSIONS)}) in its "
                              f"{len(self.classes)} class folder(s)")
+
+    def _list_class(self, root: Path, name: str, label: int, seen_dirs: dict[str, str],
+                    seen_files: dict[str, str]) -> None:
+        """Append the images of class folder ``name`` to ``items``, each real file once; symbolic links are
+        followed, but one that leads to a folder listed already (a loop, or a second path to it) is skipped
+        and reported."""
+        walked: list[tuple[str, list[str]]] = []
+        for dirpath, dirnames, fnames in os.walk(root / name, followlinks=True):
+            here = os.path.realpath(dirpath)
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            keep = []
+            for d in sorted(dirnames):  # sorted: which of two paths to one folder is kept does not vary
+                real = os.path.realpath(os.path.join(dirpath, d))
+                if real in seen_dirs:
+                    first = seen_dirs[real]
+                    loop = here == real or here.startswith(real.rstrip(os.sep) + os.sep)
+                    why = (f"symbolic link loop: leads back to {first}" if loop
+                           else f"the same folder as {first}, listed there")
+                    self.listing_skipped.append({"file": f"{rel_dir}/{d}", "reason": why + "; not followed"})
+                else:
+                    seen_dirs[real] = f"{rel_dir}/{d}"
+                    keep.append(d)
+            dirnames[:] = keep  # os.walk descends only into these
+            walked.append((dirpath, fnames))
+        for dirpath, fnames in sorted(walked):  # the order of the plain sorted(os.walk(...)) listing
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for fname in sorted(fnames):
+                rel = f"{rel_dir}/{fname}"
+                if not _is_image_name(fname):
+                    ext = Path(fname).suffix or "(none)"
+                    self.listing_skipped.append({"file": rel, "reason": f"not an image file (extension {ext})"})
+                    continue
+                real = os.path.realpath(os.path.join(dirpath, fname))
+                if real in seen_files:
+                    self.listing_skipped.append({"file": rel, "reason": f"the same file as {seen_files[real]} "
+                                                 "(a symbolic link); listed once"})
+                    continue
+                seen_files[real] = rel
+                self.items.append((rel, label))
 
     def num_images(self) -> int:
         return len(self.items)
@@ -237,6 +285,38 @@ class WebDatasetSource(ImageSource):
             yield Sample(key, label, data=rec[image_key] if image_key else None, error=error)
         for i, message in enumerate(errors):
             yield Sample(f"{shard.name}#error{i}", -1, error=f"unreadable tar content ({message})")
+        cut = tar_truncation(shard)
+        if cut is not None:
+            yield Sample(f"{shard.name}#truncated", -1, error=cut)
+
+
+def tar_truncation(path: Path) -> str | None:
+    """``None`` if the tar file ends properly (every member's data present, then the end-of-archive zero
+    block), else what is wrong. tarfile (and so webdataset) ends quietly when a shard is cut at or inside a
+    member header, so the samples after the cut would be lost without a word; this walks the headers."""
+    import tarfile
+
+    size = path.stat().st_size
+    offset, last = 0, None
+    with open(path, "rb") as f:
+        while True:
+            f.seek(offset)
+            block = f.read(512)
+            if len(block) < 512:
+                after = f" after member {last}" if last else ""
+                return (f"truncated tar: it ends at byte {size}{after} without the end-of-archive block; the "
+                        f"samples after that point are missing")
+            if block == bytes(512):
+                return None
+            try:
+                info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+            except tarfile.HeaderError as e:
+                return f"not a tar header at byte {offset} ({e}); the samples from there on are missing"
+            if offset + 512 + info.size > size:
+                return (f"truncated tar: member {info.name} needs {info.size} bytes at byte {offset + 512}, the "
+                        f"file ends at {size}; it and the samples after it are missing")
+            last = info.name
+            offset += 512 + -(-info.size // 512) * 512
 
 
 def _all_urls(urls: Any) -> Any:
@@ -277,6 +357,8 @@ def decode_sample(sample: Sample, aug: str, resolution: int, channels: int) -> t
         return None, "file disappeared"
     except UnidentifiedImageError:
         return None, "not an image (PIL cannot identify the format)"
+    except PixelRangeError as e:  # a float / 32-bit image with no known white level
+        return None, e.reason
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
         message = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))[:200]  # reasons go to meta.json: keep them reproducible
         return None, f"unreadable or truncated ({type(e).__name__}: {message})"

@@ -11,7 +11,7 @@ from torch import Tensor
 
 from anyorder.editing.common import _eval_mode, require_capability
 from anyorder.nn import orders as orders_lib
-from anyorder.sampling.job import check_classes, check_codes
+from anyorder.sampling.job import check_classes, check_codes, seeded_generator
 
 __all__ = ['default_feature_layer', 'features', 'features_by_layer']
 
@@ -63,7 +63,7 @@ def features_by_layer(model: Any, codes: Tensor, classes: Any = None, layers: Se
     B, T = codes.shape[0], model.seq_len
     flat = codes.reshape(B, T)
     cls = check_classes(model, model.null_class if classes is None else classes, B)
-    gen = torch.Generator(device=model.device).manual_seed(int(seed)) if seed is not None else None
+    gen = seeded_generator(model, seed)
     if orders is not None:
         orders = torch.as_tensor(orders, device=model.device).long()
         orders = orders.expand(B, -1) if orders.dim() == 1 else orders

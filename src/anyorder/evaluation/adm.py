@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from anyorder.evaluation.metrics import GaussianStats
-from anyorder.io.images import center_crop_arr
+from anyorder.io.images import center_crop_arr, to_8bit
 from anyorder.io.npz import (
     IMAGE_KEY,
     LABEL_KEY,
@@ -150,7 +150,7 @@ def load_image_folder(folder: str | os.PathLike, image_size: int | None = None) 
     for p in files:
         try:
             with Image.open(p) as img:
-                rgb = img.convert("RGB")
+                rgb = to_8bit(img, p).convert("RGB")  # 16-bit: scaled, not clipped
         except (UnidentifiedImageError, OSError, ValueError) as e:
             raise ValueError(f"cannot read image {p}: {type(e).__name__}: {e}") from e
         if image_size is not None:

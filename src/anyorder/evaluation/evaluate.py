@@ -157,8 +157,9 @@ def evaluate(
     """FID, sFID, IS, precision and recall of ``samples_npz`` against the reference batch ``ref_npz``.
 
     Returns a JSON-ready dict of every number and setting. Sample npz: ``arr_0`` uint8 ``[N, H, W, 3]``
-    (+ ``arr_1`` labels, used for the judge's class accuracy). Reference: ``mu``, ``sigma`` (and ``mu_s``,
-    ``sigma_s`` for Inception) plus ``arr_0``, or ``arr_0`` alone (statistics computed from its images).
+    (+ ``arr_1`` labels, used only for the judge's class accuracy: checked before any feature is computed,
+    and not read at all for Inception features). Reference: ``mu``, ``sigma`` (and ``mu_s``, ``sigma_s`` for
+    Inception) plus ``arr_0``, or ``arr_0`` alone (statistics computed from its images).
     """
     t0 = time.perf_counter()
     if features not in FEATURE_KINDS:
@@ -168,6 +169,9 @@ def evaluate(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     samples_npz, ref_npz = Path(samples_npz), Path(ref_npz)
     info = open_images(samples_npz)  # validate both files before loading any network
+    # the labels only serve the judge's class accuracy: read (and checked) now, before any feature is
+    # computed; Inception never looks at them
+    labels = read_labels(samples_npz, info.count) if features == "judge" else None
     ref = read_reference(ref_npz, require_spatial=features == "inception", features=features,
                          allow_images_only=True)
     if is_split_size < 1:
@@ -210,8 +214,7 @@ def evaluate(
         assert ref_spatial is not None
         smp_spatial = feature_statistics(smp["spatial"], f"{samples_npz}: spatial features")
         result["sfid"] = frechet_distance(smp_spatial, ref_spatial)
-    labels = read_labels(samples_npz, info.count)
-    if features == "judge" and labels is not None:
+    if labels is not None:
         result["judge_accuracy"] = float((smp["probs"].argmax(1) == labels).mean())
     result.update({
         "num_samples": info.count,

@@ -11,7 +11,8 @@ from anyorder.io.checkpoint import (
     save_state_dict,
 )
 from anyorder.io.config import apply_overrides, config_from_dict, config_to_dict, read_config_file
+from anyorder.io.seeds import check_seed
 
 __all__ = ["CheckpointError", "atomic_torch_save", "atomic_write_bytes", "atomic_write_json", "check_state_dict",
            "load_state_dict", "save_state_dict", "apply_overrides", "config_from_dict", "config_to_dict",
-           "read_config_file"]
+           "read_config_file", "check_seed"]

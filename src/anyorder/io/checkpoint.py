@@ -7,6 +7,7 @@ Nothing here ever unpickles arbitrary objects. A pickle that carries code is ref
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -83,17 +84,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     directory: ``path`` is either the old file or the complete new one, never half-written (a crash mid-write
     leaves the last good file in place and no temporary file behind)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        if e.filename is None:
+            raise _naming(e, path) from e
+        raise
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write (a full disk) names no file
+            raise _naming(e, path) from e
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -101,6 +109,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+def _naming(e: OSError, path: Path) -> OSError:
+    """A copy of ``e`` (which names no file) naming ``path``; the same errno, so the same OSError subclass."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -124,7 +137,17 @@ def save_state_dict(path: str | os.PathLike, state_dict: Mapping[str, Tensor], m
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` streamed atomically to ``path`` (:func:`atomic_write`; no copy in memory). Use only plain
     containers of tensors / numbers / strings, so the file loads again with ``weights_only=True``."""
-    atomic_write(path, lambda f: torch.save(obj, f))
+    try:
+        atomic_write(path, lambda f: torch.save(obj, f))
+    except RuntimeError as e:
+        # torch.save reports a failed write (e.g. a full disk) as "[enforce fail at inline_container.cc] ...
+        # unexpected pos": the OSError it hit, if any, is its context
+        cause = e.__context__
+        if isinstance(cause, OSError):
+            raise OSError(cause.errno, cause.strerror or str(cause), str(path)) from e
+        if "inline_container" in str(e):
+            raise OSError(errno.EIO, f"torch.save could not write the file ({e})", str(path)) from e
+        raise
 
 
 def check_state_dict(

@@ -1,4 +1,9 @@
-"""Image I/O around the tokenizers: loading, ADM-style centre crop, and PNG grids (PIL + numpy only)."""
+"""Image I/O around the tokenizers: loading, ADM-style centre crop, and PNG grids (PIL + numpy only).
+
+Every image read here goes through :func:`to_8bit` first: PIL's ``convert("RGB")`` clips 16-bit and 32-bit
+pixels at 255 instead of scaling them (a 16-bit PNG came out 99.8% white), so deep images are scaled to 8
+bits by their white level; a float image whose white level is unknown is refused (:class:`PixelRangeError`).
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,52 @@ from torch import Tensor
 
 from anyorder.io.checkpoint import atomic_write_bytes
 
-__all__ = ["load_image", "center_crop_arr", "save_image_grid", "pil_to_tensor", "tensor_to_pil"]
+__all__ = ["load_image", "open_image", "to_8bit", "PixelRangeError", "center_crop_arr", "save_image_grid",
+           "pil_to_tensor", "tensor_to_pil"]
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+class PixelRangeError(ValueError):
+    """An image whose pixel values have no known 8-bit scale; ``reason`` says why, without the file name."""
+
+    def __init__(self, source: str | os.PathLike, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.reason = reason
+
+
+def to_8bit(image: Image.Image, source: str | os.PathLike = "image") -> Image.Image:
+    """``image`` with 8-bit pixels, ready for ``convert("RGB")`` / ``convert("L")``.
+
+    16-bit grayscale (``I;16``, ``I;16B``, ...) and 32-bit integer (``I``) images holding values in
+    ``0..65535`` (what PIL makes of 16-bit PNG and TIFF files) are scaled by ``255 / 65535`` with rounding,
+    so 65535 is white and ``v * 257`` comes back as ``v``. Float images (``F``) with every value in
+    ``[0, 1]`` are scaled by 255. Anything else in these modes (negative values, integers above 65535,
+    floats outside ``[0, 1]``, NaN) has no known white level and raises :class:`PixelRangeError` naming
+    ``source`` rather than being guessed. Other modes come back unchanged (PIL converts them correctly).
+    """
+    if image.mode not in (*_SIXTEEN_BIT, "I", "F"):
+        return image
+    arr = np.asarray(image)
+    if image.mode == "F":
+        if arr.size and not (np.isfinite(arr).all() and arr.min() >= 0.0 and arr.max() <= 1.0):
+            lo, hi = (float(np.nanmin(arr)), float(np.nanmax(arr))) if not np.isnan(arr).all() else (0.0, 0.0)
+            nan = ", with NaN" if np.isnan(arr).any() else ""
+            raise PixelRangeError(source, f"floating-point pixels in [{lo:g}, {hi:g}]{nan}, not [0, 1]: no known "
+                                          "white level; convert it to an 8- or 16-bit image first")
+        eight = np.rint(arr.astype(np.float64) * 255.0)
+    else:
+        wide = arr.astype(np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise PixelRangeError(source, f"32-bit integer pixels in [{wide.min()}, {wide.max()}], outside the "
+                                          "16-bit range 0..65535: no known white level; convert it first")
+        eight = (wide * 255 + 32767) // 65535  # round(v * 255 / 65535)
+    return Image.fromarray(eight.astype(np.uint8), "L")
 
 
 def pil_to_tensor(image: Image.Image) -> Tensor:
-    """PIL image -> float32 ``[3, H, W]`` in ``[0, 1]`` (converted to RGB)."""
-    arr = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    """PIL image -> float32 ``[3, H, W]`` in ``[0, 1]`` (scaled to 8 bits by :func:`to_8bit`, then RGB)."""
+    arr = np.asarray(to_8bit(image).convert("RGB"), dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -33,13 +78,16 @@ def tensor_to_pil(image: Tensor) -> Image.Image:
 
 
 def open_image(path: str | os.PathLike, mode: str = "RGB") -> Image.Image:
-    """Read an image file fully and convert it to ``mode``; :class:`ValueError` naming the file if it is missing,
-    a directory, truncated, corrupt or not an image."""
+    """Read an image file fully, scale it to 8 bits (:func:`to_8bit`) and convert it to ``mode``;
+    :class:`ValueError` naming the file if it is missing, a directory, truncated, corrupt, not an image or of
+    a pixel range with no known white level."""
     path = Path(path)
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert(mode)
+            return to_8bit(img, path).convert(mode)
+    except PixelRangeError:
+        raise  # names the file and the range already
     except FileNotFoundError as e:
         raise ValueError(f"cannot load image {path}: file not found") from e
     except IsADirectoryError as e:

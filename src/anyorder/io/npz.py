@@ -37,6 +37,7 @@ __all__ = [
     "open_images",
     "iter_image_batches",
     "read_images",
+    "check_labels",
     "read_labels",
     "read_samples",
     "write_npz",
@@ -176,17 +177,35 @@ def read_images(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(f[IMAGE_KEY])
 
 
-def read_labels(path: str | os.PathLike, count: int | None = None) -> np.ndarray | None:
-    """``arr_1`` as int64 ``[N]`` if the npz has it, else ``None``; ``count`` checks its length."""
+def check_labels(path: str | os.PathLike, count: int | None = None) -> tuple[int, ...] | None:
+    """Validate ``arr_1`` from its header, the data left on disk: integer labels ``[N]`` (``N == count`` when
+    given). Returns its shape, or ``None`` when the npz has no labels; ``ValueError`` naming the file, the key
+    and what was found otherwise (an object array is refused without being unpickled)."""
     path = Path(path)
     if f"{LABEL_KEY}.npy" not in _members(path):
         return None
-    with np.load(path, allow_pickle=False) as f:
-        labels = np.asarray(f[LABEL_KEY])
-    if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"{path}: {LABEL_KEY} must be integer labels [N], got {labels.dtype} {labels.shape}")
-    if count is not None and len(labels) != count:
-        raise ValueError(f"{path}: {len(labels)} labels in {LABEL_KEY} for {count} images in {IMAGE_KEY}")
+    shape, _, dtype = array_header(path, LABEL_KEY, " (the labels)")
+    if dtype.hasobject:
+        raise ValueError(f"{path}: {LABEL_KEY} is an object array ({dtype}); labels must be integers [N] "
+                         f"(object arrays are never unpickled)")
+    if len(shape) != 1 or dtype.kind not in "iu":
+        raise ValueError(f"{path}: {LABEL_KEY} must be integer labels [N], got {dtype} {list(shape)}")
+    if count is not None and shape[0] != count:
+        raise ValueError(f"{path}: {shape[0]} labels in {LABEL_KEY} for {count} images in {IMAGE_KEY}")
+    return shape
+
+
+def read_labels(path: str | os.PathLike, count: int | None = None) -> np.ndarray | None:
+    """``arr_1`` as int64 ``[N]`` if the npz has it, else ``None``; checked from its header first
+    (:func:`check_labels`), ``count`` checks its length."""
+    path = Path(path)
+    if check_labels(path, count) is None:
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            labels = np.asarray(f[LABEL_KEY])
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:  # e.g. data cut short after the header
+        raise ValueError(f"{path}: {LABEL_KEY} cannot be read ({type(e).__name__}: {e})") from e
     return labels.astype(np.int64)
 
 

@@ -17,11 +17,11 @@ from typing import Any
 
 from torch import Tensor
 
-from anyorder.io.config import coerce_value
+from anyorder.io.config import MISSING, Rule, at_least, official_value
 from anyorder.models.policy import SamplingPolicy
 
 __all__ = ["Capabilities", "CAPABILITY_HELP", "KeyMap", "OfficialFormat", "Preset", "FamilySpec", "REQUIRED",
-           "official_fields"]
+           "POSITIVE", "NONNEGATIVE", "PROBABILITY", "official_fields"]
 
 
 @dataclass(frozen=True)
@@ -163,30 +163,20 @@ class FamilySpec:
         return bool(getattr(self.capabilities, capability))
 
 
-REQUIRED = object()  # an official key without a default
-_RULES = {"positive": (lambda v: v >= 1, "a positive integer"), "nonneg": (lambda v: v >= 0, ">= 0"),
-          "prob": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"), None: (lambda v: True, "")}
+REQUIRED = MISSING  # an official key without a default
+POSITIVE, NONNEGATIVE = at_least(1), at_least(0)
+PROBABILITY = Rule("in [0, 1)", lambda v: 0.0 <= v < 1.0)
 
 
-def official_fields(section: dict[str, Any], table: list[tuple[str, str, type, Any, str | None]],
+def official_fields(section: dict[str, Any], table: list[tuple[str, str, type, Any, Rule | None]],
                     source: str) -> dict[str, Any]:
-    """Our config fields from an official config ``section``: ``table`` rows ``(official key, our field,
-    type, default or REQUIRED, rule)``. Types are checked as strictly as our own files (``"64"`` is not an
-    integer, nor is ``2.5``); every error names ``source``, the official key, the value and the rule."""
+    """Our config fields from an official config ``section``: ``table`` rows ``(official key, our field, kind,
+    default or REQUIRED, rule)`` read with :func:`anyorder.io.config.official_value` — as strictly as our own
+    files (``"64"`` is not an integer, nor is ``2.5``), every error naming ``source``, the key, the value and the
+    rule. A default of None leaves our field's own default."""
     out: dict[str, Any] = {}
     for key, name, kind, default, rule in table:
-        if key not in section:
-            if default is REQUIRED:
-                raise ValueError(f"{source}: missing key {key!r}")
-            if default is not None:
-                out[name] = default
-            continue
-        try:
-            value = coerce_value(kind, section[key], key)
-        except ValueError as e:
-            raise ValueError(f"{source}: {e}") from e
-        ok, what = _RULES[rule]
-        if not ok(value):
-            raise ValueError(f"{source}: config key {key!r} must be {what}, got {section[key]!r}")
-        out[name] = value
+        value = official_value(section, key, kind, source, rule, default)
+        if value is not None:
+            out[name] = value
     return out

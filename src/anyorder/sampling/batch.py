@@ -11,6 +11,9 @@ evaluator (openai/guided-diffusion), which reads ``arr_0``: uint8 ``[N, H, W, 3]
   size, device type and thread count), and no two batches share a stream;
 - writes every finished chunk atomically to ``OUT.npz.parts/chunk_00012.npz``; a rerun (after a kill,
   or under another world size) skips the chunks already there;
+- holds ``OUT.npz.lock`` (:class:`anyorder.io.lock.OutputLock`, rank 0) from the start to the merge: a second
+  run on the same file at the same time is refused with the first one's pid and host, instead of both
+  sampling every chunk and the later merge finding the chunks deleted under it;
 - under ``torchrun`` gives rank ``r`` the chunks ``i % world == r``; rank 0 merges the chunks into the
   final npz, streaming one chunk at a time (50,000 images at 256x256 are 9.8 GB) and byte-for-byte
   deterministic (fixed zip timestamps), then writes a JSON of every setting beside it.
@@ -22,6 +25,7 @@ import datetime
 import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,11 +38,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from anyorder.io import atomic_write_json
+from anyorder.io.lock import LockedError, OutputLock
 from anyorder.io.npz import IMAGE_KEY, LABEL_KEY, array_header, merge_sample_chunks, read_labels, write_samples
+from anyorder.io.seeds import check_seed
 from anyorder.sampling.generate import generate
 
 __all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "UINT8_MODES",
-           "parts_dir", "sample_npz"]
+           "parts_dir", "lock_path", "sample_npz"]
 
 _JOB_FILE = "job.json"
 UINT8_MODES = ("round", "truncate")  # decoded [0, 1] -> uint8: see images_to_uint8
@@ -105,6 +111,12 @@ def parts_dir(out: str | os.PathLike) -> Path:
     return out.with_name(out.name + ".parts")
 
 
+def lock_path(out: str | os.PathLike) -> Path:
+    """The lock of a run writing ``OUT.npz`` (:class:`anyorder.io.lock.OutputLock`): ``OUT.npz.lock``."""
+    out = Path(out)
+    return out.with_name(out.name + ".lock")
+
+
 def _chunk_path(parts: Path, i: int) -> Path:
     return parts / f"chunk_{i:05d}.npz"
 
@@ -123,18 +135,33 @@ def _distributed() -> tuple[int, int, bool]:
     return 0, 1, False
 
 
-def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int) -> None:
-    """The chunks in ``parts`` must come from the same job: same model, settings, seed, layout."""
+def _take(lock: OutputLock) -> str | None:
+    """Take the output's lock: ``None``, or why not (another live run holds it)."""
+    try:
+        lock.acquire()
+    except LockedError as e:
+        return str(e)
+    if lock.previous:
+        print(f"note: {lock.path} was left by a run that ended without finishing (pid {lock.previous.get('pid')} "
+              f"on {lock.previous.get('host')}); this run takes over", file=sys.stderr)
+    return None
+
+
+def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int, lock: OutputLock | None) -> None:
+    """Rank 0 takes the output's lock (one run at a time writes a file); the chunks in ``parts`` must come from
+    the same job: same model, settings, seed, layout."""
     f = parts / _JOB_FILE
     verdict: list[str | None] = [None]
     if rank == 0:
-        if f.is_file():
+        assert lock is not None
+        verdict = [_take(lock)]
+        if verdict[0] is None and f.is_file():
             old = json.loads(f.read_text())
             if old != job:
                 diff = sorted(k for k in set(old) | set(job) if old.get(k) != job.get(k))
                 verdict = [f"{parts} holds chunks of another sampling job (differs in {', '.join(diff)}): "
                            f"delete {parts} or rerun with the settings in {f}"]
-        else:
+        elif verdict[0] is None:
             parts.mkdir(parents=True, exist_ok=True)
             atomic_write_json(f, job)
     if world > 1:  # every rank learns rank 0's verdict (and waits for the parts directory)
@@ -159,12 +186,14 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
     if uint8 not in UINT8_MODES:
         raise ValueError(f"unknown uint8 conversion {uint8!r}; expected one of {UINT8_MODES}")
+    seed = check_seed(seed, "--seed")
     out = Path(out)
     if out.suffix != ".npz":
         raise ValueError(f"--npz {out}: the file name must end in .npz")
     labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
     sampling = {k: v for k, v in sampling.items() if k not in ("seed", "generator")}
     rank, world, created = _distributed()
+    lock = OutputLock(lock_path(out), f"--npz {out}") if rank == 0 else None  # held until the merge is done
     try:
         parts = parts_dir(out)
         n_chunks = -(-len(labels) // batch_size)
@@ -172,7 +201,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
                "labels_sha256": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
                "device_type": model.device.type, "uint8": uint8, **(settings or {})}
         job = json.loads(json.dumps(job, default=str))
-        _check_job(parts, job, rank, world)
+        _check_job(parts, job, rank, world, lock)
         mine = [i for i in range(rank, n_chunks, world) if not _chunk_path(parts, i).is_file()]
         todo = sum(min(batch_size, len(labels) - i * batch_size) for i in mine)
         tok_dev = next(tokenizer.parameters()).device
@@ -207,6 +236,8 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
                 raise RuntimeError(f"merging {out} failed: {error[0]}")
         return record
     finally:
+        if lock is not None:
+            lock.release()
         if created:
             dist.destroy_process_group()
 

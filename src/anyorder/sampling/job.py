@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from anyorder.io.seeds import check_seed
 from anyorder.models.policy import SamplingPolicy
 from anyorder.models.registry import families_with, family_of, get_family, sampling_config
 from anyorder.models.spec import CAPABILITY_HELP
@@ -70,7 +71,7 @@ def seeded_generator(model: Any, seed: int | None, generator: torch.Generator | 
                      ) -> torch.Generator | None:
     """``generator``, or one on the model's device seeded with ``seed`` (None: unseeded, no generator)."""
     if generator is None and seed is not None:
-        generator = torch.Generator(device=model.device).manual_seed(int(seed))
+        generator = torch.Generator(device=model.device).manual_seed(check_seed(seed, "seed"))
     return generator
 
 

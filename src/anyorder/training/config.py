@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from anyorder.io.config import apply_overrides, config_from_dict, config_to_dict
+from anyorder.io.seeds import check_seed
 from anyorder.models.registry import FAMILIES, get_preset, model_config
 from anyorder.sampling.policy import SamplingPolicy, sampling_config
 
@@ -32,6 +33,9 @@ class DataConfig:
     test_fraction: float = 0.1
     seed: int = 0
     max_per_class: int = 0  # keep at most this many images per class in each split (0: all); for quick runs
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed, "config key 'data.seed'")
 
 
 @dataclass
@@ -75,6 +79,7 @@ class TrainConfig:
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer states (FSDP2) instead of DDP
 
     def __post_init__(self) -> None:
+        check_seed(self.seed, "config key 'train.seed'")
         for key in ("anneal_start", "anneal_end"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
@@ -90,6 +95,9 @@ class SampleConfig:
 
     per_class: int = 10
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_seed(self.seed, "config key 'sample.seed'")
 
 
 @dataclass

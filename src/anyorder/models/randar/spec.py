@@ -18,7 +18,17 @@ from typing import Any
 
 from anyorder.models.policy import ParallelSampling, setting
 from anyorder.models.randar.model import OFFICIAL_KEYS, RandAR, RandARConfig
-from anyorder.models.spec import REQUIRED, Capabilities, FamilySpec, OfficialFormat, Preset, official_fields
+from anyorder.models.spec import (
+    NONNEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    REQUIRED,
+    Capabilities,
+    FamilySpec,
+    OfficialFormat,
+    Preset,
+    official_fields,
+)
 from anyorder.nn.schedules import GuidanceSchedule
 
 __all__ = ["RandARSampling", "RandAROfficial", "SPEC"]
@@ -44,20 +54,20 @@ class RandARSampling(ParallelSampling):
 
 # official key (ar_model.params of configs/randar/*.yaml, or a flat config.json), our field, type, default, rule
 _CONFIG = [
-    ("dim", "dim", int, REQUIRED, "positive"),
-    ("n_layer", "depth", int, REQUIRED, "positive"),
-    ("n_head", "n_head", int, REQUIRED, "positive"),
-    ("block_size", "seq_len", int, REQUIRED, "positive"),
-    ("vocab_size", "codebook_size", int, REQUIRED, "positive"),
-    ("num_classes", "num_classes", int, REQUIRED, "positive"),
-    ("multiple_of", "multiple_of", int, 256, "positive"),
-    ("rope_base", "rope_base", float, 10000.0, "positive"),
-    ("norm_eps", "norm_eps", float, 1e-5, "nonneg"),
-    ("class_dropout_prob", "class_dropout", float, 0.1, "prob"),
-    ("ffn_hidden", "mlp_hidden", int, None, "nonneg"),
-    ("resid_dropout_p", "dropout", float, 0.0, "prob"),
+    ("dim", "dim", int, REQUIRED, POSITIVE),
+    ("n_layer", "depth", int, REQUIRED, POSITIVE),
+    ("n_head", "n_head", int, REQUIRED, POSITIVE),
+    ("block_size", "seq_len", int, REQUIRED, POSITIVE),
+    ("vocab_size", "codebook_size", int, REQUIRED, POSITIVE),
+    ("num_classes", "num_classes", int, REQUIRED, POSITIVE),
+    ("multiple_of", "multiple_of", int, 256, POSITIVE),
+    ("rope_base", "rope_base", float, 10000.0, POSITIVE),
+    ("norm_eps", "norm_eps", float, 1e-5, NONNEGATIVE),
+    ("class_dropout_prob", "class_dropout", float, 0.1, PROBABILITY),
+    ("ffn_hidden", "mlp_hidden", int, None, NONNEGATIVE),
+    ("resid_dropout_p", "dropout", float, 0.0, PROBABILITY),
     ("position_order", "order", str, None, None),
-    ("cls_token_num", "_cls_token_num", int, 1, "positive"),
+    ("cls_token_num", "_cls_token_num", int, 1, POSITIVE),
 ]
 
 

@@ -17,7 +17,16 @@ from typing import Any
 
 from anyorder.models.policy import SamplingPolicy, setting
 from anyorder.models.rar.model import OFFICIAL_KEYS, RAR, RARConfig
-from anyorder.models.spec import REQUIRED, Capabilities, FamilySpec, OfficialFormat, Preset, official_fields
+from anyorder.models.spec import (
+    POSITIVE,
+    PROBABILITY,
+    REQUIRED,
+    Capabilities,
+    FamilySpec,
+    OfficialFormat,
+    Preset,
+    official_fields,
+)
 from anyorder.nn.schedules import GuidanceSchedule
 
 __all__ = ["RARSampling", "RAROfficial", "SPEC"]
@@ -37,16 +46,16 @@ class RARSampling(SamplingPolicy):
 
 # official generator key, our field, type, default, rule (1d-tokenizer configs/training/generator/rar.yaml)
 _CONFIG = [
-    ("hidden_size", "dim", int, REQUIRED, "positive"),
-    ("num_hidden_layers", "depth", int, REQUIRED, "positive"),
-    ("num_attention_heads", "n_head", int, REQUIRED, "positive"),
-    ("intermediate_size", "mlp_hidden", int, REQUIRED, "positive"),
-    ("image_seq_len", "seq_len", int, REQUIRED, "positive"),
-    ("codebook_size", "codebook_size", int, REQUIRED, "positive"),
-    ("condition_num_classes", "num_classes", int, REQUIRED, "positive"),
-    ("dropout", "dropout", float, 0.0, "prob"),
-    ("attn_drop", "attn_dropout", float, 0.0, "prob"),
-    ("class_label_dropout", "class_dropout", float, 0.1, "prob"),
+    ("hidden_size", "dim", int, REQUIRED, POSITIVE),
+    ("num_hidden_layers", "depth", int, REQUIRED, POSITIVE),
+    ("num_attention_heads", "n_head", int, REQUIRED, POSITIVE),
+    ("intermediate_size", "mlp_hidden", int, REQUIRED, POSITIVE),
+    ("image_seq_len", "seq_len", int, REQUIRED, POSITIVE),
+    ("codebook_size", "codebook_size", int, REQUIRED, POSITIVE),
+    ("condition_num_classes", "num_classes", int, REQUIRED, POSITIVE),
+    ("dropout", "dropout", float, 0.0, PROBABILITY),
+    ("attn_drop", "attn_dropout", float, 0.0, PROBABILITY),
+    ("class_label_dropout", "class_dropout", float, 0.1, PROBABILITY),
 ]
 
 
