@@ -8,6 +8,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,20 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def adm_center_crop(image, size: int) -> np.ndarray:
+    """Independent reference for :func:`anyorder.io.images.center_crop_arr`: the ADM centre crop
+    (guided-diffusion ``image_datasets.center_crop_arr``) spelled out with PIL's own operations — halve
+    with the BOX filter while the short side is at least ``2 * size``, resize with BICUBIC so the short side
+    is ``size`` (each side rounded), then crop the central ``size x size`` box (offsets rounded down).
+    Returns the crop as a uint8 array."""
+    from PIL import Image
+
+    img = image
+    while min(img.width, img.height) >= 2 * size:
+        img = img.resize((img.width // 2, img.height // 2), Image.Resampling.BOX)
+    scale = size / min(img.width, img.height)
+    img = img.resize((round(img.width * scale), round(img.height * scale)), Image.Resampling.BICUBIC)
+    left, top = (img.width - size) // 2, (img.height - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
