@@ -1,5 +1,7 @@
 """Shared test fixtures. The official-output fixtures are read at test time from ../shared/fixtures
-(relative to the project root), or from $ANYORDER_FIXTURES."""
+(relative to the project root), or from $ANYORDER_FIXTURES; every test finds them through :func:`fixture_dir`.
+Absent, a fixture test fails under CI (:func:`in_ci`) and otherwise skips, and the run ends with a summary
+listing every fixture test it skipped."""
 
 from __future__ import annotations
 
@@ -16,14 +18,41 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ANYORDER_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 
 
+FIXTURE_MISSING = "official fixtures not found at"  # the start of a missing fixture's skip reason
+
+
+def in_ci() -> bool:
+    """Whether the tests run under CI: ``$CI`` set to anything but empty, ``0``, ``false`` or ``no`` (any case),
+    so ``CI=1``, ``CI=true`` and ``CI=yes`` all count. Under CI nothing that a test needs may be missing."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def fixture_dir(name: str) -> Path:
+    """The official-output fixture folder ``name``; absent, the test fails under CI and skips otherwise."""
     d = FIXTURES / name
     if not d.is_dir():
-        msg = f"official fixtures not found at {d} (set ANYORDER_FIXTURES)"
-        if os.environ.get("CI"):
+        msg = f"{FIXTURE_MISSING} {d} (set ANYORDER_FIXTURES)"
+        if in_ci():
             pytest.fail(msg)
         pytest.skip(msg)
     return d
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    """Outside CI a missing fixture skips its test: say so loudly at the end, naming every such test."""
+    missing = []
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        if FIXTURE_MISSING in reason:
+            missing.append((report.nodeid, reason.removeprefix("Skipped: ")))
+    if not missing:
+        return
+    terminalreporter.section(f"{len(missing)} FIXTURE TEST(S) SKIPPED: NOT RUN, NOT PASSED", sep="!", red=True,
+                             bold=True)
+    for nodeid, reason in missing:
+        terminalreporter.line(f"SKIPPED {nodeid}: {reason}", red=True)
+    terminalreporter.line(f"Point ANYORDER_FIXTURES at the fixtures (now {FIXTURES}); under CI these fail.",
+                          red=True, bold=True)
 
 
 def load_json(path: Path) -> dict:

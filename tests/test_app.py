@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import in_ci
 from PIL import Image
 
 from anyorder import editing as E
@@ -33,7 +34,7 @@ from anyorder.sampling import generate
 from anyorder.sampling.schedules import parallel_decoding_schedule
 from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = in_ci()
 CHROMIUM = "/usr/bin/chromium"
 GRID = 4  # tiny models: 4x4 tokens, 16x16 pixels
 TINY = {

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 
 import numpy as np
 import pytest
 import torch
+from conftest import in_ci
 from scipy import linalg
 
 from anyorder.cli.main import main
@@ -241,7 +241,7 @@ def test_inception_builds_loads_library_weights_and_gives_documented_shapes(tmp_
     try:
         _fidelity_inception_module()
     except ImportError as e:  # setup.sh installs it; only a bare checkout without it skips
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"torch-fidelity not installed: {e}")
+        (pytest.fail if in_ci() else pytest.skip)(f"torch-fidelity not installed: {e}")
     torch.manual_seed(0)
     net = InceptionV3()
     state = {k: (torch.randn_like(v) * 0.1 if v.is_floating_point() else v) for k, v in net.state_dict().items()
@@ -325,7 +325,7 @@ def test_cli_eval_inception_end_to_end_fid_and_sfid_match_the_adm_definitions(tm
     try:
         _fidelity_inception_module()
     except ImportError as e:  # setup.sh installs it; only a bare checkout without it skips
-        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"torch-fidelity not installed: {e}")
+        (pytest.fail if in_ci() else pytest.skip)(f"torch-fidelity not installed: {e}")
     weights = tmp_path / "weights-inception-he.pth"
     _he_inception_weights(weights)
     gen = _rng(7)
