@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import in_ci
 from PIL import Image
 
 from anyorder import editing as E
@@ -33,7 +34,7 @@ from anyorder.nn.schedules import parallel_decoding_schedule
 from anyorder.sampling import edit_job, generate, generation_job
 from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = in_ci()
 CHROMIUM = "/usr/bin/chromium"
 GRID = 4  # tiny models: 4x4 tokens, 16x16 pixels
 TINY = {
@@ -287,6 +288,35 @@ def test_api_generate_and_two_users_at_once(client, entries, randar, rar):
     first = float(re.search(r"([0-9.]+) s", partial[0]).group(1))  # seconds since the request started decoding
     print(f"8 images: first partial image {first:.2f} s after the start, all done {total:.2f} s after the click")
     assert first < min(3.0, total)
+
+
+def test_api_each_session_edits_its_own_last_generation(client, randar, rar):
+    """"Edit this image" (``/to_editor``) reads the last images of the session that asks (per-session state):
+    A generates, then B generates something else, and each one's image # lands in its own editor — the
+    library's sample for its own model, class and seed; a session that generated nothing is told so."""
+    gc = _need("gradio_client")
+    from gradio_client.exceptions import AppError
+
+    def session():
+        return gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
+
+    a, b, fresh = session(), session(), session()
+    ui = [2.0, 1.0, 0, 1.0, randar.model.seq_len]  # guidance, temperature, top_k, top_p, steps (1 token each)
+    a.predict(randar.name, 1, 3, *ui, 11, 0, api_name="/generate")  # class 1, 3 images, seed 11, no delay
+    b.predict(rar.name, 2, 4, *ui, 22, 0, api_name="/generate")  # after A's: the last generation on the server
+    editor_a, note_a = a.predict(randar.name, 2, api_name="/to_editor")
+    editor_b, note_b = b.predict(rar.name, 4, api_name="/to_editor")
+    sampling = {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    for entry, editor, note, cls, n, seed, pick, kw in (
+            (randar, editor_a, note_a, 1, 3, 11, 2, {"steps": randar.model.seq_len}),
+            (rar, editor_b, note_b, 2, 4, 22, 4, {})):
+        codes = generate(entry.model, [cls] * n, seed=seed, **sampling, **kw)
+        pixels = render.decode_pixels(entry.tokenizer, codes)[pick - 1 : pick]
+        expected = _native(render.tile(pixels, entry.scale), entry)
+        assert np.array_equal(_native(editor["background"], entry), expected), entry.name
+        assert note.startswith(f"Image #{pick} is in the editor")
+    with pytest.raises(AppError, match="generate some images first"):
+        fresh.predict(randar.name, 1, api_name="/to_editor")
 
 
 def _placed(status: str) -> int:

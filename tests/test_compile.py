@@ -9,7 +9,7 @@ file with ``inductor`` on the GPU.
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 
 import pytest
@@ -20,14 +20,56 @@ from safetensors.torch import load_file
 from torch._dynamo.testing import CompileCounter
 
 from anyorder.hub import load_official
-from anyorder.models.base import bucket
-from anyorder.nn.kv_cache import attention_window
 from anyorder.sampling.decode import decode
 from anyorder.sampling.policy import sampling_config
 
 BACKEND = os.environ.get("ANYORDER_COMPILE_BACKEND", "eager")
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ATOL, RTOL = 1e-5, 1e-4
+
+
+# ---- expected graph counts, derived here (not with the project's bucket / window / schedule helpers) ----
+def _pow2_at_least(n: int) -> int:
+    """A static step's padded size of ``n`` rows: the smallest power of two >= n, by counting up."""
+    p = 1
+    while p < n:
+        p *= 2
+    return p
+
+
+def _window(stop: int, max_len: int, levels: int = 4) -> int:
+    """The attention window a step reading slots ``< stop`` uses: the smallest of the ``levels`` sizes
+    ``max_len``, ``ceil(max_len / 2)``, ... that holds ``stop`` slots."""
+    sizes = [max_len]
+    while len(sizes) < levels:
+        sizes.append(-(-sizes[-1] // 2))
+    return min(size for size in sizes if size >= stop)
+
+
+def _official_randar_steps(steps: int, T: int) -> list[tuple[int, int]]:
+    """``(tokens decoded before, tokens decoded)`` of each step of RandAR's official parallel decoding, its
+    loop re-run (``randar_gpt.RandARTransformer.generate`` with
+    ``utils.calculate_num_query_tokens_for_parallel_decoding``; the first step decodes one token)."""
+    out, done, n, step = [], 0, 1, 0
+    while done <= T - n and done <= T - 1:
+        out.append((done, n))
+        step += 1
+        target = min(int((1 - math.cos(math.pi / 2 * (step + 1) / steps)) * T + 1), T)
+        n, done = min(max(target - done - n, 1), T - done - n), done + n
+    return out
+
+
+def _randar_step_shapes(steps: int, T: int) -> set[tuple[int, int, int]]:
+    """The distinct (fed rows, queries, window) of a RandAR generation, from the official loop's layout: slot
+    0 holds the class, then each token's position instruction and the token itself, in generation order;
+    step 0 feeds the class and asks its queries; a later step feeds the last step's ``n`` tokens with the
+    ``n - 1`` instructions between them (its first instruction is already in place) and asks its ``m``
+    queries at slots ``2 * done + 1 ..``, so it reads ``2 * done + m + 1`` slots of the ``2T + 2``."""
+    plan, shapes = _official_randar_steps(steps, T), set()
+    for k, (done, m) in enumerate(plan):
+        fed = 1 if k == 0 else 2 * plan[k - 1][1] - 1
+        shapes.add((_pow2_at_least(fed), _pow2_at_least(m), _window(2 * done + m + 1, 2 * T + 2)))
+    return shapes
 
 
 def _load(family: str, device: str):
@@ -92,12 +134,13 @@ def test_a_parallel_generation_compiles_once_per_bucket_not_per_step(steps):
     sizes of the plan — and a second generation compiles nothing."""
     model, cases, cfg = _load("randar", "cpu")
     T = model.seq_len
-    policy = sampling_config("randar", {"steps": cfg["parallel_steps"] if steps else T, "guidance_scale": 2.0})
+    n_steps = cfg["parallel_steps"] if steps else T
+    policy = sampling_config("randar", {"steps": n_steps, "guidance_scale": 2.0})
     plan = policy.plan(T)
-    done = list(itertools.accumulate(plan))  # tokens decoded before step i + 1; step i's queries end at slot
-    shapes = {(1, bucket(plan[0]), attention_window(1 + plan[0], 2 * T + 2))} | {  # 2 * done + m
-        (bucket(2 * n - 1), bucket(m), attention_window(2 * d + 1 + m, 2 * T + 2))
-        for n, m, d in zip(plan, plan[1:], done)}
+    assert plan == [n for _, n in _official_randar_steps(n_steps, T)]
+    shapes = _randar_step_shapes(n_steps, T)
+    hand = {(16, 6): 5, (16, 16): 4}  # worked by hand: plans [1, 2, 2, 3, 4, 4] and [1] * 16, windows 5/9/17/34
+    assert len(shapes) == hand.get((T, n_steps), len(shapes))
     torch._dynamo.reset()
     counter = CompileCounter()
     classes = cases["greedy_cond"]
@@ -124,8 +167,9 @@ def test_a_rar_generation_compiles_one_graph_per_window_however_its_adaln_is_chu
     torch._dynamo.reset()
     counter = CompileCounter()
     gen = decode(decode_job(model, classes, orders, policy), compile=counter)
-    S = model.seq_len + 2  # step j feeds generation index j - 1 at slot j + 1: stops 3 .. T + 1
-    windows = {attention_window(stop, S) for stop in range(3, model.seq_len + 2)}
+    S = model.seq_len + 2  # slots: [cls, class, x_1 .. x_T]; step j feeds x_(j-1) at slot j + 1: stops 3 .. T + 1
+    windows = {_window(stop, S) for stop in range(3, model.seq_len + 2)}
+    assert model.seq_len != 16 or windows == {3, 5, 9, 18}  # by hand for the fixture's 16 tokens
     assert counter.frame_count == 1 + len(windows) <= 5
     assert torch.equal(torch.empty_like(gen).scatter_(1, orders, gen), cases[f"greedy_{name}_ids"])
 

@@ -21,8 +21,37 @@ def test_scan_orders_on_a_3x3_grid():
     assert O.spiral_in(3, 3).tolist() == [0, 1, 2, 5, 8, 7, 6, 3, 4]
     assert O.spiral_out(3, 3).tolist() == [4, 3, 6, 7, 8, 5, 2, 1, 0]
     assert O.alternate(3, 3).tolist() == [0, 1, 2, 5, 4, 3, 6, 7, 8]
+    # subsample, by hand: (even row, even col) = (0,0) (0,2) (2,0) (2,2); (even, odd) = (0,1) (2,1);
+    # (odd, even) = (1,0) (1,2); (odd, odd) = (1,1); raster position = 3 * row + col
     assert O.subsample(3, 3).tolist() == [0, 2, 6, 8, 1, 7, 3, 5, 4]
-    assert O.z_curve(4, 4).tolist()[:8] == [0, 1, 4, 5, 2, 3, 6, 7]
+    # z-curve, by hand: Morton key = bits of (row, col) interleaved, row bit above col bit in each pair:
+    # (0,0)=0 (0,1)=1 (1,0)=2 (1,1)=3 (0,2)=4 (1,2)=6 (2,0)=8 (2,1)=9 (2,2)=12; sorted by key
+    assert O.z_curve(3, 3).tolist() == [0, 1, 3, 4, 2, 5, 6, 7, 8]
+    assert O.z_curve(4, 4).tolist() == [0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15]
+    assert O.subsample(4, 4).tolist() == [0, 2, 8, 10, 1, 3, 9, 11, 4, 6, 12, 14, 5, 7, 13, 15]
+
+
+def _z_curve_brute(h: int, w: int) -> list[int]:
+    """Morton order written independently: interleave the binary digit strings of row and column."""
+    n = max(h, w).bit_length()
+
+    def key(r: int, c: int) -> int:
+        return int("".join(a + b for a, b in zip(f"{r:0{n}b}", f"{c:0{n}b}")), 2)
+
+    return sorted(range(h * w), key=lambda p: key(p // w, p % w))
+
+
+def _subsample_brute(h: int, w: int) -> list[int]:
+    """The four parity sub-grids one after another, each in raster order, as nested loops."""
+    return [r * w + c for pr, pc in ((0, 0), (0, 1), (1, 0), (1, 1)) for r in range(pr, h, 2) for c in range(pc, w, 2)]
+
+
+@pytest.mark.parametrize("h,w", [(1, 1), (2, 3), (3, 3), (4, 4), (5, 8), (7, 7), (8, 5), (16, 16)])
+def test_z_curve_and_subsample_follow_their_definitions(h, w):
+    """RAR's Table 3 names these orders; the official code (bytedance/1d-tokenizer) does not build them, so the
+    expected orders come from the definitions: Morton order of (row, col), and the 2x2-subsampled grids."""
+    assert O.z_curve(h, w).tolist() == _z_curve_brute(h, w)
+    assert O.subsample(h, w).tolist() == _subsample_brute(h, w)
 
 
 def test_unknown_scan_order_is_named():

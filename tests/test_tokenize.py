@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir
+from conftest import adm_center_crop, fixture_dir
 from PIL import Image
 
 import anyorder.data.pretokenize as pt
 from anyorder.cli.main import main
 from anyorder.data.pretokenize import codes_dtype, pretokenize
 from anyorder.hub import save_pretrained
-from anyorder.io.images import center_crop_arr
 from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig
 from anyorder.tokenizers.official import load_official_tokenizer
 
@@ -90,13 +89,13 @@ def _encode(tok, views: list[np.ndarray]) -> np.ndarray:
 
 
 def _adm_views(arr: np.ndarray, r: int) -> list[np.ndarray]:
-    crop = np.asarray(center_crop_arr(Image.fromarray(arr), r))
+    crop = adm_center_crop(Image.fromarray(arr), r)
     return [crop, crop[:, ::-1]]
 
 
 def _ten_crop_views(arr: np.ndarray, r: int) -> list[np.ndarray]:
     """torchvision TenCrop(r) of the 1.1x ADM crop: corners + centre, then the same of the mirrored image."""
-    big = np.asarray(center_crop_arr(Image.fromarray(arr), int(r * 1.1)))
+    big = adm_center_crop(Image.fromarray(arr), int(r * 1.1))
     views = []
     for img in (big, big[:, ::-1]):
         h, w = img.shape[:2]
@@ -219,7 +218,7 @@ def test_dtype_is_uint16_while_the_codebook_fits_else_int32(tmp_path):
     codes = np.load(tmp_path / "out" / "codes.npy")
     assert codes.dtype == np.int32 and codes.shape[1] == 1
     for i, (_, arr, _) in enumerate(_sorted_good(good)):
-        assert np.array_equal(codes[i, 0], _encode(tok, [np.asarray(center_crop_arr(Image.fromarray(arr), 8))])[0])
+        assert np.array_equal(codes[i, 0], _encode(tok, [adm_center_crop(Image.fromarray(arr), 8)])[0])
 
 
 # ------------------------------------------------------------------------- webdataset, resume, two processes

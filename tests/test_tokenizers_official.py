@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir
+from conftest import adm_center_crop, fixture_dir
 from PIL import Image
 
 from anyorder.io import CheckpointError
@@ -297,6 +297,36 @@ def test_center_crop_arr_size(size_in: tuple[int, int], target: int) -> None:
     out = center_crop_arr(img, target)
     assert out.size == (target, target)
     assert np.all(np.asarray(out) == np.array([10, 200, 30], dtype=np.uint8))  # uniform stays uniform
+
+
+def _test_picture(w: int, h: int, kind: str, mode: str = "RGB") -> Image.Image:
+    """Non-trivial content: uniform noise, or smooth gradients with a sharp diagonal edge."""
+    if kind == "noise":
+        arr = np.random.default_rng(w * 1000 + h).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    else:
+        y, x = np.mgrid[0:h, 0:w]
+        arr = np.stack([255 * x / max(1, w - 1), 255 * y / max(1, h - 1), 255.0 * (x + 2 * y > w)], -1)
+        arr = arr.round().astype(np.uint8)
+    return Image.fromarray(arr).convert(mode)
+
+
+@pytest.mark.parametrize("kind", ["noise", "gradient"])
+@pytest.mark.parametrize("size_in,target", [
+    ((300, 200), 64),   # BOX 150x100, BICUBIC 96x64, crop at x 16
+    ((50, 80), 64),     # BICUBIC up to 64x102, crop at y 19
+    ((257, 383), 100),  # odd sides: BOX 128x191, BICUBIC 100x149, crop at y 24
+    ((129, 67), 35),    # odd target: BICUBIC 67x35, crop at x 16
+    ((1000, 130), 32),  # BOX 500x65, BOX 250x32, nothing left to resize, crop at x 109
+    ((31, 31), 17),     # square, odd: BICUBIC 17x17
+])
+def test_center_crop_arr_is_adms_box_then_bicubic_pipeline(size_in, target, kind) -> None:
+    """The crop equals ADM's pipeline spelled out with PIL (:func:`conftest.adm_center_crop`), pixel for
+    pixel, on noise and gradients, RGB and grey."""
+    for mode in ("RGB", "L"):
+        img = _test_picture(*size_in, kind, mode)
+        out = center_crop_arr(img, target)
+        assert out.mode == mode and out.size == (target, target)
+        np.testing.assert_array_equal(np.asarray(out), adm_center_crop(img, target), err_msg=f"{mode} {size_in}")
 
 
 def test_save_image_grid(tmp_path: Path) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import fixture_dir
 
 from anyorder.hub import build_model, load_official
 from anyorder.io import CheckpointError
@@ -15,8 +15,6 @@ from anyorder.models import get_family
 from anyorder.training.config import TrainConfig
 from anyorder.training.loop import LAST_CKPT, anneal_bounds, permutation_ratio, train
 from anyorder.training.optim import decay_names, make_optimizer
-
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 
 TINY = {
     "rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
@@ -148,7 +146,7 @@ def test_activation_checkpointing_gives_the_same_step(tmp_path):
 @pytest.mark.parametrize("family,checkpoint", [("rar", "checkpoint.bin"), ("randar", "checkpoint.safetensors")])
 def test_weight_decay_groups_match_the_official_trainer(family, checkpoint):
     """decay_groups.json lists, in official names, what the official trainer decays; ours must be the same set."""
-    folder = FIXTURES / family
+    folder = fixture_dir(family)
     model = load_official(folder / checkpoint)
     groups = json.loads((folder / "decay_groups.json").read_text())
     convert = get_family(family).official.convert_state_dict

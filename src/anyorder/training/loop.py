@@ -13,9 +13,9 @@ trainer's weight-decay groups (:mod:`anyorder.training.optim`), linear warm-up t
 **Determinism.** Every random draw of a step comes from seeds that are a function of ``(seed, step)``: the data
 stream (:class:`anyorder.data.codes.EpochStream`, by position), the global batch's orders and label dropout (one
 generator on the device, the same draws on every rank, each rank taking its slice), and the model's dropout (the
-global RNG reseeded per step and rank). So 2 ranks at batch b equal 1 rank at batch 2b equal 2 accumulated
-micro-batches of b (exactly with dropout 0; with dropout each rank / micro-batch draws its own masks, the same
-distribution), and a run killed at any point and rerun with the same command ends bit-identical to an
+global RNG reseeded per step and global micro-batch). So 2 ranks x 1 micro-batch equal 1 rank x 2 accumulated
+micro-batches, dropout included (1 rank at batch 2b in one micro-batch draws other dropout masks, and sums in
+another order), and a run killed at any point and rerun with the same command ends bit-identical to an
 uninterrupted one: nothing but the step and the position in the stream needs restoring.
 
 **No host syncs inside a step** except at logging / checkpoint steps: the data are validated once at load, the
@@ -246,10 +246,10 @@ def train_step(run: Run, state: TrainState, batch: tuple[Tensor, Tensor]) -> tup
     """One optimizer step on the global batch (this rank's share ``batch``, in ``grad_accum`` micro-batches).
 
     Every draw comes from seeds of ``(seed, step)``: the orders, label dropout and extras of the whole global
-    batch from one generator (each rank takes its slice), the model's dropout from the global RNG per rank.
+    batch from one generator (each rank takes its slice), the model's dropout from the global RNG per global
+    micro-batch.
     Returns the step's mean loss and the grad norm (device tensors: no host sync) and the schedules' values."""
     cfg, model, step = run.cfg, run.model, state.step
-    torch.manual_seed(_seed(cfg.seed, step, run.rank, 1))  # the model's dropout
     run.gen.manual_seed(_seed(cfg.seed, step, 2))  # orders, label dropout and extras of the global batch
     r = permutation_ratio(step, cfg, model.family)
     lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.end_lr)
@@ -261,6 +261,9 @@ def train_step(run: Run, state: TrainState, batch: tuple[Tensor, Tensor]) -> tup
     x_all, y_all = batch
     step_loss = torch.zeros((), device=run.device)
     for m in range(cfg.grad_accum):
+        # the model's dropout: one stream per global micro-batch, so K processes x A micro-batches draw the
+        # same masks as any other split of the global batch into K * A micro-batches
+        torch.manual_seed(_seed(cfg.seed, step, run.rank * cfg.grad_accum + m, 1))
         local = slice(m * run.micro, (m + 1) * run.micro)
         first = run.rank * run.per_rank + m * run.micro
         glob = slice(first, first + run.micro)
