@@ -290,7 +290,7 @@ def test_api_generate_and_two_users_at_once(client, entries, randar, rar):
     assert first < min(3.0, total)
 
 
-def test_api_each_session_edits_its_own_last_generation(client, randar, rar):
+def test_api_each_session_edits_its_own_last_generation(client, entries, randar, rar):
     """"Edit this image" (``/to_editor``) reads the last images of the session that asks (per-session state):
     A generates, then B generates something else, and each one's image # lands in its own editor — the
     library's sample for its own model, class and seed; a session that generated nothing is told so."""
@@ -301,7 +301,8 @@ def test_api_each_session_edits_its_own_last_generation(client, randar, rar):
         return gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
 
     a, b, fresh = session(), session(), session()
-    ui = [2.0, 1.0, 0, 1.0, randar.model.seq_len]  # guidance, temperature, top_k, top_p, steps (1 token each)
+    ui = _controls(entries, randar, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                   steps=randar.model.seq_len)  # one token per step
     a.predict(randar.name, 1, 3, *ui, 11, 0, api_name="/generate")  # class 1, 3 images, seed 11, no delay
     b.predict(rar.name, 2, 4, *ui, 22, 0, api_name="/generate")  # after A's: the last generation on the server
     editor_a, note_a = a.predict(randar.name, 2, api_name="/to_editor")

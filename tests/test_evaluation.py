@@ -454,7 +454,7 @@ def test_cli_eval_inception_end_to_end_fid_and_sfid_match_the_adm_definitions(tm
     common = ["--inception-weights", str(weights), "--batch-size", "4", "--device", "cpu", "--quiet"]
     ref = tmp_path / "ref.npz"
     assert main(["eval", "--make-ref", str(source), "--out", str(ref), *common]) == 0
-    assert main(["eval", str(samples), "--ref", str(ref), "--is-splits", "2", *common]) == 0
+    assert main(["eval", str(samples), "--ref", str(ref), *common]) == 0
     assert "sfid=" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "s_metrics.json").read_text())
 
