@@ -61,29 +61,30 @@ def load_json(path: Path) -> dict:
 
 # every fixture folder's hyper-parameter file (tests take shapes, class counts and codebook sizes from it:
 # reviewers run the suite on twins of the fixtures with other shapes)
-CONFIG_FILES = {"rar": "config.json", "randar": "config.json", "maskgit_vqgan": "vqgan_config.json",
-                "llamagen_vq": "vq_config.json"}
+CONFIG_FILES = {"maskgit_vqgan": "vqgan_config.json", "llamagen_vq": "vq_config.json"}  # generators: config.json
 
 
 def fixture_config(name: str) -> dict:
     """The config JSON of fixture folder ``name`` (skips like :func:`fixture_dir` when absent)."""
-    return load_json(fixture_dir(name) / CONFIG_FILES[name])
+    return load_json(fixture_dir(name) / CONFIG_FILES.get(name, "config.json"))
 
 
 def fixture_geometry(name: str) -> dict[str, int]:
     """The numbers the tests need from a fixture's config, under one naming for every family: generators
-    ``seq_len``, ``side`` (the square code grid), ``codebook_size``, ``num_classes``; tokenizers
-    ``codebook_size``, ``downsample`` (pixels per code along a side)."""
+    ``seq_len``, ``side`` (the square code grid), ``codebook_size``, ``num_classes`` (read through the family's
+    own official-config reader); tokenizers ``codebook_size``, ``downsample`` (pixels per code along a side)."""
+    from anyorder.models import FAMILIES
+
     cfg = fixture_config(name)
-    if name == "rar":
-        T, V, C = cfg["image_seq_len"], cfg["codebook_size"], cfg["condition_num_classes"]
-    elif name == "randar":
-        T, V, C = cfg["block_size"], cfg["vocab_size"], cfg["num_classes"]
-    else:
+    if name not in FAMILIES:
         return {"codebook_size": cfg["codebook_size"], "downsample": cfg["image_size"] // cfg["token_grid"][0]}
+    official = FAMILIES[name].official
+    model_cfg = official.config(official.section(cfg), f"{name} fixture config.json")
+    T = model_cfg.seq_len
     side = math.isqrt(T)
     assert side * side == T, f"{name} fixture: {T} tokens is not a square grid"
-    return {"seq_len": T, "side": side, "codebook_size": V, "num_classes": C}
+    return {"seq_len": T, "side": side, "codebook_size": model_cfg.codebook_size,
+            "num_classes": model_cfg.num_classes}
 
 
 @pytest.fixture(autouse=True)

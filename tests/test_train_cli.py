@@ -40,7 +40,8 @@ def test_the_papers_recipes_are_packaged():
 def test_each_recipe_names_its_official_file_and_needs_data(name):
     text = run_config_path(name).read_text()
     official = {"rar": r"bytedance/1d-tokenizer configs/training/generator/rar\.yaml",
-                "randar": r"ziqipang/RandAR configs/randar/randar_[\w.]+\.yaml"}
+                "randar": r"ziqipang/RandAR configs/randar/randar_[\w.]+\.yaml",
+                "lpd": r"mit-han-lab/lpd scripts/train/lpd_\w+\.sh"}
     cfg = load_run_config(name)
     assert re.search(official[cfg.family], text), f"{name} names no official config file"
     assert cfg.data.source == ""  # given on the command line
@@ -49,6 +50,6 @@ def test_each_recipe_names_its_official_file_and_needs_data(name):
         assert anneal_bounds(t, "rar") == (t.steps // 2, 3 * t.steps // 4)
         assert permutation_ratio(t.steps // 2 - 1, t, "rar") == 1.0
         assert permutation_ratio(3 * t.steps // 4, t, "rar") == 0.0
-    else:  # RandAR: random orders throughout
-        assert {permutation_ratio(s, t, "randar") for s in (0, t.steps // 2, t.steps - 1)} == {1.0}
-        assert cfg.model_dict()["order"] == "random"
+    else:  # RandAR, LPD: random orders throughout
+        assert {permutation_ratio(s, t, cfg.family) for s in (0, t.steps // 2, t.steps - 1)} == {1.0}
+        assert cfg.model_dict().get("order", "random") == "random"

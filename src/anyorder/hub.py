@@ -32,7 +32,8 @@ from anyorder.models.spec import FamilySpec
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
-__all__ = ["build_model", "load_official", "save_pretrained", "from_pretrained", "load_module", "hub_download"]
+__all__ = ["build_model", "load_official", "load_weights", "save_pretrained", "from_pretrained", "load_module",
+           "hub_download"]
 
 
 def _official_family(cfg: dict[str, Any], sd: dict[str, torch.Tensor] | None, source: str) -> FamilySpec:
@@ -83,13 +84,30 @@ def _load_into(model: AnyOrderModel, sd: dict[str, torch.Tensor], source: str,
     (default: the model's fp32), then recompute the non-persistent buffers (RandAR's RoPE table, fp32)."""
     official = get_family(model.family).official
     if official is not None and official.is_state_dict(sd):
-        sd = official.convert_state_dict(sd)
+        sd = official.fit(official.convert_state_dict(sd), model)
     check_state_dict(model.state_dict(), sd, source)
     want = {k: v.dtype for k, v in model.state_dict().items()}
     for k in list(sd):  # in place, so each old tensor is freed as its cast replaces it
         target = dtype if (dtype is not None and sd[k].is_floating_point()) else want[k]
         sd[k] = sd[k].to(target)
     model.load_state_dict(sd, strict=True, assign=True)
+    model.reset_buffers()
+    return model
+
+
+def load_weights(model: AnyOrderModel, path: str | os.PathLike) -> AnyOrderModel:
+    """Load the weights of ``path`` (a model directory or a checkpoint file, ours or official) into an existing
+    ``model`` in place — e.g. to start training from another run's or a release's weights. Official names are
+    converted and the state dict fitted as the family's official loader does (LPD resizes a position table of
+    another grid); every other difference is an error naming the keys."""
+    path = Path(path)
+    weights = _weights_in_directory(path) if path.is_dir() else path
+    sd = load_state_dict(weights)
+    official = get_family(model.family).official
+    if official is not None and official.is_state_dict(sd):
+        sd = official.fit(official.convert_state_dict(sd), model)
+    check_state_dict(model.state_dict(), sd, str(weights))
+    model.load_state_dict(sd, strict=True)
     model.reset_buffers()
     return model
 

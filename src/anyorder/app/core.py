@@ -314,8 +314,10 @@ def inpaint_updates(entry: AppModel, background: Image.Image | None, layers: lis
 
 def outpaint_updates(entry: AppModel, background: Image.Image | None, side: str, amount: int, cls: int,
                      seed: int | None = 0, delay: float = 0.0, **ui: Any) -> Iterator[Update]:
-    """Extend ``background`` by ``amount`` tokens on ``side`` (a canvas larger than the trained grid, RoPE
-    positions extrapolated, as :func:`anyorder.editing.outpaint` with ``rope="extrapolate"``), streamed."""
+    """Extend ``background`` by ``amount`` tokens on ``side``, streamed: on a canvas larger than the trained grid
+    where the family has positions beyond it (RandAR: RoPE extrapolated, as :func:`anyorder.editing.outpaint`
+    with ``rope="extrapolate"``), otherwise inside the trained grid — the image shifted by ``amount`` tokens away
+    from ``side`` (the far ``amount`` tokens leave the picture) and the strip on ``side`` generated."""
     settings = _edit_settings(entry, ui)
     if background is None:
         raise ValueError("no image to outpaint: upload one or send a generated image to the editor first")
@@ -323,8 +325,10 @@ def outpaint_updates(entry: AppModel, background: Image.Image | None, side: str,
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     h, w = entry.model.grid
     amount = int(amount)
-    if not 1 <= amount <= max(h, w):
-        raise ValueError(f"outpaint by 1..{max(h, w)} tokens, got {amount}")
+    larger = entry.spec.can("canvas")
+    most = max(h, w) if larger else (w if side in ("left", "right") else h) - 1
+    if not 1 <= amount <= most:
+        raise ValueError(f"outpaint by 1..{most} tokens, got {amount}")
     pixels, notes = _fit_image(background, entry)
     codes = _encode(entry, pixels)[0]
     pad = {"left": (0, 0, amount, 0), "right": (0, 0, 0, amount), "top": (amount, 0, 0, 0),
@@ -337,6 +341,14 @@ def outpaint_updates(entry: AppModel, background: Image.Image | None, side: str,
     ds = entry.downsample
     base = torch.zeros(1, pixels.shape[1], H * ds, W * ds)
     base[..., pad[0] * ds : (pad[0] + h) * ds, pad[2] * ds : (pad[2] + w) * ds] = pixels
+    if not larger:  # inside the trained grid: keep the h x w window on `side`'s side of the larger canvas
+        top = 0 if side != "bottom" else amount
+        left = 0 if side != "right" else amount
+        canvas, unknown = canvas[:, top : top + h, left : left + w], unknown[top : top + h, left : left + w]
+        base = base[..., top * ds : (top + h) * ds, left * ds : (left + w) * ds]
+        H, W = h, w
+        notes.append(f"{entry.spec.display_name} has no positions beyond its {h}x{w} grid: the image moved "
+                     f"{amount} token{'s' if amount > 1 else ''} away from the {side} and the strip generated.")
     cls = classes_for(entry, cls, 1)[0] if int(cls) != EVERY_CLASS else entry.model.null_class
     job = edit_job(entry.model, canvas, unknown.to(canvas.device), [cls], settings,
                    seed=_app_seed(seed))

@@ -13,7 +13,7 @@ from anyorder.training.config import load_run_config
 
 __all__ = ["DEMO_FAMILIES", "demo_run_ready", "ensure_demo_runs", "run_class_names", "demo_models"]
 
-DEMO_FAMILIES = ("randar", "rar")  # RandAR first: it offers every tab
+DEMO_FAMILIES = ("randar", "lpd", "rar")  # the editing families first: they offer every tab
 
 
 def demo_run_ready(run_dir: str | Path) -> bool:

@@ -36,6 +36,7 @@ from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
 from anyorder.io.outputs import ensure_writable
 from anyorder.io.seeds import seed_arg
+from anyorder.models import family_of
 from anyorder.nn.device import resolve_device
 from anyorder.sampling.policy import model_sampling
 
@@ -181,7 +182,8 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
     tiles = torch.cat([before, _decode(tok, out)])
     settings = {"command": "outpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
                 "class": cls, "padding_tokens": pads, "within_trained_grid": bool(args.within),
-                "canvas": [int(H), int(W)], "trained_grid": [gh, gw], "rope": args.rope,
+                "canvas": [int(H), int(W)], "trained_grid": [gh, gw],
+                "rope": args.rope or ("extrapolate" if family_of(model).can("canvas") else "window"),
                 "ntk_boundary": args.ntk_boundary, "samples": n, "seed": args.seed, "sampling": _sampling(args, model),
                 "generated_tokens": int(unknown.sum()),
                 "layout": "input on the canvas (grey = to generate) | result(s)"}
@@ -275,9 +277,10 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
                         "(default half) on --side")
     for side in SIDES:
         p.add_argument(f"--{side}", type=int, default=0, help=f"tokens to add on the {side}")
-    p.add_argument("--rope", choices=["extrapolate", "ntk", "window"], default="extrapolate",
+    p.add_argument("--rope", choices=["extrapolate", "ntk", "window"], default=None,
                    help="canvas larger than the trained grid: one decode with a RoPE table of true positions "
-                        "(extrapolate) or NTK-mixed ones (ntk), or sliding trained-size windows (window)")
+                        "(extrapolate, the default where the family has positions beyond its grid: RandAR) or "
+                        "NTK-mixed ones (ntk), or sliding trained-size windows (window, the default otherwise)")
     p.add_argument("--ntk-boundary", type=int, default=2, help="frequency pairs per axis that extrapolate (ntk)")
     p.add_argument("--class", dest="cls", help="class index or name (default: the null class)")
     p.add_argument("--samples", type=int, default=1)

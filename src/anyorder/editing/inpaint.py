@@ -10,6 +10,7 @@ from torch import Tensor
 from anyorder.editing.common import _eval_mode, require_capability
 from anyorder.editing.masks import _token_mask
 from anyorder.models.policy import SamplingPolicy
+from anyorder.models.registry import family_of
 from anyorder.sampling.decode import decode
 from anyorder.sampling.job import check_codes, check_orders, edit_job, resolve_policy, seeded_generator
 
@@ -76,7 +77,7 @@ def outpaint_table(model: Any, canvas: tuple[int, int], rope: str = "extrapolate
 @torch.no_grad()
 def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int = 0, top: int = 0, bottom: int = 0,
              sampling: SamplingPolicy | dict[str, Any] | None = None, *, seed: int | None = None,
-             generator: torch.Generator | None = None, rope: str = "extrapolate", ntk_boundary: int = 2,
+             generator: torch.Generator | None = None, rope: str | None = None, ntk_boundary: int = 2,
              return_mask: bool = False, **settings: Any) -> Tensor | tuple[Tensor, Tensor]:
     """Place ``codes [B, h, w]`` on a canvas ``(top + h + bottom) x (left + w + right)`` and generate the rest.
 
@@ -88,10 +89,13 @@ def outpaint(model: Any, codes: Tensor, classes: Any, left: int = 0, right: int 
       inside the trained grid (any family with known-token decoding): the trained-size window holding the
       most known tokens (among those with tokens left to generate) is inpainted, again and again until the
       canvas is full (needs a canvas at least as large as the trained grid).
+    ``rope`` None: ``"extrapolate"`` where the family has the ``canvas`` capability, else ``"window"``.
     ``sampling`` / ``settings``: the family's sampling policy. Returns codes ``[B, H, W]`` (the known block
     unchanged) and, with ``return_mask``, the mask of the generated tokens.
     """
     require_capability(model, "known_tokens", "outpainting")
+    if rope is None:
+        rope = "extrapolate" if family_of(model).can("canvas") else "window"
     if rope not in ("extrapolate", "ntk", "window"):
         raise ValueError(f"rope must be 'extrapolate', 'ntk' or 'window', got {rope!r}")
     codes = check_codes(model, codes)

@@ -6,6 +6,7 @@ Nothing here ever unpickles arbitrary objects. A pickle that carries code is ref
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import errno
 import json
@@ -36,6 +37,9 @@ class CheckpointError(RuntimeError):
 
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt"}
+# classes a release file may hold beside its tensors that only carry plain values: torch's weights-only loader
+# rebuilds them without running their code (LPD's training checkpoints keep the run's argparse.Namespace)
+INERT_GLOBALS = [argparse.Namespace]
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
@@ -52,7 +56,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, Tensor]:
 
 
 def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Load a state dict from ``.safetensors`` or a pickle (``.bin/.pt/.pth``) without running code.
+    """Load a state dict from ``.safetensors`` or a pickle (``.bin/.pt/.pth``) without running code (a pickle
+    holding more than tensors — an optimizer state, an ``argparse.Namespace`` of the run — is read with torch's
+    weights-only loader; only the state dict of tensors is kept).
 
     Raises :class:`FileNotFoundError` for a missing file and :class:`CheckpointError` for a
     corrupt file or a pickle that would need to execute code to load.
@@ -68,7 +74,8 @@ def load_state_dict(path: str | os.PathLike, map_location: str | torch.device = 
         except Exception as e:  # safetensors raises its own SafetensorError (not always importable)
             raise CheckpointError(f"{path}: corrupt or unreadable safetensors file ({e})") from e
     try:
-        obj = torch.load(str(path), map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(INERT_GLOBALS):
+            obj = torch.load(str(path), map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(
             f"{path}: refused to load: the pickle holds objects other than tensors and plain containers "

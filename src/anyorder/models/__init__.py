@@ -5,9 +5,10 @@ A family folder holds its model (``model.py``) and its :class:`~anyorder.models.
 """
 
 from anyorder.models.base import AnyOrderModel, DecodeState, StepInputs
-from anyorder.models.policy import ParallelSampling, SamplingPolicy, SettingInfo, setting
 
 # the built-in families, one line each: importing a family's package registers its spec
+from anyorder.models.lpd import LPD, LPDConfig, LPDSampling
+from anyorder.models.policy import ParallelSampling, SamplingPolicy, SettingInfo, setting
 from anyorder.models.randar import RandAR, RandARConfig, RandARSampling
 from anyorder.models.rar import RAR, RARConfig, RARSampling
 from anyorder.models.registry import (
@@ -31,4 +32,4 @@ __all__ = ["AnyOrderModel", "DecodeState", "StepInputs", "SamplingPolicy", "Para
            "FamilySpec", "Capabilities", "KeyMap", "OfficialFormat", "Preset", "FAMILIES", "PRESETS",
            "MODULE_TYPES", "register_family", "unregister_family", "get_family", "family_of", "family_names",
            "families_with", "get_preset", "model_config", "build_model", "sampling_config", "RAR", "RARConfig",
-           "RARSampling", "RandAR", "RandARConfig", "RandARSampling"]
+           "RARSampling", "RandAR", "RandARConfig", "RandARSampling", "LPD", "LPDConfig", "LPDSampling"]

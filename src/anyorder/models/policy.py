@@ -21,6 +21,7 @@ from torch import Tensor
 
 from anyorder.io.config import config_from_dict, config_to_dict
 from anyorder.nn import orders as orders_lib
+from anyorder.nn.locality import locality_orders
 from anyorder.nn.schedules import GuidanceSchedule, parallel_decoding_schedule
 
 __all__ = ["setting", "SettingInfo", "SamplingPolicy", "ParallelSampling", "ORDER_POLICIES"]
@@ -140,17 +141,25 @@ class SamplingPolicy:
         return config_from_dict(cls, values, prefix=f"{source}." if source else "")
 
 
-ORDER_POLICIES = ("random",)
+ORDER_POLICIES = ("random", "locality")
 
 
 @dataclass(frozen=True)
 class ParallelSampling(SamplingPolicy):
     """A family that decodes several tokens per step, in any order (RandAR, LPD): ``steps`` and the order
-    policy. Subclasses give the plan rule (:meth:`plan_for`)."""
+    policy — a random permutation per image, or LPD's locality-aware orders (:mod:`anyorder.nn.locality`), zero-shot
+    for any such family. Subclasses give the plan rule (:meth:`plan_for`)."""
 
     steps: int = setting(0, "decoding steps (0, or the token count: one token per step); below the token "
                             "count several tokens are decoded per step", low=1, high="seq_len", step=1)
-    order: str = setting("random", "the generation order: a random permutation per image", choices=ORDER_POLICIES)
+    order: str = setting("random", "generation order: random (a permutation per image) or locality (each step "
+                                   "near what is decoded, its tokens far apart: LPD's orders)",
+                         choices=ORDER_POLICIES)
+    proximity: float = setting(1.0, "locality orders: a cell whose decoded neighbours give it at least this score "
+                                    "(1 per edge, 0.71 per diagonal neighbour) is taken first", low=0.0, high=4.0,
+                               step=0.25)
+    repulsion: int = setting(1, "locality orders: cells decoded in one step stay more than this many cells apart "
+                                "(Chebyshev) where they can", low=0, high=4, step=1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -158,6 +167,8 @@ class ParallelSampling(SamplingPolicy):
             raise ValueError(f"steps must be >= 0 (0: one token per step), got {self.steps}")
         if self.order not in ORDER_POLICIES:
             raise ValueError(f"order must be one of {ORDER_POLICIES}, got {self.order!r}")
+        if self.repulsion < 0 or self.proximity < 0:
+            raise ValueError(f"proximity and repulsion must be >= 0, got {self.proximity} and {self.repulsion}")
 
     def plan_for(self, steps: int, total: int) -> list[int]:
         """Tokens per step for ``steps`` steps over ``total`` tokens (1 <= steps <= total)."""
@@ -178,9 +189,27 @@ class ParallelSampling(SamplingPolicy):
 
     def orders(self, model: Any, batch: int, generator: torch.Generator | None = None,
                grid: tuple[int, int] | None = None, unknown: Tensor | None = None) -> Tensor:
-        """A random order per image (the model's :meth:`sampling_orders` for plain sampling). For an edit
-        (``unknown [batch, T]``, True = to generate), the known tokens come first, the rest in random order."""
+        """Orders ``[batch, T]`` over ``grid`` (default: the model's). ``random``: a random order per image (the
+        model's :meth:`sampling_orders` for plain sampling); ``locality``: LPD's locality-aware orders for this
+        policy's step plan. For an edit (``unknown [batch, T]``, True = to generate) the known tokens come
+        first and count as decoded."""
+        grid = tuple(grid or model.grid)
+        T = grid[0] * grid[1]
+        if self.order == "locality":
+            if unknown is None:
+                return locality_orders(grid, self.plan(T), batch, proximity=self.proximity,
+                                       repulsion=self.repulsion, generator=generator, device=model.device)
+            out = torch.empty(batch, T, dtype=torch.long, device=unknown.device)
+            counts = unknown.sum(1)
+            for m in sorted(set(counts.tolist())):  # images with the same number of tokens to generate
+                rows = (counts == m).nonzero().flatten()
+                out[rows] = locality_orders(grid, self.plan_clamped(m), len(rows), proximity=self.proximity,
+                                            repulsion=self.repulsion, known=~unknown[rows], generator=generator,
+                                            device=unknown.device)
+            return out
         if unknown is None:
-            return model.sampling_orders(batch, generator)
+            if grid == tuple(model.grid):
+                return model.sampling_orders(batch, generator)
+            return orders_lib.random_orders(batch, T, generator=generator, device=model.device)
         rand = orders_lib.random_orders(batch, unknown.shape[1], generator=generator, device=unknown.device)
         return orders_lib.known_first(rand, unknown)

@@ -113,6 +113,11 @@ class OfficialFormat:
         """The sampling settings an official config records, as our policy's fields."""
         return {}
 
+    def fit(self, sd: dict[str, Tensor], model: Any) -> dict[str, Tensor]:
+        """An official state dict (our names) fitted to ``model`` where the official loader adapts it (LPD:
+        a position table of another grid resized); by default unchanged."""
+        return sd
+
 
 @dataclass(frozen=True)
 class Preset:

@@ -69,6 +69,11 @@ class TrainConfig:
     # throughout for RandAR
     anneal_start: int | None = None
     anneal_end: int | None = None
+    # the cosine decay starts after warm-up, or at this step (LPD's "constant+cosine": constant until it)
+    decay_start: int | None = None
+    # weights to start from when there is no checkpoint to resume: a model directory or a checkpoint file (ours
+    # or official; e.g. LPD's 512-px recipes start from the 256-px model, its position table resized)
+    init_from: str = ""
     precision: str = "auto"  # "auto" (bf16 autocast on CUDA with bf16 support), "fp32", "bf16"
     device: str = "auto"
     seed: int = 0
@@ -80,7 +85,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "config key 'train.seed'")
-        for key in ("anneal_start", "anneal_end"):
+        for key in ("anneal_start", "anneal_end", "decay_start"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValueError(f"config key 'train.{key}' must be an integer step or null, got {v!r}")

@@ -49,6 +49,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from anyorder.data.codes import CodeSource, EpochStream, TensorCodes
+from anyorder.hub import load_weights
 from anyorder.io import CheckpointError, atomic_torch_save, atomic_write_json
 from anyorder.models.base import AnyOrderModel
 from anyorder.nn import orders as orders_lib
@@ -252,7 +253,7 @@ def train_step(run: Run, state: TrainState, batch: tuple[Tensor, Tensor]) -> tup
     cfg, model, step = run.cfg, run.model, state.step
     run.gen.manual_seed(_seed(cfg.seed, step, 2))  # orders, label dropout and extras of the global batch
     r = permutation_ratio(step, cfg, model.family)
-    lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.end_lr)
+    lr = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps, cfg.end_lr, cfg.decay_start)
     for g in run.opt.param_groups:
         g["lr"] = lr
     orders = orders_lib.training_orders(cfg.batch_size, run.base_order, r, generator=run.gen)
@@ -322,6 +323,8 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
 
     Returns a summary (steps, final loss, seconds, the logged history). ``step_callback(step, stats)`` is called
     after each optimizer step (``stats`` holds the loss only at logging steps)."""
+    if cfg.init_from and not (resume and (Path(out_dir) / "checkpoints" / LAST_CKPT).is_file()):
+        load_weights(model, cfg.init_from)  # a fresh run starting from other weights (before any sharding)
     run = setup(model, codes, labels, cfg, out_dir)
     state = resume_from_checkpoint(run) if resume else TrainState()
     loader = ThreadPoolExecutor(max_workers=1)  # reads the next batch while a step runs

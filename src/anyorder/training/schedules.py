@@ -45,9 +45,14 @@ def permutation_ratio(step: int, cfg: TrainConfig, family: str) -> float:
     return anneal_ratio(step, start, end)
 
 
-def lr_at(step: int, base_lr: float, warmup: int, total: int, end_lr: float = 0.0) -> float:
-    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then cosine decay to ``end_lr`` at ``total``."""
+def lr_at(step: int, base_lr: float, warmup: int, total: int, end_lr: float = 0.0,
+          decay_start: int | None = None) -> float:
+    """Linear warm-up to ``base_lr`` over ``warmup`` steps, then cosine decay to ``end_lr`` at ``total``; with
+    ``decay_start`` (LPD's "constant+cosine"), constant ``base_lr`` until that step and the cosine from there."""
     if warmup > 0 and step < warmup:
         return base_lr * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    begin = warmup if decay_start is None else max(warmup, decay_start)
+    if step < begin:
+        return base_lr
+    progress = min(1.0, (step - begin) / max(1, total - begin))
     return end_lr + 0.5 * (base_lr - end_lr) * (1.0 + math.cos(math.pi * progress))
