@@ -73,6 +73,12 @@ def check_config(config: Any, positive: tuple[str, ...] = (), probabilities: tup
         raise ValueError(f"seq_len must be a square number of tokens, got {config.seq_len}")
 
 
+def check_token_ids(codes: Tensor, codebook_size: int) -> None:
+    """Token ids must lie in ``[0, codebook_size)`` (one host sync); the error gives the range found."""
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= codebook_size):
+        raise ValueError(f"token ids must be in [0, {codebook_size}), got [{int(codes.min())}, {int(codes.max())}]")
+
+
 def bucket(n: int) -> int:
     """The padded size of ``n`` rows in a static step: the next power of two (1, 2, 4, 8, ...)."""
     return 1 << max(0, n - 1).bit_length()
@@ -145,8 +151,8 @@ class AnyOrderModel(nn.Module):
         codes = codes.reshape(codes.shape[0], -1).long()
         if codes.shape[1] != self.seq_len:
             raise ValueError(f"expected {self.seq_len} tokens per image ({self.grid}), got {codes.shape[1]}")
-        if self.validate_inputs and codes.numel() and (codes.min() < 0 or codes.max() >= self.codebook_size):
-            raise ValueError(f"token ids must be in [0, {self.codebook_size}), got [{codes.min()}, {codes.max()}]")
+        if self.validate_inputs:
+            check_token_ids(codes, self.codebook_size)
         return codes
 
     # ---- teacher forcing -----------------------------------------------------------------------

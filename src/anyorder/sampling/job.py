@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from anyorder.io.seeds import check_seed
+from anyorder.models.base import check_token_ids
 from anyorder.models.policy import SamplingPolicy
 from anyorder.models.registry import families_with, family_of, get_family, sampling_config
 from anyorder.models.spec import CAPABILITY_HELP
@@ -126,9 +127,7 @@ def check_codes(model: Any, codes: Any, grid: tuple[int, int] | None = None) -> 
     if codes.is_floating_point() or codes.dtype == torch.bool:
         raise ValueError(f"codes must be integer token ids, got dtype {codes.dtype}")
     codes = codes.long()
-    V = model.codebook_size
-    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= V):
-        raise ValueError(f"token ids must be in [0, {V}), got [{int(codes.min())}, {int(codes.max())}]")
+    check_token_ids(codes, model.codebook_size)
     return codes
 
 
