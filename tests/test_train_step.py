@@ -89,16 +89,18 @@ def _adamw(params, grads, lr, betas, wd, decays, eps=1e-8):
     return out
 
 
-@pytest.mark.parametrize("clip", [1.0, 0.0])
-def test_grad_norm_clipping_and_the_adamw_update_by_closed_form(clip, tmp_path, one_thread):
+@pytest.mark.parametrize("clip,accum", [(1.0, 1), (0.0, 1), (1.0, 2)])
+def test_grad_norm_clipping_and_the_adamw_update_by_closed_form(clip, accum, tmp_path, one_thread):
     """The loss of step k is ``sum_p <A_k[p], p>``, so its gradient is exactly ``A_k``: norm 10 at the first step
     (clipped to 1 with ``grad_clip=1``: multiplied by ``1 / (10 + 1e-6)``, torch's epsilon), 0.5 at the second
     (under the limit: kept). The step returns the norm before clipping, and the parameters after each step are
     AdamW's on the clipped gradients (Adam's first step hardly depends on the gradient's scale; the second shows
-    the clipping of the first). ``grad_clip=0`` clips nothing."""
+    the clipping of the first). ``grad_clip=0`` clips nothing. With 2 accumulated micro-batches, each of the
+    same loss, the step's gradient is their mean: the same ``A_k``."""
     family = family_names()[0]
     lr, wd, betas = 0.01, 0.05, (0.9, 0.96)
-    model, run = _run(family, tmp_path, lr=lr, end_lr=lr, weight_decay=wd, betas=betas, grad_clip=clip)
+    model, run = _run(family, tmp_path, lr=lr, end_lr=lr, weight_decay=wd, betas=betas, grad_clip=clip,
+                      grad_accum=accum)
     params = run.params
     rng = np.random.default_rng(0)
     grads = []
