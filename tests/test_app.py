@@ -180,6 +180,16 @@ def test_streamed_generation_is_generate_step_by_step(entries, family):
         assert torch.equal(frames[-1].step[0].flatten(), torch.arange(1, T + 1))
 
 
+def test_every_class_in_turn_generates_class_i_mod_the_class_count(randar):
+    """The picker's "every class in turn" is image i of class i mod C (12 images over the 10 classes: 0..9, 0, 1),
+    the library's ``generate`` for those classes with the same seed."""
+    C = randar.model.num_classes
+    last = list(core.generate_updates(randar, core.EVERY_CLASS, n=12, seed=3, guidance_scale=2.0, steps=4))[-1]
+    ref = generate(randar.model, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], core.sampling_settings(
+        randar, guidance_scale=2.0, steps=4), seed=3)
+    assert C == 10 and last.final and torch.equal(last.codes, ref)
+
+
 def test_streamed_edits_are_inpaint_and_outpaint(randar):
     model = randar.model
     h, w = model.grid

@@ -11,6 +11,7 @@ from anyorder.nn.kv_cache import attention_window
 from anyorder.nn.orders import is_permutation, permute, random_orders, scan_order
 from anyorder.nn.schedules import linear_guidance, pow_cosine_guidance
 from anyorder.sampling import generate, sample_logits
+from anyorder.sampling.decode import filter_logits
 
 RAR_TINY = {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
             "codebook_size": 24, "num_classes": 5, "pos_extra": 4, "timestep_extra": 4}
@@ -232,6 +233,21 @@ def test_sample_logits_top_k_top_p_and_greedy():
     assert set(anything.tolist()) == {0, 1, 2, 3}
     hot = sample_logits(logits, temperature=100.0, generator=g)
     assert (hot == 0).float().mean() > 0.2
+
+
+@pytest.mark.parametrize("top_p", [0.3, 0.45, 0.6, 0.85, 0.9, 0.97])
+def test_top_p_keeps_the_smallest_set_reaching_p(top_p):
+    """Probabilities 0.5, 0.3, 0.15, 0.05: nucleus sampling keeps the most likely tokens up to and including
+    the first whose cumulative probability reaches ``top_p`` (written out by hand here)."""
+    probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]])
+    ranked, cum, keep = [1, 3, 0, 2], 0.0, set()
+    for i in ranked:
+        keep.add(i)
+        cum += float(probs[0, i])
+        if cum >= top_p:
+            break
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=top_p))[0]
+    assert set(kept.nonzero().flatten().tolist()) == keep
 
 
 @torch.no_grad()

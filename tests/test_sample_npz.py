@@ -93,6 +93,7 @@ def test_balanced_labels_spread_the_remainder_over_the_first_classes() -> None:
     assert y.dtype == torch.int64 and len(y) == 11
     counts = {c: int((y == c).sum()) for c in classes}
     assert counts == {7: 4, 2: 4, 5: 3}
+    assert y.tolist() == [7, 2, 5, 7, 2, 5, 7, 2, 5, 7, 2]  # interleaved: sample i has classes[i % C]
     assert balanced_labels(50 * 1000, range(1000)).bincount().eq(50).all()  # the papers' 50 per class
     with pytest.raises(ValueError, match="num-samples"):
         balanced_labels(0, classes)

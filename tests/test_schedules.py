@@ -67,6 +67,14 @@ def test_linear_guidance_and_enabling():
         GuidanceSchedule("cosine", 2.0)
 
 
+def test_per_token_scales_follow_each_tokens_own_index():
+    """A step of 3 tokens after 4 of 10: per token (LPD) the scales at indices 4, 5, 6; otherwise all at 4.
+    Linear from 1 to 3 over 10 tokens is 1 + 2 j / 10."""
+    per_token = GuidanceSchedule("linear", 3.0, start=1.0, per_token=True)
+    assert per_token.scales(4, 3, 10) == pytest.approx([1.8, 2.0, 2.2])
+    assert GuidanceSchedule("linear", 3.0, start=1.0).scales(4, 3, 10) == pytest.approx([1.8, 1.8, 1.8])
+
+
 @pytest.mark.parametrize("steps,total", [(1, 1), (1, 10), (10, 10), (88, 256), (6, 16), (20, 64), (17, 49), (3, 49)])
 def test_parallel_schedule_is_positive_and_sums_to_total(steps, total):
     sched = parallel_decoding_schedule(steps, total)
