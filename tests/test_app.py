@@ -42,6 +42,8 @@ TINY = {
                "num_classes": 10, "multiple_of": 16},
     "rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": GRID * GRID,
             "codebook_size": 16, "num_classes": 10},
+    "lpd": {"family": "lpd", "dim": 32, "depth": 1, "n_head": 2, "seq_len": GRID * GRID, "codebook_size": 16,
+            "num_classes": 10},
 }
 
 
@@ -61,7 +63,7 @@ def runs(tmp_path_factory) -> list[Path]:
         return [Path(real) / "demo_randar", Path(real) / "demo_rar"]
     root = tmp_path_factory.mktemp("runs")
     out = []
-    for fam in ("randar", "rar"):
+    for fam in ("randar", "rar", "lpd"):
         torch.manual_seed(0)
         model = build_model(TINY[fam]).eval()
         with torch.no_grad():  # the head is zero-initialised; give it weights so the samples vary
@@ -237,7 +239,8 @@ def test_inpaint_keeps_known_pixels_and_handles_odd_masks(randar, rar):
 
 # ---- serving the demo runs ------------------------------------------------------------------------------------
 def test_demo_runs_are_trained_when_absent_and_said_so(runs, tmp_path, monkeypatch):
-    """Without --model the app serves runs/demo_randar and runs/demo_rar; an absent one is trained first with
+    """Without --model the app serves the demo runs (runs/demo_randar, demo_lpd, demo_rar); an absent one is
+    trained first with
     `anyorder demo` (here: a stand-in that copies a tiny run) and the log says so; a present one is reused."""
     from anyorder.app import models as app_models
 
@@ -248,12 +251,14 @@ def test_demo_runs_are_trained_when_absent_and_said_so(runs, tmp_path, monkeypat
         shutil.copytree(runs[0].parent / f"demo_{cfg.family}", cfg.out_dir)
 
     monkeypatch.setattr(app_models, "run_demo", fake_run_demo)
-    shutil.copytree(runs[1], tmp_path / "demo_rar")
+    shutil.copytree(runs[0].parent / "demo_rar", tmp_path / "demo_rar")
     said = []
     got = app_models.ensure_demo_runs(tmp_path, log=said.append)
-    assert trained == ["randar"] and got == [tmp_path / "demo_randar", tmp_path / "demo_rar"]
-    assert len(said) == 1 and "anyorder demo --model randar" in said[0] and "training it now" in said[0]
-    assert [e.family for e in demo_models(got)] == ["randar", "rar"]
+    absent = [f for f in app_models.DEMO_FAMILIES if f != "rar"]
+    assert trained == absent and got == [tmp_path / f"demo_{f}" for f in app_models.DEMO_FAMILIES]
+    assert len(said) == len(absent) and all(f"anyorder demo --model {f}" in m and "training it now" in m
+                                            for f, m in zip(absent, said))
+    assert [e.family for e in demo_models(got)] == list(app_models.DEMO_FAMILIES)
 
 
 def test_cli_app_arguments():

@@ -324,3 +324,14 @@ def test_an_official_config_with_a_bad_value_names_the_file_key_and_value(fx, tm
     with pytest.raises(ValueError, match=re.escape(words)) as e:
         load_official(fixture_dir("lpd") / "checkpoint.pth", config=cfg)
     assert "official LPD config" in str(e.value)
+
+
+def test_weight_decay_follows_the_official_add_weight_decay(fx):
+    """The official trainer (util/misc.py add_weight_decay) exempts 1-D parameters and biases only: the position
+    table, mask_token and fake_latent decay. Checked on the official names of the fixture checkpoint."""
+    model, _, _ = fx
+    official = torch.load(fixture_dir("lpd") / "checkpoint.pth", weights_only=True)["model"]
+    theirs = {n for n, p in official.items() if not (p.dim() == 1 or n.endswith(".bias"))}
+    keys = get_family("lpd").official.keys
+    ours = {keys.to_official(n) for n, p in model.named_parameters() if model.decays(n, p)}
+    assert ours == theirs and {"pos_embed", "mask_token", "fake_latent"} <= ours
