@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 import torch
 
+from anyorder.models import build_model, family_names, get_family
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(os.environ.get("ANYORDER_FIXTURES", ROOT.parent / "shared" / "fixtures"))
 
@@ -61,7 +63,19 @@ def load_json(path: Path) -> dict:
 
 # every fixture folder's hyper-parameter file (tests take shapes, class counts and codebook sizes from it:
 # reviewers run the suite on twins of the fixtures with other shapes)
-CONFIG_FILES = {"maskgit_vqgan": "vqgan_config.json", "llamagen_vq": "vq_config.json"}  # generators: config.json
+CONFIG_FILES = {"rar": "config.json", "randar": "config.json", "maskgit_vqgan": "vqgan_config.json",
+                "llamagen_vq": "vq_config.json"}
+# the official generator fixtures, one line each (folder = family name): the keys of their config.json that hold
+# the token count, codebook size and class count, and the tokenizer fixture their codes decode with. Tests over
+# "every generator fixture" are parametrised by GENERATOR_FIXTURES (those of registered families).
+GENERATOR_GEOMETRY = {"rar": ("image_seq_len", "codebook_size", "condition_num_classes"),
+                      "randar": ("block_size", "vocab_size", "num_classes"),
+                      "lpd": ("seq_len", "vqgan_vocab_size", "class_num")}
+FIXTURE_TOKENIZER = {"rar": "maskgit_vqgan/vqgan_checkpoint.bin", "randar": "llamagen_vq/vq_checkpoint.pt",
+                     "lpd": "llamagen_vq/vq_checkpoint.pt"}
+
+
+GENERATOR_FIXTURES = [name for name in GENERATOR_GEOMETRY if name in family_names()]
 
 
 def fixture_config(name: str) -> dict:
@@ -71,20 +85,41 @@ def fixture_config(name: str) -> dict:
 
 def fixture_geometry(name: str) -> dict[str, int]:
     """The numbers the tests need from a fixture's config, under one naming for every family: generators
-    ``seq_len``, ``side`` (the square code grid), ``codebook_size``, ``num_classes`` (read through the family's
-    own official-config reader); tokenizers ``codebook_size``, ``downsample`` (pixels per code along a side)."""
-    from anyorder.models import FAMILIES
-
+    ``seq_len``, ``side`` (the square code grid), ``codebook_size``, ``num_classes``; tokenizers
+    ``codebook_size``, ``downsample`` (pixels per code along a side)."""
     cfg = fixture_config(name)
-    if name not in FAMILIES:
+    if name not in GENERATOR_GEOMETRY:
         return {"codebook_size": cfg["codebook_size"], "downsample": cfg["image_size"] // cfg["token_grid"][0]}
-    official = FAMILIES[name].official
-    model_cfg = official.config(official.section(cfg), f"{name} fixture config.json")
-    T = model_cfg.seq_len
+    T, V, C = (cfg[key] for key in GENERATOR_GEOMETRY[name])
     side = math.isqrt(T)
     assert side * side == T, f"{name} fixture: {T} tokens is not a square grid"
-    return {"seq_len": T, "side": side, "codebook_size": model_cfg.codebook_size,
-            "num_classes": model_cfg.num_classes}
+    return {"seq_len": T, "side": side, "codebook_size": V, "num_classes": C}
+
+
+def fixture_checkpoint(name: str) -> Path:
+    """The official checkpoint file of generator fixture ``name`` (``checkpoint.bin``, ``.safetensors``, ...)."""
+    found = sorted(fixture_dir(name).glob("checkpoint.*"))
+    assert len(found) == 1, f"{name} fixture: expected one checkpoint.* file, found {[p.name for p in found]}"
+    return found[0]
+
+
+def fixture_tokenizer(name: str) -> Path:
+    """The official tokenizer checkpoint that generator fixture ``name``'s codes decode with."""
+    folder, file = FIXTURE_TOKENIZER[name].split("/")
+    return fixture_dir(folder) / file
+
+
+def debug_model(family: str, seed: int = 0, noise: float = 0.1, **changes):
+    """The family's debug model (its spec's ``debug`` config with ``changes``), with ``noise`` times a normal draw
+    added to every weight (official inits zero some layers, which would hide a wrong load or a wrong step), in
+    eval mode."""
+    torch.manual_seed(seed)
+    model = build_model({"family": family, **get_family(family).debug, **changes})
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * noise)
+    return model.eval()
 
 
 @pytest.fixture(autouse=True)

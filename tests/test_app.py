@@ -28,23 +28,18 @@ from PIL import Image
 
 from anyorder import editing as E
 from anyorder.app import core, demo_models, render
+from anyorder.app.models import DEMO_FAMILIES
 from anyorder.app.stream import stream
 from anyorder.hub import build_model, save_pretrained
-from anyorder.nn.schedules import parallel_decoding_schedule
-from anyorder.sampling import edit_job, generate, generation_job
+from anyorder.models import family_names, get_family
+from anyorder.sampling import edit_job, generate, generation_job, sampling_config
 from anyorder.tokenizers.demo_vq import DemoVQ, DemoVQConfig
 
 IN_CI = in_ci()
 CHROMIUM = "/usr/bin/chromium"
 GRID = 4  # tiny models: 4x4 tokens, 16x16 pixels
-TINY = {
-    "randar": {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": GRID * GRID, "codebook_size": 16,
-               "num_classes": 10, "multiple_of": 16},
-    "rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": GRID * GRID,
-            "codebook_size": 16, "num_classes": 10},
-    "lpd": {"family": "lpd", "dim": 32, "depth": 1, "n_head": 2, "seq_len": GRID * GRID, "codebook_size": 16,
-            "num_classes": 10},
-}
+# every family's debug model on a GRID x GRID grid with 10 classes (the app serves its DEMO_FAMILIES)
+TINY = {f: {"family": f, **get_family(f).debug, "seq_len": GRID * GRID, "num_classes": 10} for f in family_names()}
 
 
 def _need(module: str):
@@ -57,13 +52,13 @@ def _need(module: str):
 # ---- fixtures -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[Path]:
-    """Run directories ``demo_randar`` and ``demo_rar`` (model/ + tokenizer/), RandAR first."""
+    """Run directories ``demo_<family>`` (model/ + tokenizer/) of the app's demo families, in its order."""
     real = os.environ.get("ANYORDER_APP_RUNS")
     if real:
-        return [Path(real) / "demo_randar", Path(real) / "demo_rar"]
+        return [Path(real) / f"demo_{fam}" for fam in DEMO_FAMILIES]
     root = tmp_path_factory.mktemp("runs")
     out = []
-    for fam in ("randar", "rar", "lpd"):
+    for fam in DEMO_FAMILIES:
         torch.manual_seed(0)
         model = build_model(TINY[fam]).eval()
         with torch.no_grad():  # the head is zero-initialised; give it weights so the samples vary
@@ -82,13 +77,15 @@ def entries(runs) -> list[core.AppModel]:
 
 
 @pytest.fixture(scope="module")
-def randar(entries) -> core.AppModel:
-    return next(e for e in entries if e.family == "randar")
+def editable(entries) -> core.AppModel:
+    """A served model that edits: known-token decoding (inpainting) on a canvas beyond its grid (outpainting)."""
+    return next(e for e in entries if e.spec.can("known_tokens") and e.spec.can("canvas"))
 
 
 @pytest.fixture(scope="module")
-def rar(entries) -> core.AppModel:
-    return next(e for e in entries if e.family == "rar")
+def scan_only(entries) -> core.AppModel:
+    """A served model that samples only (one fixed scan order)."""
+    return next(e for e in entries if not e.spec.can("known_tokens"))
 
 
 def _free_port() -> int:
@@ -159,41 +156,43 @@ def _kept_pixels_equal(result: np.ndarray, given: np.ndarray, cells: np.ndarray,
 
 
 # ---- streaming = the library ------------------------------------------------------------------------------
-@pytest.mark.parametrize("family", ["randar", "rar"])
+@pytest.mark.parametrize("family", DEMO_FAMILIES)
 def test_streamed_generation_is_generate_step_by_step(entries, family):
     """Each frame adds the tokens of one decoding step, never changes a placed one, and the last is exactly
-    ``generate`` with the same seed; RAR places token t at step t in raster order, RandAR follows its plan."""
+    ``generate`` with the same seed; a family that decodes one token per step places token t at step t in its
+    scan order, a parallel one follows its plan."""
     entry = next(e for e in entries if e.family == family)
     model, T = entry.model, entry.model.seq_len
-    steps = None if family == "rar" else max(2, T // 3)
-    settings = {"guidance_scale": 2.0} | ({} if steps is None else {"steps": steps})
+    policy = sampling_config(family, {"guidance_scale": 2.0})
+    if entry.spec.can("parallel"):
+        policy = policy.replace(steps=max(2, T // 3))
     classes = [1, 2, 3]
-    frames = list(stream(generation_job(model, classes, seed=5, **settings)))
-    ref = generate(model, classes, seed=5, **settings)
+    frames = list(stream(generation_job(model, classes, policy, seed=5)))
+    ref = generate(model, classes, policy, seed=5)
     assert frames[-1].final and torch.equal(frames[-1].codes, ref)
     assert frames[0].done == 0 and not frames[0].placed.any()
-    plan = [1] * T if steps is None else parallel_decoding_schedule(steps, T)
+    plan = policy.plan(T)
     assert [f.done for f in frames[1:-1]] == list(np.cumsum(plan))
     for f in frames:
         assert torch.equal(f.codes[f.placed], ref[f.placed])  # placed tokens are final
     counts = torch.bincount(frames[-1].step[0].flatten(), minlength=len(plan) + 1)[1:]
     assert counts.tolist() == plan
-    if family == "rar":
-        assert torch.equal(frames[-1].step[0].flatten(), torch.arange(1, T + 1))
+    if not entry.spec.can("parallel"):
+        assert torch.equal(frames[-1].step[0].flatten()[model.default_order().cpu()], torch.arange(1, T + 1))
 
 
-def test_every_class_in_turn_generates_class_i_mod_the_class_count(randar):
+def test_every_class_in_turn_generates_class_i_mod_the_class_count(editable):
     """The picker's "every class in turn" is image i of class i mod C (12 images over the 10 classes: 0..9, 0, 1),
     the library's ``generate`` for those classes with the same seed."""
-    C = randar.model.num_classes
-    last = list(core.generate_updates(randar, core.EVERY_CLASS, n=12, seed=3, guidance_scale=2.0, steps=4))[-1]
-    ref = generate(randar.model, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], core.sampling_settings(
-        randar, guidance_scale=2.0, steps=4), seed=3)
+    C = editable.model.num_classes
+    last = list(core.generate_updates(editable, core.EVERY_CLASS, n=12, seed=3, guidance_scale=2.0, steps=4))[-1]
+    ref = generate(editable.model, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1], core.sampling_settings(
+        editable, guidance_scale=2.0, steps=4), seed=3)
     assert C == 10 and last.final and torch.equal(last.codes, ref)
 
 
-def test_streamed_edits_are_inpaint_and_outpaint(randar):
-    model = randar.model
+def test_streamed_edits_are_inpaint_and_outpaint(editable):
+    model = editable.model
     h, w = model.grid
     codes = torch.randint(0, model.codebook_size, (2, h, w), generator=torch.Generator().manual_seed(3))
     mask = E.half_mask(model.grid, "left")
@@ -210,37 +209,36 @@ def test_streamed_edits_are_inpaint_and_outpaint(randar):
 
 
 # ---- editing in Python: bad input -----------------------------------------------------------------------------
-def test_inpaint_keeps_known_pixels_and_handles_odd_masks(randar, rar):
-    S, ds, k = randar.image_size, randar.downsample, randar.scale
-    image = _digit(randar)
-    given = _native(image, randar)
+def test_inpaint_keeps_known_pixels_and_handles_odd_masks(editable, scan_only):
+    S, ds, k = editable.image_size, editable.downsample, editable.scale
+    image = _digit(editable)
+    given = _native(image, editable)
     layer = np.zeros((S * k, S * k, 4), np.uint8)
     layer[: S * k // 3, : S * k // 3, 3] = 255  # a brushed top-left corner
-    out = list(core.inpaint_updates(randar, image, [Image.fromarray(layer)], 2, seed=1))[-1]
-    cells = E.mask_from_image(torch.from_numpy(layer[::k, ::k, 3] > 0), S, randar.model.grid).numpy()
-    result = _native(out.image, randar)
+    out = list(core.inpaint_updates(editable, image, [Image.fromarray(layer)], 2, seed=1))[-1]
+    cells = E.mask_from_image(torch.from_numpy(layer[::k, ::k, 3] > 0), S, editable.model.grid).numpy()
+    result = _native(out.image, editable)
     assert _kept_pixels_equal(result, given, ~cells, ds)
-    assert np.array_equal(_given_cells(out.order, randar), ~cells)
+    assert np.array_equal(_given_cells(out.order, editable), ~cells)
     assert f"inpainting {int(cells.sum())} of" in out.status
     # an empty mask returns the input; a full one is plain sampling (= generate with the same seed)
-    empty = list(core.inpaint_updates(randar, image, [], 2, seed=1))
-    assert len(empty) == 1 and np.array_equal(_native(empty[0].image, randar), given) and "empty" in empty[0].status
+    empty = list(core.inpaint_updates(editable, image, [], 2, seed=1))
+    assert len(empty) == 1 and np.array_equal(_native(empty[0].image, editable), given) and "empty" in empty[0].status
     full = np.full_like(layer, 255)
-    out = list(core.inpaint_updates(randar, image, [Image.fromarray(full)], 2, seed=1))[-1]
-    assert np.array_equal(np.asarray(out.image), np.asarray(_reference(randar, [2], 1)))
+    out = list(core.inpaint_updates(editable, image, [Image.fromarray(full)], 2, seed=1))[-1]
+    assert np.array_equal(np.asarray(out.image), np.asarray(_reference(editable, [2], 1)))
     assert "plain class-conditional sampling" in out.status
     # another size is fitted (with a note) and a RAR model refuses with the reason
     odd = image.resize((S * k + 7, S * k - 5))
-    out = list(core.inpaint_updates(randar, odd, [], 2, seed=1))[-1]
+    out = list(core.inpaint_updates(editable, odd, [], 2, seed=1))[-1]
     assert "resized" in out.status and out.image.size == (S * k, S * k)
     with pytest.raises(ValueError, match="fixed scan order"):
-        next(core.inpaint_updates(rar, image, [], 0))
+        next(core.inpaint_updates(scan_only, image, [], 0))
 
 
 # ---- serving the demo runs ------------------------------------------------------------------------------------
 def test_demo_runs_are_trained_when_absent_and_said_so(runs, tmp_path, monkeypatch):
-    """Without --model the app serves the demo runs (runs/demo_randar, demo_lpd, demo_rar); an absent one is
-    trained first with
+    """Without --model the app serves runs/demo_<family> of its demo families; an absent one is trained first with
     `anyorder demo` (here: a stand-in that copies a tiny run) and the log says so; a present one is reused."""
     from anyorder.app import models as app_models
 
@@ -251,14 +249,14 @@ def test_demo_runs_are_trained_when_absent_and_said_so(runs, tmp_path, monkeypat
         shutil.copytree(runs[0].parent / f"demo_{cfg.family}", cfg.out_dir)
 
     monkeypatch.setattr(app_models, "run_demo", fake_run_demo)
-    shutil.copytree(runs[0].parent / "demo_rar", tmp_path / "demo_rar")
+    first, *present = DEMO_FAMILIES
+    for fam in present:
+        shutil.copytree(runs[0].parent / f"demo_{fam}", tmp_path / f"demo_{fam}")
     said = []
     got = app_models.ensure_demo_runs(tmp_path, log=said.append)
-    absent = [f for f in app_models.DEMO_FAMILIES if f != "rar"]
-    assert trained == absent and got == [tmp_path / f"demo_{f}" for f in app_models.DEMO_FAMILIES]
-    assert len(said) == len(absent) and all(f"anyorder demo --model {f}" in m and "training it now" in m
-                                            for f, m in zip(absent, said))
-    assert [e.family for e in demo_models(got)] == list(app_models.DEMO_FAMILIES)
+    assert trained == [first] and got == [tmp_path / f"demo_{fam}" for fam in DEMO_FAMILIES]
+    assert len(said) == 1 and f"anyorder demo --model {first}" in said[0] and "training it now" in said[0]
+    assert [e.family for e in demo_models(got)] == list(DEMO_FAMILIES)
 
 
 def test_cli_app_arguments():
@@ -270,12 +268,12 @@ def test_cli_app_arguments():
 
 
 # ---- the HTTP API ------------------------------------------------------------------------------------------
-def test_api_generate_and_two_users_at_once(client, entries, randar, rar):
+def test_api_generate_and_two_users_at_once(client, entries, editable, scan_only):
     """Two sessions at once are queued (one decode at a time) and each gets its own images, which are the
     library's samples for its own class and seed."""
     gc = _need("gradio_client")
-    ui = _controls(entries, randar, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
-                   steps=randar.model.seq_len)
+    ui = _controls(entries, editable, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                   steps=editable.model.seq_len)
     other = gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
 
     def run(c, name, cls, seed):
@@ -283,29 +281,30 @@ def test_api_generate_and_two_users_at_once(client, entries, randar, rar):
         return job.result(timeout=120), job
 
     with ThreadPoolExecutor(2) as pool:
-        a = pool.submit(run, client, randar.name, 1, 11)
-        b = pool.submit(run, other, rar.name, 2, 22)
+        a = pool.submit(run, client, editable.name, 1, 11)
+        b = pool.submit(run, other, scan_only.name, 2, 22)
         (img_a, _, status_a), job_a = a.result()
         (img_b, _, status_b), _ = b.result()
     sampling = {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "steps": 0}
     assert np.array_equal(np.asarray(Image.open(img_a).convert("RGB")),
-                          np.asarray(_reference(randar, [1] * 4, 11, **sampling)))
+                          np.asarray(_reference(editable, [1] * 4, 11, **sampling)))
     assert np.array_equal(np.asarray(Image.open(img_b).convert("RGB")),
-                          np.asarray(_reference(rar, [2] * 4, 22, **sampling)))
-    assert status_a.startswith("done") and "random orders" in status_a and "scan order" in status_b
+                          np.asarray(_reference(scan_only, [2] * 4, 22, **sampling)))
+    how = "random orders" if editable.spec.can("parallel") else "scan order"
+    assert status_a.startswith("done") and how in status_a and "scan order" in status_b
     # streamed: partial images (some tokens placed) come before the final one; the first one soon after the start
     t0 = time.perf_counter()
-    job = client.submit(randar.name, 0, 8, *ui, 1, 20, api_name="/generate")
+    job = client.submit(editable.name, 0, 8, *ui, 1, 20, api_name="/generate")
     job.result(timeout=60)
     total = time.perf_counter() - t0
-    partial = [out[2] for out in job.outputs() if 0 < _placed(out[2]) < randar.model.seq_len]
+    partial = [out[2] for out in job.outputs() if 0 < _placed(out[2]) < editable.model.seq_len]
     assert partial, "no partial image was streamed"
     first = float(re.search(r"([0-9.]+) s", partial[0]).group(1))  # seconds since the request started decoding
     print(f"8 images: first partial image {first:.2f} s after the start, all done {total:.2f} s after the click")
     assert first < min(3.0, total)
 
 
-def test_api_each_session_edits_its_own_last_generation(client, entries, randar, rar):
+def test_api_each_session_edits_its_own_last_generation(client, entries, editable, scan_only):
     """"Edit this image" (``/to_editor``) reads the last images of the session that asks (per-session state):
     A generates, then B generates something else, and each one's image # lands in its own editor — the
     library's sample for its own model, class and seed; a session that generated nothing is told so."""
@@ -316,23 +315,24 @@ def test_api_each_session_edits_its_own_last_generation(client, entries, randar,
         return gc.Client(client.src, verbose=False, download_files=tempfile.mkdtemp())
 
     a, b, fresh = session(), session(), session()
-    ui = _controls(entries, randar, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
-                   steps=randar.model.seq_len)  # one token per step
-    a.predict(randar.name, 1, 3, *ui, 11, 0, api_name="/generate")  # class 1, 3 images, seed 11, no delay
-    b.predict(rar.name, 2, 4, *ui, 22, 0, api_name="/generate")  # after A's: the last generation on the server
-    editor_a, note_a = a.predict(randar.name, 2, api_name="/to_editor")
-    editor_b, note_b = b.predict(rar.name, 4, api_name="/to_editor")
+    ui = _controls(entries, editable, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0,
+                   steps=editable.model.seq_len)  # one token per step
+    a.predict(editable.name, 1, 3, *ui, 11, 0, api_name="/generate")  # class 1, 3 images, seed 11, no delay
+    b.predict(scan_only.name, 2, 4, *ui, 22, 0, api_name="/generate")  # after A's: the last generation on the server
+    editor_a, note_a = a.predict(editable.name, 2, api_name="/to_editor")
+    editor_b, note_b = b.predict(scan_only.name, 4, api_name="/to_editor")
     sampling = {"guidance_scale": 2.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
     for entry, editor, note, cls, n, seed, pick, kw in (
-            (randar, editor_a, note_a, 1, 3, 11, 2, {"steps": randar.model.seq_len}),
-            (rar, editor_b, note_b, 2, 4, 22, 4, {})):
+            (editable, editor_a, note_a, 1, 3, 11, 2,
+             {"steps": editable.model.seq_len} if editable.spec.can("parallel") else {}),
+            (scan_only, editor_b, note_b, 2, 4, 22, 4, {})):
         codes = generate(entry.model, [cls] * n, seed=seed, **sampling, **kw)
         pixels = render.decode_pixels(entry.tokenizer, codes)[pick - 1 : pick]
         expected = _native(render.tile(pixels, entry.scale), entry)
         assert np.array_equal(_native(editor["background"], entry), expected), entry.name
         assert note.startswith(f"Image #{pick} is in the editor")
     with pytest.raises(AppError, match="generate some images first"):
-        fresh.predict(randar.name, 1, api_name="/to_editor")
+        fresh.predict(editable.name, 1, api_name="/to_editor")
 
 
 def _placed(status: str) -> int:
@@ -341,36 +341,36 @@ def _placed(status: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def test_api_upload_and_edit(client, entries, randar, rar, tmp_path):
+def test_api_upload_and_edit(client, entries, editable, scan_only, tmp_path):
     from gradio_client import handle_file
     from gradio_client.exceptions import AppError
 
-    S, k = randar.image_size, randar.scale
+    S, k = editable.image_size, editable.scale
     (tmp_path / "notes.txt").write_text("not a picture")
     with pytest.raises(AppError, match="not an image"):
-        client.predict(randar.name, handle_file(str(tmp_path / "notes.txt")), api_name="/upload")
-    _digit(randar).resize((S * k + 9, S * k // 2)).save(tmp_path / "wide.png")
-    editor, note = client.predict(randar.name, handle_file(str(tmp_path / "wide.png")), api_name="/upload")
+        client.predict(editable.name, handle_file(str(tmp_path / "notes.txt")), api_name="/upload")
+    _digit(editable).resize((S * k + 9, S * k // 2)).save(tmp_path / "wide.png")
+    editor, note = client.predict(editable.name, handle_file(str(tmp_path / "wide.png")), api_name="/upload")
     assert "resized" in note and Image.open(editor["background"]).size == (S * k, S * k)
-    image = _digit(randar, seed=2)
+    image = _digit(editable, seed=2)
     image.save(tmp_path / "digit.png")
     layer = np.zeros((S * k, S * k, 4), np.uint8)
     layer[:, S * k // 2 :, 3] = 255  # right half
     Image.fromarray(layer).save(tmp_path / "mask.png")
     value = {"background": handle_file(str(tmp_path / "digit.png")),
              "layers": [handle_file(str(tmp_path / "mask.png"))], "composite": None}
-    ui = [*_controls(entries, randar, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=2),
+    ui = [*_controls(entries, editable, guidance_scale=2.0, temperature=1.0, top_k=0, top_p=1.0, steps=2),
           3, 0]  # seed, delay
-    img, order, status = client.predict(randar.name, value, 4, *ui, api_name="/inpaint")
-    cells = E.half_mask(randar.model.grid, "right").numpy()
-    assert _kept_pixels_equal(_native(img, randar), _native(image, randar), ~cells, randar.downsample)
-    assert np.array_equal(_given_cells(order, randar), ~cells) and status.startswith("done")
-    img, _, status = client.predict(randar.name, value, "left", 2, 4, *ui, api_name="/outpaint")
-    out = _native(img, randar)
-    ds = randar.downsample
-    assert out.shape[:2] == (S, S + 2 * ds) and np.array_equal(out[:, 2 * ds :], _native(image, randar))
-    with pytest.raises(AppError, match="RAR offers sampling only"):
-        client.predict(rar.name, value, 4, *ui, api_name="/inpaint")
+    img, order, status = client.predict(editable.name, value, 4, *ui, api_name="/inpaint")
+    cells = E.half_mask(editable.model.grid, "right").numpy()
+    assert _kept_pixels_equal(_native(img, editable), _native(image, editable), ~cells, editable.downsample)
+    assert np.array_equal(_given_cells(order, editable), ~cells) and status.startswith("done")
+    img, _, status = client.predict(editable.name, value, "left", 2, 4, *ui, api_name="/outpaint")
+    out = _native(img, editable)
+    ds = editable.downsample
+    assert out.shape[:2] == (S, S + 2 * ds) and np.array_equal(out[:, 2 * ds :], _native(image, editable))
+    with pytest.raises(AppError, match=f"{scan_only.spec.display_name} offers sampling only"):
+        client.predict(scan_only.name, value, 4, *ui, api_name="/inpaint")
 
 
 # ---- a real browser -----------------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ def _wait_done(page, status: str, timeout_s: float = 90.0, accept: tuple[str, ..
     pytest.fail(f"{status} not done after {timeout_s:.0f} s: {page.inner_text(status)!r}")
 
 
-def test_browser_generate_and_inpaint(server, randar):
+def test_browser_generate_and_inpaint(server, editable):
     """Headless Chromium loads the page, generates, sends image #1 to the editor, brushes a stroke and inpaints."""
     sync_api = _browser()
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
@@ -419,7 +419,7 @@ def test_browser_generate_and_inpaint(server, randar):
 
             page.click("#generate-btn")  # defaults: 8 images of the first class, seed 0, the model's settings
             _wait_done(page, "#gen-status")
-            ref = _reference(randar, [0] * 8, 0, steps=0)
+            ref = _reference(editable, [0] * 8, 0, steps=0)
             assert np.array_equal(np.asarray(fetch("#gen-result")), np.asarray(ref))
 
             page.click("#to-editor-btn")
@@ -446,12 +446,12 @@ def test_browser_generate_and_inpaint(server, randar):
                     break
             assert status.startswith("done"), f"the brushed mask never reached the server: {status!r}"
             result, order = fetch("#result"), fetch("#order")
-            given = _given_cells(order, randar)
-            h, w = randar.model.grid
+            given = _given_cells(order, editable)
+            h, w = editable.model.grid
             m = h * w - int(given.sum())
             assert 0 < m < h * w and f"inpainting {m} of {h * w} tokens" in status
-            first = _native(ref, randar)[: randar.image_size, : randar.image_size]
-            assert _kept_pixels_equal(_native(result, randar), first, given, randar.downsample)
+            first = _native(ref, editable)[: editable.image_size, : editable.image_size]
+            assert _kept_pixels_equal(_native(result, editable), first, given, editable.downsample)
             if os.environ.get("ANYORDER_WRITE_DOCS") == "1":
                 docs = Path(__file__).resolve().parents[1] / "docs"
                 page.screenshot(path=str(docs / "app_inpaint.png"), full_page=True)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import decode_job, fixture_dir, fixture_geometry
+from conftest import GENERATOR_FIXTURES, decode_job, fixture_dir, fixture_geometry
 from safetensors.torch import load_file
 
-from anyorder.hub import load_official
+from anyorder.hub import from_pretrained
 from anyorder.nn.orders import permute
 from anyorder.nn.schedules import GuidanceSchedule
 from anyorder.sampling import GuidanceRows, generate, sampling_config
@@ -24,9 +24,8 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 def _load(family: str, dtype=None, device: str = "cpu"):
     d = fixture_dir(family)
-    ckpt = d / ("checkpoint.bin" if family == "rar" else "checkpoint.safetensors")
-    return load_official(ckpt, d / "config.json", dtype=dtype, device=device).eval(), load_file(
-        str(d / "cases.safetensors"), device=device)
+    return from_pretrained(d, dtype=dtype, device=device).eval(), load_file(str(d / "cases.safetensors"),
+                                                                            device=device)
 
 
 def _close(ours: torch.Tensor, ref: torch.Tensor) -> None:
@@ -83,14 +82,16 @@ def test_guidance_mixing_is_fp32():
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("family", ["rar", "randar"])
+@pytest.mark.parametrize("family", GENERATOR_FIXTURES)
 @pytest.mark.parametrize("static", [False, True], ids=["eager", "static"])
 def test_bf16_sampling_runs_and_repeats(family, static):
     model, _ = _load(family, "bf16")
     geo = fixture_geometry(family)
     if not static:
-        kw = {"guidance_scale": 3.0, "top_p": 0.9} | ({"steps": 5} if family == "randar" else {})
-        a, b = (generate(model, [0, geo["num_classes"] - 1], seed=1, **kw) for _ in range(2))
+        policy = sampling_config(family, {"guidance_scale": 3.0, "top_p": 0.9})
+        if "steps" in policy.field_names():
+            policy = policy.replace(steps=5)
+        a, b = (generate(model, [0, geo["num_classes"] - 1], policy, seed=1) for _ in range(2))
     else:
         orders = model.default_order().expand(2, -1)
         policy = sampling_config(family, {"guidance_scale": 3.0, "top_p": 0.9})

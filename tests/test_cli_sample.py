@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fixture_dir, fixture_geometry
+from conftest import GENERATOR_FIXTURES, fixture_dir, fixture_geometry, fixture_tokenizer
 from PIL import Image
 
 from anyorder.cli.common import parse_classes as _parse_classes
@@ -197,12 +197,12 @@ def test_png_batches_do_not_repeat_each_other(tmp_path: Path, capsys: pytest.Cap
     assert not np.array_equal(np.stack([tile(0), tile(1)]), np.stack([tile(2), tile(3)]))
 
 
-@pytest.mark.parametrize("family", ["rar", "randar"])
+@pytest.mark.parametrize("family", GENERATOR_FIXTURES)
 def test_compiled_and_bf16_sampling_from_the_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                                   family: str) -> None:
     """``--compile`` (here dynamo's light ``eager`` backend; inductor takes minutes on a CPU) gives the eager
     greedy image; ``--dtype bf16`` samples with bf16 weights."""
-    tokenizer = maskgit() if family == "rar" else llamagen()
+    tokenizer = str(fixture_tokenizer(family))
     c = fixture_geometry(family)["num_classes"] - 1
     base = ["sample", "--model", str(fixture_dir(family)), "--tokenizer", tokenizer, "--classes", str(c), "0",
             "--top-k", "1", "--device", "cpu"]

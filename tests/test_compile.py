@@ -15,11 +15,11 @@ import os
 import pytest
 import torch
 import torch._dynamo
-from conftest import decode_job, fixture_dir, load_json
+from conftest import GENERATOR_FIXTURES, decode_job, fixture_dir, load_json
 from safetensors.torch import load_file
 from torch._dynamo.testing import CompileCounter
 
-from anyorder.hub import load_official
+from anyorder.hub import from_pretrained
 from anyorder.sampling.decode import decode
 from anyorder.sampling.policy import sampling_config
 
@@ -74,36 +74,58 @@ def _randar_step_shapes(steps: int, T: int) -> set[tuple[int, int, int]]:
 
 def _load(family: str, device: str):
     d = fixture_dir(family)
-    ckpt = "checkpoint.bin" if family == "rar" else "checkpoint.safetensors"
-    model = load_official(d / ckpt, d / "config.json", device=device).eval()
+    model = from_pretrained(d, device=device).eval()
     return model, load_file(str(d / "cases.safetensors"), device=device), load_json(d / "config.json")
+
+
+def _rar_greedy_runs(cases, cfg):
+    """The RAR fixture's greedy runs: (guidance scale, power) per run, in scan order."""
+    for name, (scale, power) in cfg["greedy_settings"].items():
+        policy = sampling_config("rar", {"guidance_scale": scale, "guidance_power": power,
+                                         "temperature": cfg.get("greedy_temperature", 1e-6)})
+        yield name, cases[f"greedy_{name}_condition"], None, policy, None
+
+
+def _randar_greedy_runs(cases, cfg):
+    """The RandAR fixture's greedy runs: steps and the linear guidance's (start, end) per run, in given orders."""
+    for name, run in cfg["runs"].items():
+        start, end = run["cfg_scales"]
+        policy = sampling_config("randar", {"steps": run["steps"], "guidance_start": start,
+                                            "guidance_scale": end, "top_k": 1})
+        yield name, cases["greedy_cond"], cases["greedy_orders"], policy, None
+
+
+def _lpd_greedy_runs(cases, cfg):
+    """The LPD fixture's greedy runs: a group plan, guidance scale and schedule per run, in given orders."""
+    for name, run in cfg["runs"].items():
+        plan = cfg["group_size_plans"][run["plan"]]
+        policy = sampling_config("lpd", {"steps": len(plan), "guidance_scale": run["cfg"],
+                                         "guidance_schedule": run["cfg_schedule"], "top_k": 1})
+        yield name, cases["greedy_labels"], cases["greedy_orders"], policy, plan
+
+
+# one reader per generator fixture: (name, classes, orders or None, policy, plan or None: the policy's)
+GREEDY_RUNS = {"rar": _rar_greedy_runs, "randar": _randar_greedy_runs, "lpd": _lpd_greedy_runs}
 
 
 def _greedy_runs(family: str, cases, cfg):
     """(name, classes, orders or None, policy) of every greedy run the fixture holds."""
-    if family == "rar":
-        for name, (scale, power) in cfg["greedy_settings"].items():
-            policy = sampling_config("rar", {"guidance_scale": scale, "guidance_power": power,
-                                             "temperature": cfg.get("greedy_temperature", 1e-6)})
-            yield name, cases[f"greedy_{name}_condition"], None, policy
-    else:
-        for name, run in cfg["runs"].items():
-            start, end = run["cfg_scales"]
-            policy = sampling_config("randar", {"steps": run["steps"], "guidance_start": start,
-                                                "guidance_scale": end, "top_k": 1})
-            yield name, cases["greedy_cond"], cases["greedy_orders"], policy
+    if family not in GREEDY_RUNS:
+        pytest.fail(f"no reader of the {family} fixture's greedy runs: add one to GREEDY_RUNS")
+    return GREEDY_RUNS[family](cases, cfg)
 
 
 @torch.no_grad()
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("family", ["rar", "randar"])
+@pytest.mark.parametrize("family", GENERATOR_FIXTURES)
 @pytest.mark.parametrize("compile", [False, True], ids=["static-eager", "compiled"])
 def test_greedy_generations_id_for_id_with_the_static_step(family, compile, device):
     model, cases, cfg = _load(family, device)
-    for name, classes, orders, policy in _greedy_runs(family, cases, cfg):
+    for name, classes, orders, policy, plan in _greedy_runs(family, cases, cfg):
         B = classes.shape[0]
         orders = model.default_order().expand(B, -1) if orders is None else orders
-        gen = decode(decode_job(model, classes, orders, policy), static=True, compile=BACKEND if compile else False)
+        gen = decode(decode_job(model, classes, orders, policy, plan=plan), static=True,
+                     compile=BACKEND if compile else False)
         ids = torch.empty_like(gen).scatter_(1, orders, gen)  # back to raster order
         assert torch.equal(ids, cases[f"greedy_{name}_ids"]), name
 
@@ -159,7 +181,7 @@ def test_a_rar_generation_compiles_one_graph_per_window_however_its_adaln_is_chu
     steps): the graphs are the prefill's and the one-token step's at each attention window its slots reach (at
     most four), and the greedy ids match the fixture."""
     model, cases, cfg = _load("rar", "cpu")
-    name, classes, _, policy = next(iter(_greedy_runs("rar", cases, cfg)))
+    name, classes, _, policy, _ = next(iter(_greedy_runs("rar", cases, cfg)))
     orders = model.default_order().expand(classes.shape[0], -1)
     if ahead is not None:
         rows = 2 * classes.shape[0] if policy.guidance().enabled else classes.shape[0]

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from anyorder.hub import build_model
+from anyorder.models import family_names, get_family
 from anyorder.models.randar import deinterleave, interleave
 from anyorder.nn.kv_cache import attention_window
 from anyorder.nn.orders import is_permutation, permute, random_orders, scan_order
-from anyorder.nn.schedules import linear_guidance, pow_cosine_guidance
-from anyorder.sampling import generate, sample_logits
+from anyorder.sampling import generate, sample_logits, sampling_config
 from anyorder.sampling.decode import filter_logits
 
-RAR_TINY = {"family": "rar", "dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16,
-            "codebook_size": 24, "num_classes": 5, "pos_extra": 4, "timestep_extra": 4}
-RANDAR_TINY = {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 24,
-               "num_classes": 5, "multiple_of": 16}
+RAR_TINY = {"family": "rar", **get_family("rar").debug}  # a 4x4 grid
+RANDAR_TINY = {"family": "randar", **get_family("randar").debug}
+FAMILY = family_names()
 
 
 def _randomise(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -44,20 +45,6 @@ def _data(model, B=3, seed=0):
     classes = torch.randint(0, model.num_classes, (B,), generator=g)
     orders = random_orders(B, model.seq_len, generator=g)
     return codes, classes, orders
-
-
-@torch.no_grad()
-def test_rar_kv_cached_logits_equal_full_sequence_logits_in_any_order(rar):
-    codes, classes, orders = _data(rar)
-    full = rar.logits(codes, classes, orders)  # [B, T, V]
-    gen = permute(codes, orders)
-    state = rar.start_decoding(classes, orders)
-    steps, new = [], None
-    for j in range(rar.seq_len):
-        steps.append(rar.decode_one_step(state, new, 1)[:, 0])
-        new, state.done = gen[:, j : j + 1], j + 1
-    rar.end_decoding()
-    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-4)
 
 
 @torch.no_grad()
@@ -168,40 +155,20 @@ def test_parallel_decode_logits_equal_full_sequence_forward(randar, plan, static
 
 
 @torch.no_grad()
-def test_one_token_per_step_reproduces_every_full_sequence_logit(randar):
-    codes, classes, orders = _data(randar)
-    full = randar.logits(codes, classes, orders)
-    gen = permute(codes, orders)
-    state = randar.start_decoding(classes, orders)
-    new = None
-    for j in range(randar.seq_len):
-        torch.testing.assert_close(randar.decode_one_step(state, new, 1)[:, 0], full[:, j], atol=1e-5, rtol=1e-4)
-        new, state.done = gen[:, j : j + 1], j + 1
-    randar.end_decoding()
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("steps", [16, 5])
-def test_an_order_the_caller_supplies_is_honoured(randar, steps):
-    _, classes, orders = _data(randar)
-    codes, used = generate(randar, classes, orders=orders, steps=steps, top_k=1, return_orders=True)
-    assert torch.equal(used, orders)
-    if steps == 16:  # greedy one-by-one: each token is the argmax given the tokens before it in *that* order
-        logits = randar.logits(codes.flatten(1), classes, orders)
-        assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
-
-
-@torch.no_grad()
-@pytest.mark.parametrize("family", ["rar", "randar"])
-def test_a_seed_gives_identical_samples(family, rar, randar):
-    model = rar if family == "rar" else randar
-    cls = torch.tensor([0, 1, 2, 3])
-    kw = {"guidance_scale": 2.0, "seed": 7, "top_p": 0.9} if family == "randar" else {"guidance_scale": 2.0, "seed": 7}
-    a, b = generate(model, cls, **kw), generate(model, cls, **kw)
-    c = generate(model, cls, **{**kw, "seed": 8})
-    assert torch.equal(a, b)
-    assert not torch.equal(a, c)
-    assert a.shape == (4, 4, 4) and a.min() >= 0 and a.max() < model.codebook_size
+@pytest.mark.parametrize("family", FAMILY)
+def test_an_order_the_caller_supplies_is_honoured(family):
+    """Given orders are decoded in, one token per step and (a parallel family) several per step; greedy one by
+    one, each token is the argmax given the tokens before it in *that* order."""
+    model = _randomise(build_model({"family": family, **get_family(family).debug}))
+    _, classes, orders = _data(model)
+    policy = sampling_config(family, {"top_k": 1})
+    plans = [policy] + ([policy.replace(steps=5)] if get_family(family).can("parallel") else [])
+    for p in plans:
+        codes, used = generate(model, classes, p, orders=orders, return_orders=True)
+        assert torch.equal(used, orders)
+    codes = generate(model, classes, plans[0], orders=orders)
+    logits = model.logits(codes.flatten(1), classes, orders)
+    assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
 
 
 @torch.no_grad()
@@ -215,8 +182,10 @@ def test_randar_trained_into_a_scan_order_samples_in_that_order():
     assert torch.equal(logits.argmax(-1), permute(codes.flatten(1), orders))
 
 
-def test_random_orders_per_sample_are_permutations(randar):
-    _, orders = generate(randar, torch.tensor([0, 1, 2]), seed=0, return_orders=True)
+@pytest.mark.parametrize("family", [f for f in FAMILY if get_family(f).can("parallel")])
+def test_random_orders_per_sample_are_permutations(family):
+    model = _randomise(build_model({"family": family, **get_family(family).debug}))
+    _, orders = generate(model, torch.tensor([0, 1, 2]), seed=0, return_orders=True)
     assert is_permutation(orders) and not torch.equal(orders[0], orders[1])
 
 
@@ -250,37 +219,45 @@ def test_top_p_keeps_the_smallest_set_reaching_p(top_p):
     assert set(kept.nonzero().flatten().tolist()) == keep
 
 
-@torch.no_grad()
-@pytest.mark.parametrize("family", ["rar", "randar"])
-def test_guided_sampling_mixes_u_plus_c_minus_u_times_the_scheduled_scale(family, rar, randar):
-    """Guided logits are u + (c - u) * s, u from the null class, s the family's scale after j of T tokens: RAR
-    1 + (g - 1)(1 - cos(pi (j/T)^p)) / 2, RandAR start + (end - start) j / T. A greedy guided sample is then, at
-    every step, the argmax of that mix of the teacher-forced conditional and null-class logits."""
-    model = rar if family == "rar" else randar
+def _assert_greedy_guided_on(model, scale: list[float], final: float, **settings) -> None:
+    """A greedy guided sample is, at every step, the argmax of ``u + (c - u) * s`` with the teacher-forced
+    conditional / null-class logits ``c`` / ``u`` and ``s`` the expected scale of that step; and neither ``c``
+    alone nor the final scale at every step gives these tokens (the check can fail)."""
     _, classes, orders = _data(model, B=16)
-    T, g = model.seq_len, 8.0
-    if family == "rar":
-        kw = {"guidance_scale": g, "guidance_power": 2.75}
-        scale = [pow_cosine_guidance(j, T, g, 2.75) for j in range(T)]
-    else:
-        kw = {"guidance_start": 0.5, "guidance_scale": g, "steps": T}
-        scale = [linear_guidance(j, T, 0.5, g) for j in range(T)]
-    codes, used = generate(model, classes, orders=orders, top_k=1, return_orders=True, **kw)
+    T = model.seq_len
+    codes, used = generate(model, classes, orders=orders, top_k=1, return_orders=True, **settings)
     tokens = permute(codes.flatten(1), used)  # in generation order
     c = model.logits(codes.flatten(1), classes, used)
     u = model.logits(codes.flatten(1), torch.full_like(classes, model.null_class), used)
     s = torch.tensor(scale).view(1, T, 1)
     assert torch.equal((u + (c - u) * s).argmax(-1), tokens)
-    # the check can fail: neither the conditional logits alone nor the final scale at every step give these tokens
     assert not torch.equal(c.argmax(-1), tokens)
-    assert not torch.equal((u + (c - u) * g).argmax(-1), tokens)
+    assert not torch.equal((u + (c - u) * final).argmax(-1), tokens)
 
 
-def test_bf16_autocast_forward_runs_and_stays_close(randar):
-    codes, classes, orders = _data(randar)
-    ref = randar.logits(codes, classes, orders)
+@torch.no_grad()
+def test_rar_guidance_follows_the_pow_cosine_schedule(rar):
+    """RAR: s = 1 + (g - 1)(1 - cos(pi (j/T)^p)) / 2 after j of T tokens (1d-tokenizer's ``RAR.generate``)."""
+    T, g, p = rar.seq_len, 8.0, 2.75
+    scale = [1 + (g - 1) * (1 - math.cos(math.pi * (j / T) ** p)) / 2 for j in range(T)]
+    _assert_greedy_guided_on(rar, scale, g, guidance_scale=g, guidance_power=p)
+
+
+@torch.no_grad()
+def test_randar_guidance_is_linear_from_its_start(randar):
+    """RandAR: s = start + (g - start) j / T after j of T tokens (``RandARTransformer.generate``)."""
+    T, g, start = randar.seq_len, 8.0, 0.5
+    scale = [start + (g - start) * j / T for j in range(T)]
+    _assert_greedy_guided_on(randar, scale, g, guidance_start=start, guidance_scale=g, steps=T)
+
+
+@pytest.mark.parametrize("family", FAMILY)
+def test_bf16_autocast_forward_runs_and_stays_close(family):
+    model = _randomise(build_model({"family": family, **get_family(family).debug}))
+    codes, classes, orders = _data(model)
+    ref = model.logits(codes, classes, orders)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        low = randar.logits(codes, classes, orders)
+        low = model.logits(codes, classes, orders)
     assert low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().max() < 0.1 * ref.abs().max() + 0.05
 
@@ -310,28 +287,6 @@ def test_features_stop_at_the_requested_layer(randar):
     full = hidden[:, 1 + 2 * T :: 2][:, :T]  # the second pass's instruction slots, generation order
     expect = torch.empty_like(full).scatter_(1, orders[..., None].expand_as(full), full)
     torch.testing.assert_close(feats[1][0], expect)
-
-
-@pytest.mark.parametrize("family", ["rar", "randar"])
-def test_loading_builds_on_the_meta_device_and_assigns_the_weights(family, rar, randar, tmp_path, monkeypatch):
-    """No random initialisation of real tensors when loading: the model is built on the meta device and takes the
-    checkpoint's tensors; non-persistent buffers (RandAR's RoPE table) are recomputed."""
-    from anyorder.hub import from_pretrained, save_pretrained
-
-    model = rar if family == "rar" else randar
-    save_pretrained(model, tmp_path)
-    built_on: list[str] = []
-    cls = type(model)
-    init = cls.init_weights
-    monkeypatch.setattr(cls, "init_weights", lambda self: (built_on.append(next(self.parameters()).device.type),
-                                                           init(self))[1])
-    loaded = from_pretrained(tmp_path)
-    assert built_on == ["meta"]
-    sd = loaded.state_dict()
-    assert all(v.device.type == "cpu" for v in sd.values())
-    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
-    for name, buf in model.named_buffers():
-        assert torch.equal(buf, dict(loaded.named_buffers())[name]), name
 
 
 def test_rope_rotates_each_pair_by_its_angle_in_eager_and_compiled_forms() -> None:

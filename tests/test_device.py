@@ -3,15 +3,17 @@ orders are drawn on the generator's device, seeded runs repeat, and the CLI take
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import fixture_dir, fixture_geometry
+from conftest import GENERATOR_FIXTURES, fixture_dir, fixture_geometry
 
 from anyorder import editing as E
 from anyorder.cli.main import main
-from anyorder.hub import load_official
+from anyorder.hub import from_pretrained
+from anyorder.models import family_names, get_family
 from anyorder.nn import orders as orders_lib
 from anyorder.sampling import generate
 
@@ -19,9 +21,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _model(family: str, device: str):
-    d = fixture_dir(family)
-    return load_official(d / ("checkpoint.bin" if family == "rar" else "checkpoint.safetensors"),
-                         d / "config.json", device=device).eval()
+    return from_pretrained(fixture_dir(family), device=device).eval()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -39,12 +39,14 @@ def test_random_orders_are_drawn_on_the_generators_device(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("family", ["rar", "randar"])
+@pytest.mark.parametrize("family", GENERATOR_FIXTURES)
 def test_seeded_generate_repeats_on_the_device(family, device):
     model = _model(family, device)
     geo = fixture_geometry(family)
     classes = [0, geo["num_classes"] - 1]
-    kw = {"guidance_scale": 2.0, "top_k": 4} | ({"steps": max(1, geo["seq_len"] // 3)} if family == "randar" else {})
+    kw = {"guidance_scale": 2.0, "top_k": 4}
+    if get_family(family).can("parallel"):
+        kw["steps"] = max(1, geo["seq_len"] // 3)
     a = generate(model, classes, seed=3, **kw)
     b = generate(model, classes, seed=3, **kw)
     assert a.device.type == device and tuple(a.shape) == (2, geo["side"], geo["side"])
@@ -52,10 +54,14 @@ def test_seeded_generate_repeats_on_the_device(family, device):
     assert 0 <= int(a.min()) and int(a.max()) < geo["codebook_size"]
 
 
+EDITING = ("known_tokens", "canvas", "extrapolation", "features")  # inpaint, outpaint, extrapolate, features
+
+
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_editing_task_runs_on_the_device(device):
-    model = _model("randar", device)
-    geo = fixture_geometry("randar")
+@pytest.mark.parametrize("family", [f for f in GENERATOR_FIXTURES if all(get_family(f).can(c) for c in EDITING)])
+def test_every_editing_task_runs_on_the_device(family, device):
+    model = _model(family, device)
+    geo = fixture_geometry(family)
     side, V = geo["side"], geo["codebook_size"]
     codes = torch.randint(0, V, (2, side, side), generator=torch.Generator().manual_seed(0)).to(device)
     mask = E.half_mask(side, "left").to(device)
@@ -81,7 +87,7 @@ def test_sample_cli_takes_device(device, tmp_path: Path, capsys: pytest.CaptureF
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("family", ["rar", "randar"])
+@pytest.mark.parametrize("family", family_names())
 def test_train_and_resume_on_the_device(family: str, device: str, tmp_path: Path) -> None:
     """A run interrupted after 2 steps and resumed on the same device ends where an uninterrupted run ends
     (checkpoints and RNG states are loaded on the CPU first, then moved)."""
@@ -89,12 +95,11 @@ def test_train_and_resume_on_the_device(family: str, device: str, tmp_path: Path
     from anyorder.training.config import TrainConfig
     from anyorder.training.loop import train
 
-    tiny = {"rar": {"family": "rar", "dim": 32, "depth": 1, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
-                    "codebook_size": 16, "num_classes": 3, "pos_extra": 2, "timestep_extra": 2},
-            "randar": {"family": "randar", "dim": 32, "depth": 1, "n_head": 2, "seq_len": 16, "codebook_size": 16,
-                       "num_classes": 3, "multiple_of": 16}}[family]
+    tiny = {"family": family, **get_family(family).debug, "depth": 1}
+    side = math.isqrt(tiny["seq_len"])
     g = torch.Generator().manual_seed(0)
-    codes, labels = torch.randint(0, 16, (24, 4, 4), generator=g), torch.randint(0, 3, (24,), generator=g)
+    codes = torch.randint(0, tiny["codebook_size"], (24, side, side), generator=g)
+    labels = torch.randint(0, tiny["num_classes"], (24,), generator=g)
 
     class Crash(Exception):
         pass

@@ -7,7 +7,8 @@ scheduler tests, for model families): a family added to the registry is tested h
 - a seed reproduces a sample, and guided greedy sampling is the argmax of ``u + (c - u) s`` at the policy's
   scale for every token;
 - save / load and the official format round-trip the weights (and the official names are the official
-  checkpoint's, where a fixture of the family exists);
+  checkpoint's, where a fixture of the family exists); loading builds the model on the meta device and assigns
+  the checkpoint's tensors (no random initialisation), recomputing non-persistent buffers;
 - a sampling setting of another family is an error that names it; the weight-decay rule is the family's own;
 - a few training steps run and lower the loss.
 """
@@ -131,6 +132,31 @@ def test_save_and_load_round_trip(family, tmp_path: Path):
     codes, classes, orders = data(model)
     with torch.no_grad():
         assert torch.equal(loaded.logits(codes, classes, orders), model.logits(codes, classes, orders))
+
+
+@pytest.mark.parametrize("family", FAMILY)
+def test_loading_builds_on_the_meta_device_and_assigns_the_weights(family, tmp_path: Path, monkeypatch):
+    """No random initialisation of real tensors when loading: the model is constructed on the meta device and
+    takes the checkpoint's tensors; non-persistent buffers (RandAR's RoPE table) are recomputed on the CPU."""
+    model = tiny(family)
+    save_pretrained(model, tmp_path)
+    cls = get_family(family).model_class
+    built_on: list[str] = []
+    init = cls.__init__
+
+    def spy(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        built_on.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(cls, "__init__", spy)
+    loaded = from_pretrained(tmp_path)
+    assert built_on == ["meta"]
+    sd = loaded.state_dict()
+    assert all(v.device.type == "cpu" for v in sd.values())
+    assert all(torch.equal(v, sd[k]) for k, v in model.state_dict().items())
+    theirs = dict(loaded.named_buffers())
+    for name, buf in model.named_buffers():
+        assert buf.device == theirs[name].device and torch.equal(buf, theirs[name]), name
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILY if get_family(f).official is not None])

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fixture_dir
+from conftest import GENERATOR_FIXTURES, fixture_checkpoint, fixture_dir
 
 from anyorder.hub import from_pretrained, load_official
 from anyorder.sampling import model_sampling
@@ -57,15 +57,29 @@ def _randar_yaml(cfg: dict) -> dict:
     }
 
 
-@pytest.mark.parametrize("family, ckpt, make", [("rar", "checkpoint.bin", _rar_yaml),
-                                                ("randar", "checkpoint.safetensors", _randar_yaml)])
-def test_official_yaml_loads_like_the_config_json(tmp_path: Path, family: str, ckpt: str, make) -> None:
+# per generator fixture: its official YAML layout, and the sampling settings that YAML records (as ours)
+OFFICIAL_YAML = {
+    "rar": (_rar_yaml, lambda cfg: {"temperature": 1.02, "guidance_scale": 6.9, "guidance_power": 1.5}),
+    "randar": (_randar_yaml, lambda cfg: {"steps": _steps(cfg)}),
+}
+# official releases whose hyper-parameters are not a YAML file, and why
+NO_OFFICIAL_YAML = {"lpd": "mit-han-lab/lpd takes its hyper-parameters as main.py arguments (--model, --img_size)"}
+
+
+def test_every_generator_fixture_has_a_yaml_layout_or_a_reason():
+    assert set(GENERATOR_FIXTURES) <= set(OFFICIAL_YAML) | set(NO_OFFICIAL_YAML)
+
+
+@pytest.mark.parametrize("family", [f for f in GENERATOR_FIXTURES if f in OFFICIAL_YAML])
+def test_official_yaml_loads_like_the_config_json(tmp_path: Path, family: str) -> None:
+    make, recorded = OFFICIAL_YAML[family]
     src = fixture_dir(family)
     cfg = json.loads((src / "config.json").read_text())
-    shutil.copy(src / ckpt, tmp_path / ckpt)
+    ckpt = fixture_checkpoint(family)
+    shutil.copy(ckpt, tmp_path / ckpt.name)
     (tmp_path / f"{family}.yaml").write_text(yaml.safe_dump(make(cfg)))
-    from_yaml = from_pretrained(tmp_path / ckpt, config=tmp_path / f"{family}.yaml")
-    from_json = from_pretrained(src / ckpt)
+    from_yaml = from_pretrained(tmp_path / ckpt.name, config=tmp_path / f"{family}.yaml")
+    from_json = from_pretrained(ckpt)
     assert from_yaml.family == family and not from_yaml.training
     assert (from_yaml.seq_len, from_yaml.codebook_size, from_yaml.num_classes) == (
         from_json.seq_len, from_json.codebook_size, from_json.num_classes)
@@ -76,10 +90,8 @@ def test_official_yaml_loads_like_the_config_json(tmp_path: Path, family: str, c
         torch.testing.assert_close(from_yaml.logits(codes, classes), from_json.logits(codes, classes))
     # the sampling settings the YAML records are the model's defaults
     settings = model_sampling(from_yaml).to_dict()
-    if family == "rar":
-        assert (settings["temperature"], settings["guidance_scale"], settings["guidance_power"]) == (1.02, 6.9, 1.5)
-    else:
-        assert settings["steps"] == _steps(cfg)
+    expected = recorded(cfg)
+    assert {k: settings[k] for k in expected} == expected
 
 
 def test_a_rar_yaml_without_a_codebook_size_is_a_clear_error(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from anyorder.cli.main import main
+from anyorder.models import get_family
 from anyorder.training.config import list_run_presets, load_run_config, run_config_path
 from anyorder.training.loop import anneal_bounds, permutation_ratio
 
@@ -38,18 +39,19 @@ def test_the_papers_recipes_are_packaged():
 
 @pytest.mark.parametrize("name", IMAGENET)
 def test_each_recipe_names_its_official_file_and_needs_data(name):
+    """Each recipe cites its family's official config file and keeps the family's order schedule (RAR: random
+    until 50% of training, raster from 75%, the paper's Sec. 4.1; RandAR: random orders throughout)."""
     text = run_config_path(name).read_text()
-    official = {"rar": r"bytedance/1d-tokenizer configs/training/generator/rar\.yaml",
-                "randar": r"ziqipang/RandAR configs/randar/randar_[\w.]+\.yaml",
-                "lpd": r"mit-han-lab/lpd scripts/train/lpd_\w+\.sh"}
     cfg = load_run_config(name)
-    assert re.search(official[cfg.family], text), f"{name} names no official config file"
+    spec = get_family(cfg.family)
+    cited = re.escape(spec.official.repo) + r" (configs/\S+\.yaml|scripts/train/\S+\.sh)"  # LPD's recipes: scripts
+    assert re.search(cited, text), f"{name} names no official config"
     assert cfg.data.source == ""  # given on the command line
     t = cfg.train
-    if cfg.family == "rar":  # RAR: random until 50% of training, raster from 75% (paper, Sec. 4.1)
-        assert anneal_bounds(t, "rar") == (t.steps // 2, 3 * t.steps // 4)
-        assert permutation_ratio(t.steps // 2 - 1, t, "rar") == 1.0
-        assert permutation_ratio(3 * t.steps // 4, t, "rar") == 0.0
-    else:  # RandAR, LPD: random orders throughout
-        assert {permutation_ratio(s, t, cfg.family) for s in (0, t.steps // 2, t.steps - 1)} == {1.0}
-        assert cfg.model_dict().get("order", "random") == "random"
+    ratio = [permutation_ratio(s, t, cfg.family) for s in range(0, t.steps, max(1, t.steps // 100))]
+    if spec.order_schedule is None:
+        assert set(ratio) == {1.0} and cfg.model_dict().get("order", "random") == "random"
+    else:
+        start, end = (int(f * t.steps) for f in spec.order_schedule)
+        assert anneal_bounds(t, cfg.family) == (start, end)
+        assert permutation_ratio(start - 1, t, cfg.family) == 1.0 and permutation_ratio(end, t, cfg.family) == 0.0

@@ -14,6 +14,7 @@ from pathlib import Path
 from anyorder.app.core import AppModel
 from anyorder.app.models import DEMO_FAMILIES, demo_models, ensure_demo_runs, run_class_names
 from anyorder.cli.common import check_tokenizer_fits, load_generator, load_tokenizer
+from anyorder.models import families_with, get_family
 from anyorder.nn.device import resolve_device
 
 __all__ = ["add_app_command", "cmd_app"]
@@ -51,7 +52,9 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 
 def add_app_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("app", help="web app: sample and watch the generation order; inpaint / outpaint (RandAR)")
+    editors = ", ".join(get_family(f).display_name for f in families_with("known_tokens"))
+    p = sub.add_parser("app", help="web app: sample and watch the generation order; inpaint / outpaint "
+                       f"({editors})")
     p.add_argument("--model", help="run or model directory, or checkpoint file (default: the bundled demo runs, "
                    "trained with `anyorder demo` when absent)")
     p.add_argument("--tokenizer", help="tokenizer file or directory (default: the run's tokenizer/)")

@@ -36,7 +36,7 @@ from anyorder.io import atomic_write_json, save_state_dict
 from anyorder.io.images import load_image, save_image_grid
 from anyorder.io.outputs import ensure_writable
 from anyorder.io.seeds import seed_arg
-from anyorder.models import family_of
+from anyorder.models import families_with, family_of, get_family
 from anyorder.nn.device import resolve_device
 from anyorder.sampling.policy import model_sampling
 
@@ -241,6 +241,12 @@ def cmd_features(args: argparse.Namespace) -> int:
 
 
 # ---- parser ---------------------------------------------------------------------------------------------
+def _able(command: str) -> str:
+    """`` (RandAR, ...)``: the registered families that can run ``command`` (its capability)."""
+    names = [get_family(f).display_name for f in families_with(_NEEDS[command])]
+    return f" ({', '.join(names) or 'no registered family'})"
+
+
 def _common(p: argparse.ArgumentParser, capability: str | None) -> None:
     p.add_argument("--model", required=True, help="run/model directory, preset name (with --checkpoint) or hub id")
     p.add_argument("--checkpoint", help="official or our checkpoint file")
@@ -255,7 +261,7 @@ def _common(p: argparse.ArgumentParser, capability: str | None) -> None:
 
 def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     """Add ``inpaint``, ``outpaint``, ``extrapolate`` and ``features`` to the ``anyorder`` CLI."""
-    p = subparsers.add_parser("inpaint", help="regenerate a masked region of an image (RandAR, LPD)")
+    p = subparsers.add_parser("inpaint", help="regenerate a masked region of an image" + _able("inpaint"))
     _common(p, "known_tokens")
     p.add_argument("--image", required=True, help="input image (PNG/JPEG); centre-cropped to the model's size")
     p.add_argument("--mask", help="binary PNG of the image's size, white = regenerate")
@@ -267,7 +273,7 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="inpaint.png", help="before/after PNG (settings go to the same name .json)")
     p.set_defaults(func=cmd_inpaint)
 
-    p = subparsers.add_parser("outpaint", help="extend an image beyond its borders (RandAR, LPD)")
+    p = subparsers.add_parser("outpaint", help="extend an image beyond its borders" + _able("outpaint"))
     _common(p, "known_tokens")
     p.add_argument("--image", required=True)
     p.add_argument("--side", choices=SIDES, help="extend on this side by --amount tokens (default: one image)")
@@ -287,7 +293,8 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="outpaint.png")
     p.set_defaults(func=cmd_outpaint)
 
-    p = subparsers.add_parser("extrapolate", help="zero-shot generation at a larger resolution (RandAR)")
+    p = subparsers.add_parser("extrapolate",
+                              help="zero-shot generation at a larger resolution" + _able("extrapolate"))
     _common(p, "extrapolation")
     p.add_argument("--classes", nargs="*", help="class indices or names (default: the null class)")
     p.add_argument("--per-class", type=int, default=1)
@@ -303,7 +310,7 @@ def add_editing_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="extrapolate.png")
     p.set_defaults(func=cmd_extrapolate)
 
-    p = subparsers.add_parser("features", help="bidirectional token features of images (RandAR)")
+    p = subparsers.add_parser("features", help="bidirectional token features of images" + _able("features"))
     _common(p, None)
     p.add_argument("--image", nargs="+", required=True)
     p.add_argument("--layer", type=int, default=None, help="blocks applied (default: about 2/3 of the depth)")

@@ -18,6 +18,7 @@ from anyorder.cli.sample import add_sample_command
 from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
 from anyorder.io.outputs import describe_os_error
+from anyorder.models import FAMILIES
 
 __all__ = ["main", "build_parser", "parse_args"]
 
@@ -25,8 +26,9 @@ _OVERRIDE = re.compile(r"[A-Za-z_][\w.]*=.*", re.DOTALL)  # section.key=value
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anyorder", description="Any-order autoregressive image generation "
-                                     "(RAR and RandAR)")
+    families = ", ".join(spec.display_name for spec in FAMILIES.values())
+    parser = argparse.ArgumentParser(prog="anyorder", description=f"Any-order autoregressive image generation "
+                                     f"({families})")
     sub = parser.add_subparsers(dest="command", required=True)
     add_run_commands(sub)
     add_sample_command(sub)

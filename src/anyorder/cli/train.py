@@ -21,7 +21,7 @@ from anyorder.hub import build_model, save_pretrained
 from anyorder.io.outputs import ensure_writable
 from anyorder.models import family_names
 from anyorder.nn.device import resolve_device
-from anyorder.training.config import RunConfig, load_run_config
+from anyorder.training.config import RunConfig, list_run_presets, load_run_config
 from anyorder.training.distributed import barrier, init_distributed, shutdown
 from anyorder.training.loop import LAST_CKPT, load_checkpoint, train
 
@@ -104,8 +104,8 @@ def _unsharded(model: torch.nn.Module, cfg: RunConfig) -> torch.nn.Module:
 def _add_run_args(p: argparse.ArgumentParser, train: bool) -> None:
     p.add_argument("--model", choices=family_names(), default=None,
                    help="model family (default: rar; with --config it must agree with the config's)")
-    p.add_argument("--config", help="run preset name (" + ("rar_b_imagenet, ..., " if train else "") +
-                   "demo_rar, demo_randar) or YAML file (default: demo_<model>)")
+    names = [n for n in list_run_presets() if train or n.startswith("demo_")]  # every registered family's
+    p.add_argument("--config", help=f"packaged run config ({', '.join(names)}) or YAML file (default: demo_<model>)")
     p.add_argument("--out", help="output directory (overrides out_dir)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
     p.add_argument("--fresh", action="store_true", help="ignore results of an earlier run in the same directory")
