@@ -94,3 +94,42 @@ def test_mlp_act_dropout_is_off_by_default() -> None:
     mlp.fc2.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     mlp(torch.randn(3, 5, 8))
     assert seen[0].ne(0).all()
+
+
+def _block0_input(model, codes, classes) -> torch.Tensor:
+    """The sequence the first block sees, ``[class, instr_0, tok_0, instr_1, tok_1, ...]``."""
+    seen: list[torch.Tensor] = []
+    h = model.transformer.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    try:
+        model.logits(codes, classes)
+    finally:
+        h.remove()
+    return seen[0]
+
+
+def test_randar_token_dropout_drops_the_token_embeddings_only() -> None:
+    """randar_gpt.py forward_train: ``tok_dropout(tok_embeddings(idx))`` before the interleave; the
+    instruction tokens and the class embedding enter as they are. Eval mode drops nothing."""
+    torch.manual_seed(0)
+    model = build_model({"family": "randar", **get_family("randar").debug, "token_dropout": P})
+    codes, classes = _batch(model)
+    clean = _block0_input(model.eval(), codes, classes)
+    x = _block0_input(model.train(), codes, classes)
+    # class row and instruction rows (odd positions) unchanged
+    assert torch.equal(x[:, 0], clean[:, 0]) and torch.equal(x[:, 1::2], clean[:, 1::2])
+    tok, ref = x[:, 2::2], clean[:, 2::2]
+    kept = tok.ne(0)
+    assert abs(1 - kept.float().mean().item() - P) < 5 * (P * (1 - P) / tok.numel()) ** 0.5
+    # inverted dropout: the kept entries scaled by 1 / (1 - p)
+    torch.testing.assert_close(tok[kept], ref[kept] / (1 - P))
+    # no token dropout by default (the official config sets 0.1: the recipes do)
+    assert build_model({"family": "randar", **get_family("randar").debug}).config.token_dropout == 0.0
+
+
+def test_the_official_token_dropout_key_is_read() -> None:
+    official = get_family("randar").official
+    section = {"dim": 32, "n_layer": 2, "n_head": 2, "block_size": 16, "vocab_size": 24, "num_classes": 5,
+               "token_dropout_p": 0.1}
+    assert official.config(section, "randar.yaml").token_dropout == 0.1
+    with pytest.raises(ValueError, match="token_dropout_p"):
+        official.config({**section, "token_dropout_p": 1.5}, "randar.yaml")

@@ -52,3 +52,6 @@ def test_each_recipe_names_its_official_file_and_needs_data(name):
     else:  # RandAR: random orders throughout
         assert {permutation_ratio(s, t, "randar") for s in (0, t.steps // 2, t.steps - 1)} == {1.0}
         assert cfg.model_dict()["order"] == "random"
+        # configs/randar/*.yaml: token_dropout_p 0.1; optimizer.skip_grad_norm 10 from skip_grad_iter 100
+        assert cfg.model_dict()["token_dropout"] == 0.1
+        assert (t.skip_grad_norm, t.skip_grad_iter) == (10.0, 100)

@@ -66,6 +66,7 @@ _CONFIG = [
     ("class_dropout_prob", "class_dropout", float, 0.1, PROBABILITY),
     ("ffn_hidden", "mlp_hidden", int, None, NONNEGATIVE),
     ("resid_dropout_p", "dropout", float, 0.0, PROBABILITY),
+    ("token_dropout_p", "token_dropout", float, 0.0, PROBABILITY),
     ("position_order", "order", str, None, None),
     ("cls_token_num", "_cls_token_num", int, 1, POSITIVE),
 ]
