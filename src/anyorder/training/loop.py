@@ -8,9 +8,9 @@ are dropped to the null class with the model's ``class_dropout`` (for guidance).
 trainer's weight-decay groups (:mod:`anyorder.training.optim`), linear warm-up then cosine learning rate
 (:func:`~anyorder.training.schedules.lr_at`), grad-norm clipping, bf16 autocast on CUDA, gradient accumulation
 (``grad_accum``), activation checkpointing (``model.grad_checkpointing``), DDP or FSDP2 under ``torchrun``
-(:mod:`anyorder.training.distributed`). RandAR's step skip (``train.skip_grad_norm``, :func:`skip_update`): from
-step ``skip_grad_iter`` on, an update whose summed per-tensor gradient norms (after clipping) reach
-``skip_grad_norm`` is not applied, decided on the device.
+(:mod:`anyorder.training.distributed`). RandAR's step skip (``train.skip_grad_norm``,
+:func:`skip_update`): from step ``skip_grad_iter`` on, an update whose summed per-tensor gradient
+norms (after clipping) reach ``skip_grad_norm`` is not applied, decided on the device.
 
 **Determinism.** Every random draw of a step comes from seeds that are a function of ``(seed, step)``: the data
 stream (:class:`anyorder.data.codes.EpochStream`, by position), the global batch's orders and label dropout (one
@@ -197,11 +197,11 @@ class Run:
         return self.engine.no_sync() if hasattr(self.engine, "no_sync") else contextlib.nullcontext()
 
 
-# ---- RandAR's step skip ---------------------------------------------------------------------------------------
+# ---- RandAR's step skip ---------------------------------------------------------------------------
 def grad_norm_sum(params: list[Tensor]) -> Tensor:
     """The sum over parameters of each gradient's L2 norm (RandAR's ``train_c2i.py``: ``grad_norm +=
-    p.grad.data.norm(2)`` for every parameter), a float32 device tensor: no host sync. Sharded (FSDP) gradients:
-    each tensor's norm over all its shards (one all-reduce of the squared local norms)."""
+    p.grad.data.norm(2)`` for every parameter), a float32 device tensor: no host sync. Sharded (FSDP)
+    gradients: each tensor's norm over all its shards (one all-reduce of the squared local norms)."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
@@ -216,9 +216,10 @@ def grad_norm_sum(params: list[Tensor]) -> Tensor:
 
 
 def skip_update(run: Run, step: int) -> Tensor | None:
-    """RandAR's rule for optimizer step ``step`` (0-based): None (step) before ``skip_grad_iter`` or with the
-    rule off, else a device bool: skip when the summed per-tensor gradient norms are ``>= skip_grad_norm``
-    (``train_c2i.py`` steps when ``grad_norm < skip_grad_norm or train_steps < skip_grad_iter``)."""
+    """RandAR's rule for optimizer step ``step`` (0-based): None (step) before ``skip_grad_iter`` or
+    with the rule off, else a device bool: skip when the summed per-tensor gradient norms are ``>=
+    skip_grad_norm`` (``train_c2i.py`` steps when ``grad_norm < skip_grad_norm or train_steps <
+    skip_grad_iter``)."""
     cfg = run.cfg
     if cfg.skip_grad_norm <= 0 or step < cfg.skip_grad_iter:
         return None
@@ -226,12 +227,13 @@ def skip_update(run: Run, step: int) -> Tensor | None:
 
 
 def step_unless(opt: torch.optim.Optimizer, skip: Tensor) -> None:
-    """``opt.step()`` unless the device bool ``skip`` is true, decided on the device (no host sync): the fused
-    AdamW kernel's ``found_inf`` (what ``GradScaler`` uses to skip steps) leaves the parameters, the moments and
-    the step count untouched when it is 1, as if ``step()`` had not been called."""
+    """``opt.step()`` unless the device bool ``skip`` is true, decided on the device (no host sync):
+    the fused AdamW kernel's ``found_inf`` (what ``GradScaler`` uses to skip steps) leaves the
+    parameters, the moments and the step count untouched when it is 1, as if ``step()`` had not been
+    called."""
     if not all(g.get("fused") for g in opt.param_groups):
-        raise RuntimeError("train.skip_grad_norm needs the fused AdamW (parameters on cpu / cuda / mps / xpu, "
-                           "floating point); this optimizer is not fused")
+        raise RuntimeError("train.skip_grad_norm needs the fused AdamW (parameters on cpu / cuda / mps "
+                           "/ xpu, floating point); this optimizer is not fused")
     opt.found_inf = skip.to(torch.float32)  # type: ignore[attr-defined]
     try:
         opt.step()
@@ -258,8 +260,9 @@ def setup(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     engine = wrap(loss_module, list(model.transformer.blocks), fsdp=fsdp)
     opt = make_optimizer(model, cfg)
     if cfg.skip_grad_norm > 0 and not all(g.get("fused") for g in opt.param_groups):
-        raise ValueError(f"train.skip_grad_norm={cfg.skip_grad_norm} skips steps inside the fused AdamW kernel, "
-                         f"which {model.device} parameters do not have: set train.skip_grad_norm=0")
+        raise ValueError(f"train.skip_grad_norm={cfg.skip_grad_norm} skips steps inside the fused "
+                         f"AdamW kernel, which {model.device} parameters do not have: set "
+                         "train.skip_grad_norm=0")
     forward = torch.compile(engine) if cfg.compile else engine
     return Run(model, cfg, data, EpochStream(len(data), data.augmentations, cfg.seed), loss_module, engine,
                forward, opt, ckpt_path, rank, world, per_rank, micro, fsdp)
@@ -343,8 +346,8 @@ def train_step(run: Run, state: TrainState, batch: tuple[Tensor, Tensor]) -> tup
 def log_and_check(run: Run, state: TrainState, step_loss: Tensor, loss_sum: Tensor, since: int,
                   grad_norm: Tensor, skipped: Tensor | None = None) -> dict[str, float]:
     """The loop's only host sync: the step's loss, the mean loss since the last log and the grad norm (averaged
-    over processes), refused when not finite (the last checkpoint predates it); with ``skipped`` (the steps
-    skipped since the last log, a device count) also that count."""
+    over processes), refused when not finite (the last checkpoint predates it); with ``skipped``
+    (the steps skipped since the last log, a device count) also that count."""
     gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     parts = [step_loss, loss_sum / since, gn.to(device=run.device, dtype=torch.float32)]
     if skipped is not None:
@@ -394,7 +397,7 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     last = state.history[-1] if state.history else {}
     loss = float(last["loss"]) if last.get("step") == state.step and "loss" in last else float("nan")
     loss_sum, since = torch.zeros((), device=run.device), 0
-    skipped: Tensor | None = None  # steps skipped by train.skip_grad_norm since the last log (device count)
+    skipped: Tensor | None = None  # steps skipped (train.skip_grad_norm) since the last log
     model.train()
     model.validate_inputs = False  # the data were checked once in setup
     t0 = time.perf_counter()
@@ -409,7 +412,8 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
             log_now = state.step % max(1, cfg.log_every) == 0 or state.step == cfg.steps
             save_now = cfg.ckpt_every > 0 and state.step % cfg.ckpt_every == 0
             if log_now or save_now:
-                stats.update(log_and_check(run, state, step_loss, loss_sum, since, grad_norm, skipped))
+                stats.update(log_and_check(run, state, step_loss, loss_sum, since, grad_norm,
+                                           skipped))
                 loss, loss_sum, since, skipped = stats["loss"], torch.zeros_like(loss_sum), 0, None
             if log_now:
                 epoch = state.seen / len(run.data)
