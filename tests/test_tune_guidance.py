@@ -164,8 +164,20 @@ def test_a_rerun_redoes_nothing_and_resumes_what_is_missing(searched, monkeypatc
     assert "the grid sets these" in capsys.readouterr().err
 
 
-def test_grid_errors_and_the_official_grid(digits, tmp_path, capsys):
+def test_grid_errors_and_the_official_grid(digits, tmp_path, capsys, monkeypatch):
     root, run, ref = digits
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled before the scoring's inputs were checked")
+
+    monkeypatch.setattr(tune_cli, "write_sample_npz", no_sampling)
+    argv = _tune(run, ref, tmp_path / "z", "--scales", "2")
+    i = argv.index("--judge")
+    assert main(argv[:i] + argv[i + 2:]) == 2 and "needs the digit judge" in capsys.readouterr().err
+    monkeypatch.delenv("ANYORDER_INCEPTION_WEIGHTS", raising=False)
+    inception = _tune(run, ref, tmp_path / "z", "--scales", "2", "--features", "inception")
+    assert main(inception) == 2  # the judge's reference has no Inception statistics
+    assert str(ref) in capsys.readouterr().err
     assert main(_tune(run, ref, tmp_path / "x")) == 2  # RAR: no official search, no grid given
     assert "has no official guidance search" in capsys.readouterr().err
     randar = _run_dir(root, "randar")

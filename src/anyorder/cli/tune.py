@@ -40,7 +40,8 @@ from anyorder.cli.sample import (
     dtype_path,
     write_sample_npz,
 )
-from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, FEATURE_KINDS, evaluate
+from anyorder.evaluation.adm import read_reference
+from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, FEATURE_KINDS, evaluate, resolve_judge_dir
 from anyorder.evaluation.guidance_search import (
     GridPoint,
     best_point,
@@ -48,7 +49,7 @@ from anyorder.evaluation.guidance_search import (
     markdown_table,
     plot_search,
 )
-from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV
+from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV, resolve_inception_weights
 from anyorder.io import atomic_write_bytes, atomic_write_json
 from anyorder.io.outputs import ensure_writable
 from anyorder.io.seeds import seed_arg
@@ -130,6 +131,19 @@ def _check_search(path: Path, spec: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_scoring(args: argparse.Namespace) -> None:
+    """What scoring needs, checked before any sampling: the reference batch, and the judge or the
+    Inception weights (each error names the file)."""
+    read_reference(args.ref, require_spatial=args.features == "inception", features=args.features,
+                   allow_images_only=True)
+    if args.features == "judge":
+        if args.judge is None:
+            raise ValueError("--features judge needs the digit judge: pass --judge RUN_OR_DIR")
+        resolve_judge_dir(args.judge)
+    else:
+        resolve_inception_weights(args.inception_weights)
+
+
 def _resolved(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path and Path(path).exists() else path
 
@@ -146,6 +160,7 @@ def cmd_tune_guidance(args: argparse.Namespace) -> int:
                          f"{args.batch_size} and {args.num_samples}")
     if not Path(args.ref).is_file():
         raise FileNotFoundError(f"--ref {args.ref}: reference batch not found")
+    _check_scoring(args)
     out = ensure_writable(args.out, folder=True, what="--out")
     rank, world, created = _join_torchrun()
     try:
