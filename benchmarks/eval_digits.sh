@@ -9,7 +9,9 @@
 # Usage: bash benchmarks/eval_digits.sh [RUNS_DIR (default runs)] [NUM_SAMPLES (default 1000)] [STAGE ...]
 #   stages: refs (needs only runs/demo_rar/judge), rar, randar, unguided, seeds, table (default: all, in order)
 # Writes RUNS_DIR/eval_digits/*.npz, *_metrics.json and $JSON_OUT (default docs/eval_digits.json, the table in
-# docs/EVALUATION.md).
+# docs/EVALUATION.md). Every sample file is made with `--protocol anyorder` (class-balanced labels,
+# float32, rounded to uint8): the protocol these numbers were made with before each family got its
+# paper's protocol (issue 21: RAR truncates; RandAR draws random labels and samples with bf16 weights).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
@@ -54,7 +56,7 @@ EOF
         # them in model/config.json would otherwise sample with the family's defaults (no guidance)
     need_run demo_rar
     anyorder sample --model "$RUNS/demo_rar" --num-samples "$N" --npz "$OUT/rar.npz" --batch-size 100 --seed 0 \
-      --guidance-scale 3 --guidance-power 0 --temperature 1 --device cpu --quiet
+      --guidance-scale 3 --guidance-power 0 --temperature 1 --protocol anyorder --device cpu --quiet
     score rar
     ;;
   randar)  # the demo's settings (guidance linear from 1 to 3, spelled out as above) at 49 / 17 / 8 / 4 steps
@@ -62,7 +64,8 @@ EOF
     for steps in 49 17 8 4; do
       anyorder sample --model "$RUNS/demo_randar" --steps "$steps" --num-samples "$N" \
         --npz "$OUT/randar_${steps}.npz" --batch-size 100 --seed 0 \
-        --guidance-scale 3 --guidance-start 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
+        --guidance-scale 3 --guidance-start 1 --temperature 1 --top-k 0 --top-p 1 \
+        --protocol anyorder --device cpu --quiet
       score "randar_$steps"
     done
     ;;
@@ -70,10 +73,11 @@ EOF
     need_run demo_rar
     need_run demo_randar
     anyorder sample --model "$RUNS/demo_rar" --num-samples "$N" --npz "$OUT/rar_unguided.npz" --batch-size 100 \
-      --seed 0 --guidance-scale 1 --temperature 1 --device cpu --quiet
+      --seed 0 --guidance-scale 1 --temperature 1 --protocol anyorder --device cpu --quiet
     score rar_unguided
     anyorder sample --model "$RUNS/demo_randar" --steps 49 --num-samples "$N" --npz "$OUT/randar_49_unguided.npz" \
-      --batch-size 100 --seed 0 --guidance-scale 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
+      --batch-size 100 --seed 0 --guidance-scale 1 --temperature 1 --top-k 0 --top-p 1 \
+        --protocol anyorder --device cpu --quiet
     score randar_49_unguided
     ;;
   seeds)  # seed-to-seed spread: RandAR at 49 and 17 steps with seeds 1 and 2
@@ -82,7 +86,8 @@ EOF
       for steps in 49 17; do
         anyorder sample --model "$RUNS/demo_randar" --steps "$steps" --num-samples "$N" \
           --npz "$OUT/seed${seed}_randar_${steps}.npz" --batch-size 100 --seed "$seed" \
-          --guidance-scale 3 --guidance-start 1 --temperature 1 --top-k 0 --top-p 1 --device cpu --quiet
+          --guidance-scale 3 --guidance-start 1 --temperature 1 --top-k 0 --top-p 1 \
+        --protocol anyorder --device cpu --quiet
         score "seed${seed}_randar_${steps}"
       done
     done

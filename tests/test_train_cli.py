@@ -55,3 +55,6 @@ def test_each_recipe_names_its_official_file_and_needs_data(name):
         start, end = (int(f * t.steps) for f in spec.order_schedule)
         assert anneal_bounds(t, cfg.family) == (start, end)
         assert permutation_ratio(start - 1, t, cfg.family) == 1.0 and permutation_ratio(end, t, cfg.family) == 0.0
+    if cfg.family == "randar":  # configs/randar/*.yaml: token_dropout_p 0.1; skip_grad_norm 10 from iteration 100
+        assert cfg.model_dict()["token_dropout"] == 0.1
+        assert (t.skip_grad_norm, t.skip_grad_iter) == (10.0, 100)

@@ -63,7 +63,8 @@ def _run(args: argparse.Namespace) -> int:
     keys = ("fid", "sfid", "inception_score", "precision", "recall", "judge_accuracy")
     print(" ".join(f"{k}={_fmt(metrics[k])}" for k in keys if k in metrics and metrics[k] is not None)
           + f"  ({metrics['num_samples']} samples vs {metrics['num_reference']} reference images, "
-            f"{metrics['features']} features; reference statistics {metrics['reference_statistics']})")
+            f"{metrics['features']} features; reference statistics {metrics['reference_statistics']}; "
+            f"samples made by protocol {(metrics.get('protocol') or {}).get('name', 'unknown')})")
     print(f"wrote {out}")
     return 0
 

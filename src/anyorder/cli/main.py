@@ -17,6 +17,7 @@ from anyorder.cli.eval import add_eval_command
 from anyorder.cli.sample import add_sample_command
 from anyorder.cli.tokenize import add_tokenize_command
 from anyorder.cli.train import add_run_commands
+from anyorder.cli.tune import add_tune_command
 from anyorder.io.outputs import describe_os_error
 from anyorder.models import FAMILIES
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_editing_commands(sub)
     add_app_command(sub)
     add_eval_command(sub)
+    add_tune_command(sub)
     add_tokenize_command(sub)
     return parser
 

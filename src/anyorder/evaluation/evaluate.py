@@ -9,7 +9,9 @@
   gets its statistics from its images' features, as ADM's ``read_statistics`` does;
 * Inception Score from the samples' softmax (splits of 5,000 samples, as ADM);
 * precision / recall between the reference images' and the samples' pool features (k = 3), with ADM's
-  float16 distance blocks (``pr_fp16=False``: exact float32 distances, not the official numbers).
+  float16 distance blocks (``pr_fp16=False``: exact float32 distances, not the official numbers);
+* the evaluation protocol that made the samples (labels, dtype path, uint8 conversion;
+  :func:`sample_record`), copied from the JSON ``anyorder sample --npz`` writes beside them.
 
 ``features="judge"`` swaps Inception for the digit judge of the bundled digits
 (:class:`anyorder.models.digit_judge.DigitClassifier`): its 32-d features stand in for the pool features
@@ -24,6 +26,7 @@ digits (``digits:test`` / ``digits:train``, the demo's split: 10% test, seed 0).
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import time
@@ -56,6 +59,7 @@ from anyorder.models.digit_judge import DigitClassifier
 from anyorder.nn.device import resolve_device
 
 __all__ = [
+    "sample_record",
     "FEATURE_KINDS",
     "DIGIT_SOURCES",
     "resolve_device",
@@ -80,6 +84,24 @@ def resolve_judge_dir(path: str | os.PathLike) -> Path:
             return cand
     raise FileNotFoundError(f"no digit judge at {p}: expected a judge directory (config.json + model.safetensors) "
                             f"or a demo run holding judge/ (e.g. runs/demo_rar)")
+
+
+def sample_record(samples_npz: str | os.PathLike) -> dict[str, Any]:
+    """What made a sample file, from the JSON ``anyorder sample --npz`` writes beside it
+    (``OUT.json``): its ``protocol`` (None: written before protocols, or not by anyorder) and
+    ``sampling`` settings, and where that was read (``samples_record``: the JSON's path, or why there
+    is none). A missing or unreadable JSON is no error: the samples are scored all the same."""
+    path = Path(samples_npz).with_suffix(".json")
+    if not path.is_file():
+        return {"protocol": None, "samples_record": f"none ({path.name} not beside the samples)"}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return {"protocol": None, "samples_record": f"unreadable ({path}: {type(e).__name__})"}
+    if not isinstance(record, dict):
+        return {"protocol": None, "samples_record": f"unreadable ({path}: not a JSON object)"}
+    return {"protocol": record.get("protocol"), "sampling": record.get("sampling"),
+            "samples_record": str(path)}
 
 
 def judge_sha256(judge_dir: str | os.PathLike) -> str:
@@ -229,6 +251,7 @@ def evaluate(
         "pr_distances": "float16" if pr_fp16 else "float32",
         "pr_row_batch_size": ROW_BATCH_SIZE,
         "pr_col_batch_size": COL_BATCH_SIZE,
+        **sample_record(samples_npz),
         **meta,
         "device": str(dev),
         "seconds": round(time.perf_counter() - t0, 2),

@@ -4,8 +4,9 @@ torchtitan's ``ModelSpec``, for any-order generators. Each family folder (``mode
 ``models/lpd``) defines its config and model (``model.py``) and a :class:`FamilySpec` (``spec.py``): its
 sampling policy, its official format (state-dict key map used in both directions, YAML sections, release
 sampling keys, release file names), its default order schedule, capabilities, presets, display name and
-default tokenizer. :func:`anyorder.models.registry.register_family` makes it known by name; every other layer
-asks the spec or a capability, never the family's name.
+default tokenizer, and its evaluation protocol (:class:`EvalProtocol`: how its paper's FID
+samples were made). :func:`anyorder.models.registry.register_family` makes it known by name; every
+other layer asks the spec or a capability, never the family's name.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from anyorder.io.config import MISSING, Rule, at_least, official_value
 from anyorder.models.policy import SamplingPolicy
 
 __all__ = ["Capabilities", "CAPABILITY_HELP", "KeyMap", "OfficialFormat", "Preset", "FamilySpec", "REQUIRED",
-           "POSITIVE", "NONNEGATIVE", "PROBABILITY", "official_fields"]
+           "POSITIVE", "NONNEGATIVE", "PROBABILITY", "official_fields", "EvalProtocol",
+           "GuidanceSearch", "LABEL_LAYOUTS", "DTYPE_PATHS", "UINT8_CONVERSIONS", "DEFAULT_PROTOCOL",
+           "scale_range"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,96 @@ class Preset:
     description: str = ""
 
 
+# the vocabulary of an evaluation protocol
+LABEL_LAYOUTS = {
+    "balanced": "N // C per class, the first N % C classes one more, interleaved: sample i has "
+                "class i % C",
+    "sorted": "the same counts in class order: all of class 0, then class 1, ...",
+    "random": "uniform random classes, drawn once from the seed (whatever the process count)",
+}
+DTYPE_PATHS = {
+    "fp32": "float32 weights and compute",
+    "bf16-weights": "the model cast to bfloat16 (RoPE tables, logits, guidance and sampling in "
+                    "float32); the tokenizer in float32",
+    "bf16-autocast": "float32 weights, sampling and the tokenizer's decoding under "
+                     "torch.autocast(bfloat16)",
+}
+UINT8_CONVERSIONS = {
+    "round": "x * 255 + 0.5, clamped to [0, 255], truncated (round half up)",
+    "truncate": "x clamped to [0, 1], * 255, truncated",
+    "round-half-even": "x * 255 in float32, clipped to [0, 255], rounded half to even (numpy's)",
+}
+
+
+def scale_range(start: float, stop: float, step: float) -> tuple[float, ...]:
+    """``start, start + step, ...`` up to ``stop`` inclusive (numpy's ``arange(start, stop + 1e-4,
+    step)``, as RandAR's search), each rounded to 6 decimals."""
+    if step <= 0 or stop < start:
+        raise ValueError(f"a scale range needs start <= stop and step > 0, got {start}, {stop}, "
+                         f"{step}")
+    n = int((stop + 1e-4 - start) / step) + 1
+    return tuple(round(float(start) + i * step, 6) for i in range(n)
+                 if start + i * step < stop + 1e-4)
+
+
+@dataclass(frozen=True)
+class GuidanceSearch:
+    """An official guidance search: the grid (``powers``: the pow-cosine powers too; empty: the
+    policy's own), the samples per grid point, the criterion (lowest ``metric``), the samples of the
+    final run at the best."""
+
+    scales: tuple[float, ...]
+    powers: tuple[float, ...] = ()
+    num_samples: int = 10_000
+    report_samples: int = 50_000
+    metric: str = "fid"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise ValueError("a guidance search needs at least one scale")
+        if self.metric != "fid":
+            raise ValueError(f"guidance searches pick the lowest FID; metric {self.metric!r} is not "
+                             "supported")
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """How a family's paper made its FID samples: ``anyorder sample --npz --protocol NAME``.
+
+    ``labels``: :data:`LABEL_LAYOUTS`; ``dtype``: :data:`DTYPE_PATHS`; ``uint8``: how decoded images
+    in [0, 1] become levels (:data:`UINT8_CONVERSIONS`); ``tf32``: TF32 matrix products allowed on
+    CUDA while sampling (the official scripts set ``torch.backends.cuda.matmul.allow_tf32``);
+    ``num_samples``: the paper's N; ``guidance``: the official guidance search, if any; ``source``:
+    the official files these come from."""
+
+    name: str
+    labels: str = "balanced"
+    dtype: str = "fp32"
+    uint8: str = "round"
+    tf32: bool = False
+    num_samples: int = 50_000
+    guidance: GuidanceSearch | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        vocab = (("labels", LABEL_LAYOUTS), ("dtype", DTYPE_PATHS), ("uint8", UINT8_CONVERSIONS))
+        for key, allowed in vocab:
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"evaluation protocol {self.name!r}: {key} must be one of "
+                                 f"{sorted(allowed)}, got {getattr(self, key)!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a sample file records: the name and the settings that make the samples."""
+        return {"name": self.name, "labels": self.labels, "dtype": self.dtype, "uint8": self.uint8,
+                "tf32": self.tf32}
+
+
+# ours before the families' own protocols (issue 21): balanced labels, float32, rounded
+DEFAULT_PROTOCOL = EvalProtocol("anyorder",
+                                source="anyorder's own: class-balanced, float32, round half up")
+
+
 @dataclass(frozen=True)
 class FamilySpec:
     """One model family: registered by ``name`` (:func:`anyorder.models.registry.register_family`).
@@ -138,7 +231,9 @@ class FamilySpec:
     ``order_schedule``: the default training schedule of random orders, as fractions of the training steps
     ``(start, end)`` of RAR's annealing (r = 1 before ``start``, 0 from ``end``), or None for random orders
     throughout. ``run_configs``: a folder of packaged run configs (YAML) for ``anyorder train --config``.
-    ``debug``: the config fields of a tiny model (tests, docs and the first-run checks build it)."""
+    ``debug``: the config fields of a tiny model (tests, docs and the first-run checks build it).
+    ``protocol``: how the family's paper made its FID samples (``anyorder sample --npz`` uses it by
+    default; None: :data:`DEFAULT_PROTOCOL`)."""
 
     name: str
     display_name: str
@@ -153,6 +248,7 @@ class FamilySpec:
     presets: dict[str, Preset] = field(default_factory=dict)
     run_configs: Path | None = None
     debug: dict[str, Any] = field(default_factory=dict)
+    protocol: EvalProtocol | None = None
 
     def __post_init__(self) -> None:
         if self.policy_class.family != self.name:

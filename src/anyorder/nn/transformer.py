@@ -4,6 +4,9 @@ One block type with a few switches, set by :class:`TransformerConfig`:
 
 - ``norm``: ``"layernorm"`` (RAR, LPD) or ``"rmsnorm"`` (RandAR / LlamaGen, computed in fp32);
 - ``mlp``: ``"gelu"`` (``fc1 -> GELU -> fc2``: RAR, LPD) or ``"swiglu"`` (``w2(silu(w1 x) * w3 x)``: RandAR);
+- ``mlp_act_dropout``: dropout on the MLP's hidden activations too, before ``fc2`` (timm's
+  ``Mlp(drop=p)``, which RAR and LPD use, drops after the activation and after the output
+  projection; LlamaGen's FFN, RandAR's, only after the output projection);
 - ``adaln``: DiT-style adaptive LayerNorm conditioning (RAR) — each block regresses shift/scale/gate for
   attention and MLP from a conditioning vector ``c``; the final layer regresses scale and shift;
 - qk-norm (RAR), 2D RoPE (RandAR), biases (RAR, LPD; LPD's head has none).
@@ -49,6 +52,7 @@ class TransformerConfig:
     qk_norm: bool = True
     dropout: float = 0.0
     attn_dropout: float = 0.0
+    mlp_act_dropout: bool = False  # also drop the MLP's hidden activations (timm Mlp: RAR, LPD)
 
     def __post_init__(self) -> None:
         if self.dim % self.n_head:
@@ -126,6 +130,8 @@ class MLP(nn.Module):
         self.fc1 = nn.Linear(cfg.dim, cfg.mlp_hidden, bias=cfg.bias)
         self.fc3 = nn.Linear(cfg.dim, cfg.mlp_hidden, bias=cfg.bias) if self.gated else None
         self.fc2 = nn.Linear(cfg.mlp_hidden, cfg.dim, bias=cfg.bias)
+        # timm's Mlp: fc1 -> act -> drop1 -> fc2 -> drop2 (masks drawn in that order); LlamaGen: no drop1
+        self.act_dropout = nn.Dropout(cfg.dropout) if cfg.mlp_act_dropout else nn.Identity()
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -133,7 +139,7 @@ class MLP(nn.Module):
             h = F.silu(self.fc1(x)) * self.fc3(x)
         else:
             h = F.gelu(self.fc1(x))
-        return self.dropout(self.fc2(h))
+        return self.dropout(self.fc2(self.act_dropout(h)))
 
 
 class Block(nn.Module):

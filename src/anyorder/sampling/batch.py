@@ -1,10 +1,11 @@
-"""Mass sampling for evaluation: class-balanced samples written as an ADM reference-format ``.npz``.
+"""Mass sampling for evaluation: samples written as an ADM reference-format ``.npz``.
 
-The papers' FIDs come from 50,000 class-balanced samples (50 per ImageNet class) scored by the ADM
-evaluator (openai/guided-diffusion), which reads ``arr_0``: uint8 ``[N, H, W, 3]``. This module
+The papers' FIDs come from 50,000 samples scored by the ADM evaluator (openai/guided-diffusion),
+which reads ``arr_0``: uint8 ``[N, H, W, 3]``. This module
 
-- lays out the labels: :func:`balanced_labels` (``N`` over the classes, the first ``N % C`` classes
-  get one sample more), interleaved so that every batch mixes classes;
+- takes the labels laid out by the caller (:mod:`anyorder.sampling.protocol`: class-balanced and
+  interleaved as RAR's, in class order as LPD's, uniformly random as RandAR's), and the protocol that
+  says how the images are made (dtype path, uint8 conversion, TF32);
 - cuts them into chunks of ``batch_size`` labels; chunk ``i`` is sampled with its own
   ``torch.Generator`` seeded by :func:`chunk_seed` ``(seed, i)``. The stream depends on the global
   chunk index only, so **the file is identical for any number of processes** (same seed, batch
@@ -21,13 +22,13 @@ evaluator (openai/guided-diffusion), which reads ``arr_0``: uint8 ``[N, H, W, 3]
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
 import os
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,27 +42,15 @@ from anyorder.io import atomic_write_json
 from anyorder.io.lock import LockedError, OutputLock
 from anyorder.io.npz import IMAGE_KEY, LABEL_KEY, array_header, merge_sample_chunks, read_labels, write_samples
 from anyorder.io.seeds import check_seed
+from anyorder.models.spec import UINT8_CONVERSIONS, EvalProtocol
 from anyorder.sampling.generate import generate
+from anyorder.sampling.protocol import balanced_labels, precision
 
 __all__ = ["balanced_labels", "chunk_seed", "chunk_generator", "sample_chunk", "images_to_uint8", "UINT8_MODES",
            "parts_dir", "lock_path", "sample_npz"]
 
 _JOB_FILE = "job.json"
-UINT8_MODES = ("round", "truncate")  # decoded [0, 1] -> uint8: see images_to_uint8
-
-
-def balanced_labels(num_samples: int, classes: Sequence[int]) -> Tensor:
-    """``num_samples`` labels (int64) spread evenly over ``classes``: ``classes[i % C]`` for sample ``i``.
-
-    Every class gets ``N // C`` samples and the first ``N % C`` classes one more (50,000 over 1,000
-    classes: 50 each). Interleaving mixes classes within each batch.
-    """
-    classes = [int(c) for c in classes]
-    if num_samples < 1:
-        raise ValueError(f"--num-samples must be >= 1, got {num_samples}")
-    if not classes:
-        raise ValueError("no classes to sample")
-    return torch.tensor(classes, dtype=torch.int64).repeat(-(-num_samples // len(classes)))[:num_samples]
+UINT8_MODES = tuple(UINT8_CONVERSIONS)  # decoded [0, 1] -> uint8: see images_to_uint8
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -88,7 +77,12 @@ def images_to_uint8(images: Tensor, mode: str = "round") -> np.ndarray:
     * ``"round"``: ``x * 255 + 0.5``, clamped to ``[0, 255]``, truncated (round half up; PIL's PNGs,
       and RandAR's ``decode_codes_to_img``: ``r * 127.5 + 128`` for ``r = 2x - 1``);
     * ``"truncate"``: ``x`` clamped to ``[0, 1]``, ``* 255``, truncated (1d-tokenizer ``demo_util.sample_fn``,
-      which RAR's ``sample_imagenet_rar.py`` calls): about half a level darker than ``"round"``.
+      which RAR's ``sample_imagenet_rar.py`` calls): about half a level darker than ``"round"``;
+    * ``"round-half-even"``: ``x * 255`` in float32, clipped to ``[0, 255]``, rounded half to even
+      (LPD's ``engine.py evaluate``: ``np.round(np.clip(x * 255, 0, 255))`` on ``x = (r + 1) / 2``
+      cast to float32).
+
+    ``images`` may be bfloat16 (decoded under autocast): the values are converted as they are, in float32.
     """
     if mode not in UINT8_MODES:
         raise ValueError(f"unknown uint8 conversion {mode!r}; expected one of {UINT8_MODES}")
@@ -97,12 +91,20 @@ def images_to_uint8(images: Tensor, mode: str = "round") -> np.ndarray:
     x = images.detach().float()
     if mode == "round":
         x = x.mul(255.0).add_(0.5).clamp_(0.0, 255.0)
-    else:
+    elif mode == "truncate":
         x = x.clamp(0.0, 1.0).mul_(255.0)
+    else:
+        x = x.mul(255.0).clamp_(0.0, 255.0).round_()  # torch.round: half to even, as numpy's
     x = x.to(torch.uint8)  # truncates: every value is in [0, 255] here
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return np.ascontiguousarray(x.permute(0, 2, 3, 1).cpu().numpy())
+
+
+def precision_for(protocol: EvalProtocol | None,
+                  device: torch.device) -> contextlib.AbstractContextManager:
+    """The protocol's compute settings (:func:`~anyorder.sampling.protocol.precision`), if any."""
+    return contextlib.nullcontext() if protocol is None else precision(protocol, device)
 
 
 def parts_dir(out: str | os.PathLike) -> Path:
@@ -172,7 +174,8 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int, lock: Ou
 
 def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batch_size: int, seed: int,
                sampling: dict[str, Any], settings: dict[str, Any] | None = None, progress: bool = True,
-               keep_parts: bool = False, uint8: str = "round") -> dict[str, Any] | None:
+               keep_parts: bool = False, uint8: str = "round",
+               protocol: EvalProtocol | None = None) -> dict[str, Any] | None:
     """Sample codes for ``labels`` chunk by chunk, decode them with ``tokenizer``, write ``out`` (ADM npz).
 
     ``sampling`` are :func:`~anyorder.sampling.generate` keywords (a ``seed`` in it is ignored: each
@@ -181,9 +184,18 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
     rerun with other settings refuses to mix its chunks with the old ones. Under ``torchrun`` every rank
     calls this; rank 0 merges and returns the record (other ranks return ``None``). ``uint8`` is the
     conversion of the decoded images (:func:`images_to_uint8`), recorded with the settings.
+    ``protocol`` (:class:`~anyorder.models.spec.EvalProtocol`) replaces ``uint8`` by its own, samples
+    and decodes under its dtype path and TF32 setting (the model already in its weights dtype:
+    :func:`~anyorder.sampling.protocol.prepare_model`) and is recorded; the labels are the caller's.
     """
     if batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {batch_size}")
+    if protocol is not None:
+        uint8 = protocol.uint8
+        weights = next(model.parameters()).dtype
+        if (weights == torch.bfloat16) != (protocol.dtype == "bf16-weights"):
+            raise ValueError(f"protocol {protocol.name!r} ({protocol.dtype}) but the model's weights "
+                             f"are {weights}: prepare it with anyorder.sampling.protocol.prepare_model")
     if uint8 not in UINT8_MODES:
         raise ValueError(f"unknown uint8 conversion {uint8!r}; expected one of {UINT8_MODES}")
     seed = check_seed(seed, "--seed")
@@ -200,6 +212,8 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
         job = {"num_samples": len(labels), "batch_size": batch_size, "seed": seed, "sampling": sampling,
                "labels_sha256": hashlib.sha256(labels.numpy().tobytes()).hexdigest(),
                "device_type": model.device.type, "uint8": uint8, **(settings or {})}
+        if protocol is not None:
+            job["protocol"] = protocol.to_dict()
         job = json.loads(json.dumps(job, default=str))
         _check_job(parts, job, rank, world, lock)
         mine = [i for i in range(rank, n_chunks, world) if not _chunk_path(parts, i).is_file()]
@@ -210,8 +224,8 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
                   dynamic_ncols=True) as bar:
             for i in mine:
                 y = labels[i * batch_size : (i + 1) * batch_size]
-                codes = sample_chunk(model, y, seed, i, sampling)
-                with torch.no_grad():
+                with precision_for(protocol, model.device), torch.no_grad():
+                    codes = sample_chunk(model, y, seed, i, sampling)
                     images = images_to_uint8(tokenizer.decode(codes.to(tok_dev)), uint8)
                 write_samples(_chunk_path(parts, i), images, y.numpy())
                 bar.update(len(y))

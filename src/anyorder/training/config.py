@@ -82,9 +82,20 @@ class TrainConfig:
     compile: bool = False
     grad_accum: int = 1  # micro-batches per optimizer step: each rank runs batch_size / (world * grad_accum)
     fsdp: bool = False  # under torchrun: shard parameters, gradients and optimizer states (FSDP2) instead of DDP
+    # RandAR's trainer (train_c2i.py): from optimizer step skip_grad_iter on (0-based), skip the update
+    # when the sum of the per-tensor gradient norms after clipping is >= skip_grad_norm (AdamW's state
+    # does not move); 0: never skip
+    skip_grad_norm: float = 0.0
+    skip_grad_iter: int = 100
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "config key 'train.seed'")
+        if not self.skip_grad_norm >= 0:
+            raise ValueError("config key 'train.skip_grad_norm' must be >= 0 (0: never skip), got "
+                             f"{self.skip_grad_norm}")
+        if self.skip_grad_iter < 0:
+            raise ValueError("config key 'train.skip_grad_iter' must be >= 0, got "
+                             f"{self.skip_grad_iter}")
         for key in ("anneal_start", "anneal_end", "decay_start"):
             v = getattr(self, key)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):

@@ -8,7 +8,9 @@ are dropped to the null class with the model's ``class_dropout`` (for guidance).
 trainer's weight-decay groups (:mod:`anyorder.training.optim`), linear warm-up then cosine learning rate
 (:func:`~anyorder.training.schedules.lr_at`), grad-norm clipping, bf16 autocast on CUDA, gradient accumulation
 (``grad_accum``), activation checkpointing (``model.grad_checkpointing``), DDP or FSDP2 under ``torchrun``
-(:mod:`anyorder.training.distributed`).
+(:mod:`anyorder.training.distributed`). RandAR's step skip (``train.skip_grad_norm``,
+:func:`skip_update`): from step ``skip_grad_iter`` on, an update whose summed per-tensor gradient
+norms (after clipping) reach ``skip_grad_norm`` is not applied, decided on the device.
 
 **Determinism.** Every random draw of a step comes from seeds that are a function of ``(seed, step)``: the data
 stream (:class:`anyorder.data.codes.EpochStream`, by position), the global batch's orders and label dropout (one
@@ -46,6 +48,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from torch.distributed.tensor import DTensor
 from tqdm.auto import tqdm
 
 from anyorder.data.codes import CodeSource, EpochStream, TensorCodes
@@ -61,7 +64,7 @@ from anyorder.training.schedules import anneal_bounds, lr_at, permutation_ratio
 
 __all__ = ["train", "setup", "resume_from_checkpoint", "train_step", "log_and_check", "save", "Run", "TrainState",
            "resolve_device", "make_optimizer", "permutation_ratio", "anneal_bounds", "init_distributed",
-           "load_checkpoint", "LAST_CKPT"]
+           "load_checkpoint", "LAST_CKPT", "grad_norm_sum", "skip_update", "step_unless"]
 
 LAST_CKPT = "last.pt"
 CKPT_FORMAT = 2
@@ -195,6 +198,50 @@ class Run:
         return self.engine.no_sync() if hasattr(self.engine, "no_sync") else contextlib.nullcontext()
 
 
+# ---- RandAR's step skip ---------------------------------------------------------------------------
+def grad_norm_sum(params: list[Tensor]) -> Tensor:
+    """The sum over parameters of each gradient's L2 norm (RandAR's ``train_c2i.py``: ``grad_norm +=
+    p.grad.data.norm(2)`` for every parameter), a float32 device tensor: no host sync. Sharded (FSDP)
+    gradients: each tensor's norm over all its shards (one all-reduce of the squared local norms)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    sharded = any(isinstance(g, DTensor) for g in grads)
+    local = [g.to_local() if isinstance(g, DTensor) else g for g in grads]
+    norms = torch.stack([n.float() for n in torch._foreach_norm(local)])
+    if sharded and dist.is_initialized():
+        squares = norms.square()
+        dist.all_reduce(squares)
+        norms = squares.sqrt()
+    return norms.sum()
+
+
+def skip_update(run: Run, step: int) -> Tensor | None:
+    """RandAR's rule for optimizer step ``step`` (0-based): None (step) before ``skip_grad_iter`` or
+    with the rule off, else a device bool: skip when the summed per-tensor gradient norms are ``>=
+    skip_grad_norm`` (``train_c2i.py`` steps when ``grad_norm < skip_grad_norm or train_steps <
+    skip_grad_iter``)."""
+    cfg = run.cfg
+    if cfg.skip_grad_norm <= 0 or step < cfg.skip_grad_iter:
+        return None
+    return grad_norm_sum(run.params) >= cfg.skip_grad_norm
+
+
+def step_unless(opt: torch.optim.Optimizer, skip: Tensor) -> None:
+    """``opt.step()`` unless the device bool ``skip`` is true, decided on the device (no host sync):
+    the fused AdamW kernel's ``found_inf`` (what ``GradScaler`` uses to skip steps) leaves the
+    parameters, the moments and the step count untouched when it is 1, as if ``step()`` had not been
+    called."""
+    if not all(g.get("fused") for g in opt.param_groups):
+        raise RuntimeError("train.skip_grad_norm needs the fused AdamW (parameters on cpu / cuda / mps "
+                           "/ xpu, floating point); this optimizer is not fused")
+    opt.found_inf = skip.to(torch.float32)  # type: ignore[attr-defined]
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf  # type: ignore[attr-defined]
+
+
 # ---- the named steps -----------------------------------------------------------------------------------------
 def setup(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | None, cfg: TrainConfig,
           out_dir: str | Path) -> Run:
@@ -213,6 +260,10 @@ def setup(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     fsdp = cfg.fsdp and world > 1
     engine = wrap(loss_module, list(model.transformer.blocks), fsdp=fsdp)
     opt = make_optimizer(model, cfg)
+    if cfg.skip_grad_norm > 0 and not all(g.get("fused") for g in opt.param_groups):
+        raise ValueError(f"train.skip_grad_norm={cfg.skip_grad_norm} skips steps inside the fused "
+                         f"AdamW kernel, which {model.device} parameters do not have: set "
+                         "train.skip_grad_norm=0")
     forward = torch.compile(engine) if cfg.compile else engine
     return Run(model, cfg, data, EpochStream(len(data), data.augmentations, cfg.seed), loss_module, engine,
                forward, opt, ckpt_path, rank, world, per_rank, micro, fsdp)
@@ -279,28 +330,43 @@ def train_step(run: Run, state: TrainState, batch: tuple[Tensor, Tensor]) -> tup
         (loss / cfg.grad_accum).backward()
         step_loss += loss.detach() / cfg.grad_accum
     grad_norm = torch.nn.utils.clip_grad_norm_(run.params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-    run.opt.step()
+    skip = skip_update(run, step)  # RandAR's rule, after clipping as the official trainer
+    if skip is None:
+        run.opt.step()
+    else:
+        step_unless(run.opt, skip)
     run.opt.zero_grad(set_to_none=True)
     state.step += 1
     state.seen += cfg.batch_size
-    return step_loss, grad_norm, {"lr": lr, "r": r}
+    stats: dict[str, Any] = {"lr": lr, "r": r}
+    if skip is not None:
+        stats["skipped"] = skip  # a device bool; the loop counts skipped steps without reading it
+    return step_loss, grad_norm, stats
 
 
 def log_and_check(run: Run, state: TrainState, step_loss: Tensor, loss_sum: Tensor, since: int,
-                  grad_norm: Tensor) -> dict[str, float]:
+                  grad_norm: Tensor, skipped: Tensor | None = None) -> dict[str, float]:
     """The loop's only host sync: the step's loss, the mean loss since the last log and the grad norm (averaged
-    over processes), refused when not finite (the last checkpoint predates it)."""
+    over processes), refused when not finite (the last checkpoint predates it); with ``skipped``
+    (the steps skipped since the last log, a device count) also that count."""
     gn = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
-    vals = torch.stack([step_loss, loss_sum / since, gn.to(device=run.device, dtype=torch.float32)])
+    parts = [step_loss, loss_sum / since, gn.to(device=run.device, dtype=torch.float32)]
+    if skipped is not None:
+        parts.append(skipped.to(device=run.device, dtype=torch.float32))
+    vals = torch.stack(parts)
     if run.world > 1:
         dist.all_reduce(vals[:2], op=dist.ReduceOp.SUM)
         vals[:2] /= run.world
-    loss, loss_avg, gn_val = (float(v) for v in vals.cpu())
+    host = vals.cpu().tolist()
+    loss, loss_avg, gn_val = host[:3]
     if not all(math.isfinite(v) for v in (loss, loss_avg, gn_val)):
         raise FloatingPointError(
             f"non-finite training at step {state.step}: loss {loss}, mean loss since the last log {loss_avg}, "
             f"grad norm {gn_val}; the last checkpoint ({run.ckpt_path}) predates it")
-    return {"loss": loss, "loss_avg": loss_avg, "grad_norm": gn_val}
+    out = {"loss": loss, "loss_avg": loss_avg, "grad_norm": gn_val}
+    if skipped is not None:
+        out["skipped_steps"] = int(host[3])  # the same on every rank: the gradients are
+    return out
 
 
 def save(run: Run, state: TrainState) -> None:
@@ -334,6 +400,7 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
     last = state.history[-1] if state.history else {}
     loss = float(last["loss"]) if last.get("step") == state.step and "loss" in last else float("nan")
     loss_sum, since = torch.zeros((), device=run.device), 0
+    skipped: Tensor | None = None  # steps skipped (train.skip_grad_norm) since the last log
     model.train()
     model.validate_inputs = False  # the data were checked once in setup
     t0 = time.perf_counter()
@@ -342,11 +409,15 @@ def train(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
             batch, pending = pending.result(), loader.submit(run.fetch, state.seen + cfg.batch_size)
             step_loss, grad_norm, stats = train_step(run, state, batch)
             loss_sum, since = loss_sum + step_loss, since + 1
+            if "skipped" in stats:
+                flag = stats.pop("skipped").to(torch.int64)
+                skipped = flag if skipped is None else skipped + flag
             log_now = state.step % max(1, cfg.log_every) == 0 or state.step == cfg.steps
             save_now = cfg.ckpt_every > 0 and state.step % cfg.ckpt_every == 0
             if log_now or save_now:
-                stats.update(log_and_check(run, state, step_loss, loss_sum, since, grad_norm))
-                loss, loss_sum, since = stats["loss"], torch.zeros_like(loss_sum), 0
+                stats.update(log_and_check(run, state, step_loss, loss_sum, since, grad_norm,
+                                           skipped))
+                loss, loss_sum, since, skipped = stats["loss"], torch.zeros_like(loss_sum), 0, None
             if log_now:
                 epoch = state.seen / len(run.data)
                 state.history.append({"step": state.step, "epoch": epoch, **stats})

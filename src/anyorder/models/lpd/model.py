@@ -68,6 +68,7 @@ class LPDConfig:
             dim=self.dim, depth=self.depth, n_head=self.n_head, mlp_hidden=self.mlp_hidden,
             vocab_out=self.codebook_size, norm="layernorm", norm_eps=self.norm_eps, mlp="gelu", adaln=False,
             bias=True, head_bias=False, qk_norm=False, dropout=self.dropout, attn_dropout=self.attn_dropout,
+            mlp_act_dropout=True,  # timm Mlp(drop=proj_drop) in the official models/block.py
         )
 
 

@@ -31,6 +31,7 @@ from anyorder.models.spec import (
     PROBABILITY,
     REQUIRED,
     Capabilities,
+    EvalProtocol,
     FamilySpec,
     OfficialFormat,
     Preset,
@@ -146,6 +147,12 @@ PRESETS = {
                        "demo-vq", 28, "LPD for the bundled digits"),
 }
 
+# engine.py evaluate: labels np.arange(1000).repeat(50) (class-sorted), sampling and decoding under bf16 autocast,
+# (x + 1) / 2 in bf16, then np.round(np.clip(x * 255, 0, 255)) (half to even); TF32 not set; no guidance search
+PROTOCOL = EvalProtocol(
+    name="lpd", labels="sorted", dtype="bf16-autocast", uint8="round-half-even", tf32=False, num_samples=50_000,
+    guidance=None, source="mit-han-lab/lpd engine.py evaluate, scripts/eval/*.sh")
+
 SPEC = FamilySpec(
     name="lpd",
     display_name="LPD",
@@ -160,4 +167,5 @@ SPEC = FamilySpec(
     presets=PRESETS,
     run_configs=Path(__file__).parent / "configs",
     debug={"dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 24, "num_classes": 5},
+    protocol=PROTOCOL,
 )

@@ -57,12 +57,13 @@ class RandARConfig:
     dropout: float = 0.0
     attn_dropout: float = 0.0
     class_dropout: float = 0.1
+    token_dropout: float = 0.0  # on the image-token embeddings while training (official token_dropout_p)
     order: str = "random"  # training order: random per sample, or a scan order to anneal into
     grad_checkpointing: bool = False  # training only: recompute the blocks' activations in backward
 
     def __post_init__(self) -> None:
         check_config(self, ("dim", "depth", "n_head", "seq_len", "codebook_size", "num_classes", "multiple_of"),
-                     ("dropout", "attn_dropout", "class_dropout"))
+                     ("dropout", "attn_dropout", "class_dropout", "token_dropout"))
         if self.order != "random":
             orders_lib.scan_order(self.order, 1)
         if not self.mlp_hidden:
@@ -113,6 +114,7 @@ class RandAR(AnyOrderModel):
         c = config
         self.class_embed = nn.Embedding(c.num_classes + 1, c.dim)  # row C: the null class
         self.tok_embeddings = nn.Embedding(c.codebook_size, c.dim)
+        self.tok_dropout = nn.Dropout(c.token_dropout)  # randar_gpt.py tok_dropout: the tokens only
         self.pos_instruct_embeddings = nn.Parameter(torch.zeros(1, c.dim))
         self.transformer = Transformer(c.transformer_config())
         self.transformer.grad_checkpointing = c.grad_checkpointing
@@ -215,20 +217,27 @@ class RandAR(AnyOrderModel):
 
     # ---- teacher forcing ----------------------------------------------------------------------------
     def _sequence(self, gen_ids: Tensor, classes: Tensor, orders: Tensor,
-                  table: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Inputs ``[class, instr_0, tok_0, instr_1, tok_1, ...]`` and their RoPE rows."""
+                  table: Tensor | None = None, drop_tokens: bool = False) -> tuple[Tensor, Tensor]:
+        """Inputs ``[class, instr_0, tok_0, instr_1, tok_1, ...]`` and their RoPE rows.
+        ``drop_tokens``: the token dropout on the image-token embeddings (in training mode), as
+        RandAR's ``forward_train``; the instruction tokens and the class embedding are never
+        dropped."""
         B = gen_ids.shape[0]
         instr = self.instruction_tokens(orders, table)
-        x = torch.cat([self.class_embedding(classes).expand(B, -1, -1),
-                       interleave(instr, self.tok_embeddings(gen_ids))], dim=1)
+        tok = self.tok_embeddings(gen_ids)
+        if drop_tokens:
+            tok = self.tok_dropout(tok)
+        cls = self.class_embedding(classes).expand(B, -1, -1)
+        x = torch.cat([cls, interleave(instr, tok)], dim=1)
         rows = self.rope_rows(orders, table)
         table0 = (self.freqs_cis if table is None else table)[:1].expand(B, -1, -1, -1)
         return x, torch.cat([table0, interleave(rows, rows)], dim=1)
 
     def forward(self, gen_ids: Tensor, classes: Tensor, orders: Tensor, table: Tensor | None = None) -> Tensor:
         """Logits ``[B, T, V]`` read at the instruction slots for tokens ``gen_ids [B, T]`` already in
-        generation order ``orders``; logit ``j`` predicts ``gen_ids[:, j]``."""
-        x, rope = self._sequence(gen_ids, classes, orders, table)
+        generation order ``orders``; logit ``j`` predicts ``gen_ids[:, j]``. In training mode the
+        token embeddings are dropped out with ``token_dropout``."""
+        x, rope = self._sequence(gen_ids, classes, orders, table, drop_tokens=True)
         # the head runs on the instruction slots only (1, 3, ..., 2T - 1): the predictions
         return self.transformer(x, rope=rope, rows=slice(1, None, 2))
 

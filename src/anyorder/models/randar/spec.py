@@ -24,10 +24,13 @@ from anyorder.models.spec import (
     PROBABILITY,
     REQUIRED,
     Capabilities,
+    EvalProtocol,
     FamilySpec,
+    GuidanceSearch,
     OfficialFormat,
     Preset,
     official_fields,
+    scale_range,
 )
 from anyorder.nn.schedules import GuidanceSchedule
 
@@ -66,6 +69,7 @@ _CONFIG = [
     ("class_dropout_prob", "class_dropout", float, 0.1, PROBABILITY),
     ("ffn_hidden", "mlp_hidden", int, None, NONNEGATIVE),
     ("resid_dropout_p", "dropout", float, 0.0, PROBABILITY),
+    ("token_dropout_p", "token_dropout", float, 0.0, PROBABILITY),
     ("position_order", "order", str, None, None),
     ("cls_token_num", "_cls_token_num", int, 1, POSITIVE),
 ]
@@ -130,6 +134,20 @@ PRESETS = {
                           "demo-vq", 28, "RandAR for the bundled digits"),
 }
 
+# RandAR tools/search_cfg_weights.py: per batch torch.randint(0, num_classes, (per_proc_batch_size,))
+# labels; the model cast to --precision bf16 (the default; instantiate_from_config(...).to(device,
+# dtype=precision): the RoPE table recomputed in float32 by setup_caches, logits .float()); the tokenizer
+# in float32; TF32 allowed (allow_tf32 = True at import); tokenizer.decode_codes_to_img: r * 127.5 + 128
+# clamped to [0, 255] and cast (x * 255 + 0.5 for x = (r + 1) / 2); guidance searched per checkpoint:
+# np.arange(2.0, 8.0 + 1e-4, 0.2), linear from 1.0 (cfg_scales=(1.0, s)), on --num-fid-samples-search
+# 10000, the lowest FID then sampled with --num-fid-samples-report 50000
+_SEARCH = GuidanceSearch(scale_range(2.0, 8.0, 0.2), num_samples=10_000, report_samples=50_000,
+                         metric="fid", source="ziqipang/RandAR tools/search_cfg_weights.py")
+PROTOCOL = EvalProtocol(
+    name="randar", labels="random", dtype="bf16-weights", uint8="round", tf32=True,
+    num_samples=50_000, guidance=_SEARCH,
+    source="ziqipang/RandAR tools/search_cfg_weights.py, RandAR/model/tokenizer.py")
+
 SPEC = FamilySpec(
     name="randar",
     display_name="RandAR",
@@ -145,4 +163,5 @@ SPEC = FamilySpec(
     run_configs=Path(__file__).parent / "configs",
     debug={"dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 24, "num_classes": 5,
            "multiple_of": 16},
+    protocol=PROTOCOL,
 )

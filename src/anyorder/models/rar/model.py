@@ -58,6 +58,7 @@ class RARConfig:
             dim=self.dim, depth=self.depth, n_head=self.n_head, mlp_hidden=self.mlp_hidden,
             vocab_out=self.codebook_size, norm="layernorm", norm_eps=1e-6, mlp="gelu", adaln=True,
             bias=True, qk_norm=True, dropout=self.dropout, attn_dropout=self.attn_dropout,
+            mlp_act_dropout=True,  # timm Mlp(drop=proj_drop) in 1d-tokenizer's rar.py Block
         )
 
 

@@ -22,6 +22,7 @@ from anyorder.models.spec import (
     PROBABILITY,
     REQUIRED,
     Capabilities,
+    EvalProtocol,
     FamilySpec,
     OfficialFormat,
     Preset,
@@ -114,6 +115,14 @@ PRESETS = {
                        "demo-vq", 28, "RAR for the bundled digits"),
 }
 
+# 1d-tokenizer sample_imagenet_rar.py: labels list(range(1000)) * 50 (50 per class, interleaved), the
+# generator and the tokenizer in float32 with TF32 matmuls allowed (torch.backends.cuda.matmul.allow_tf32
+# = True), demo_util.sample_fn converting with clamp(x, 0, 1) * 255 cast to uint8 (truncation); the
+# guidance settings are the releases' (README_RAR: no search script)
+PROTOCOL = EvalProtocol(
+    name="rar", labels="balanced", dtype="fp32", uint8="truncate", tf32=True, num_samples=50_000,
+    guidance=None, source="bytedance/1d-tokenizer sample_imagenet_rar.py, demo_util.sample_fn")
+
 SPEC = FamilySpec(
     name="rar",
     display_name="RAR",
@@ -129,4 +138,5 @@ SPEC = FamilySpec(
     run_configs=Path(__file__).parent / "configs",
     debug={"dim": 32, "depth": 2, "n_head": 4, "mlp_hidden": 64, "seq_len": 16, "codebook_size": 24,
            "num_classes": 5, "pos_extra": 4, "timestep_extra": 4},
+    protocol=PROTOCOL,
 )
