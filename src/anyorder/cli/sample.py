@@ -34,7 +34,7 @@ def _sampling_args(args: argparse.Namespace, model) -> dict[str, Any]:
     does not use (``--guidance-power`` for RandAR, ``--steps`` for RAR, ...) is an error. Includes ``seed``, and
     ``compile`` when asked for."""
     kw = {**model_sampling(model, **sampling_values(args)).to_dict(), "seed": args.seed}
-    if getattr(args, "compile", False):  # the compiled step draws differently: recorded with the settings
+    if getattr(args, "compile", False):  # compiled logits round differently: recorded with the settings
         kw["compile"] = args.compile
     return kw
 

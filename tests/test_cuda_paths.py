@@ -1,0 +1,161 @@
+"""The CUDA review's findings (issue 23), each as a test that runs on the CPU and, where CUDA exists, on the GPU.
+
+A GPU run (``benchmarks/device_check.sh``) runs this file's ``cuda`` cases; on a CPU the same mechanisms are
+checked with the means a CPU has: a torch-function mode that refuses the ops known to sync with the host (on
+CUDA, ``torch.cuda.set_sync_debug_mode("error")`` as well), a generator that reports another device, spies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import pytest
+import torch
+from conftest import decode_job, fixture_dir, fixture_geometry
+from torch.overrides import TorchFunctionMode
+
+from anyorder.hub import load_official
+from anyorder.nn.schedules import GuidanceSchedule
+from anyorder.sampling import sampling_config
+from anyorder.sampling.decode import decode
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+# ops that wait for the device: a read of a value into Python, a shape that depends on values, or a draw
+# whose input checks read the device (torch.multinomial)
+SYNCING = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere", "multinomial",
+           "masked_select", "unique", "unique_consecutive", "cpu", "numpy", "repeat_interleave_with_counts"}
+
+
+class NoHostSync(TorchFunctionMode):
+    """Refuse every op of :data:`SYNCING`, and blocking copies between the host and a device."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name in SYNCING:
+            raise AssertionError(f"{name} syncs with the host inside the decode loop")
+        if name == "to" and args and isinstance(args[0], torch.Tensor) and not kwargs.get("non_blocking", False):
+            target = next((a for a in (*args[1:], kwargs.get("device")) if isinstance(a, (str, torch.device))), None)
+            if target is not None and torch.device(target).type != args[0].device.type:
+                raise AssertionError(f"a blocking copy {args[0].device} -> {target} inside the decode loop")
+        if name == "tensor" and torch.device(kwargs.get("device") or "cpu").type != "cpu":
+            raise AssertionError("torch.tensor(..., device=<accelerator>) is a blocking copy inside the decode loop")
+        return func(*args, **kwargs)
+
+
+@contextlib.contextmanager
+def no_sync_after_first_step(device: str) -> Iterator:
+    """A ``step_callback`` that turns the guard on after the first step (set-up, orders and checks before the
+    loop may sync); the guard covers every later step of the loop and is off again on exit."""
+    stack = contextlib.ExitStack()
+
+    def callback(done: int, _tokens: torch.Tensor) -> None:
+        if not stack._exit_callbacks:  # first step done: every later step runs guarded
+            stack.enter_context(NoHostSync())
+            if device == "cuda":
+                old = torch.cuda.get_sync_debug_mode()
+                torch.cuda.set_sync_debug_mode("error")
+                stack.callback(torch.cuda.set_sync_debug_mode, old)
+
+    try:
+        yield callback
+    finally:
+        stack.close()
+
+
+def _model(family: str, device: str, dtype: str | None = None):
+    d = fixture_dir(family)
+    return load_official(d / ("checkpoint.bin" if family == "rar" else "checkpoint.safetensors"),
+                         d / "config.json", device=device, dtype=dtype).eval()
+
+
+def _policy(family: str, **extra) -> dict:
+    steps = {"steps": max(2, fixture_geometry("randar")["seq_len"] // 3)} if family == "randar" else {}
+    return {"guidance_scale": 3.0, "top_k": 8, "top_p": 0.9, **steps, **extra}
+
+
+def _guidance(policy, monkeypatch, per_token: bool) -> None:
+    """``per_token``: a scale per token of a parallel step (LPD's kind of schedule) for the policy."""
+    if per_token:
+        schedule = GuidanceSchedule("linear", 3.0, start=1.0, per_token=True)
+        monkeypatch.setattr(type(policy), "guidance", lambda self: schedule)
+
+
+# ---- sampling: no host sync per step, on every path --------------------------------------------------------
+PARALLEL = [("rar", False), ("randar", False), ("randar", True)]
+PARALLEL_IDS = ["rar", "randar", "randar-per-token-guidance"]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family,per_token", PARALLEL, ids=PARALLEL_IDS)
+@pytest.mark.parametrize("path", ["eager", "static"])
+def test_the_decode_loop_never_syncs_with_the_host(family, per_token, path, device, one_thread, monkeypatch):
+    """Eager (``generate``, ``anyorder sample``, editing, the app) and static steps: temperature sampling
+    with top-k / top-p and guidance (per step, or per token of a parallel step); a CPU generator feeding the
+    model as well as one on its device."""
+    model = _model(family, device)
+    policy = sampling_config(family, _policy(family))
+    _guidance(policy, monkeypatch, per_token)
+    for gen_device in {"cpu", device}:
+        g = torch.Generator(device=gen_device).manual_seed(0)
+        orders = model.sampling_orders(2, g)
+        job = decode_job(model, torch.tensor([0, 1], device=device), orders, policy, g)
+        with no_sync_after_first_step(device) as callback:
+            out = decode(job, callback, static=path == "static")
+        assert out.device.type == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sampling_draws_what_torch_multinomial_draws_for_a_seed(device):
+    """The race without host syncs is the draw ``torch.multinomial`` makes for one sample from the same
+    generator state (its one-sample path races the same noise after checks that sync): seeded samples are
+    those of the earlier multinomial sampler. ``top_k`` / ``top_p`` filter the probabilities first."""
+    from anyorder.sampling import sample_logits
+
+    logits = torch.randn(64, 50, generator=torch.Generator().manual_seed(0)).to(device) * 2
+    for gen_device in {"cpu", device}:
+        ours = sample_logits(logits, 1.3, generator=torch.Generator(gen_device).manual_seed(7))
+        probs = torch.softmax(logits / 1.3, -1).to(gen_device)
+        ref = torch.multinomial(probs, 1, generator=torch.Generator(gen_device).manual_seed(7))
+        assert torch.equal(ours.cpu(), ref.view(-1).cpu())
+    kept = sample_logits(logits, 1.0, top_k=3, generator=torch.Generator(device).manual_seed(1))
+    assert bool((logits.topk(3).indices == kept[:, None]).any(1).all())
+
+
+def test_the_guard_sees_the_ops_that_sync():
+    """The guard of the test above refuses what it must (so its silence means something)."""
+    x = torch.rand(4, 8)
+    for op in (lambda: torch.multinomial(x, 1), lambda: x[0, 0].item(), lambda: bool(x.sum() > 0),
+               lambda: x.nonzero(), lambda: int(x.argmax()), lambda: x.tolist()):
+        with pytest.raises(AssertionError, match="syncs with the host"), NoHostSync():
+            op()
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family,per_token", PARALLEL, ids=PARALLEL_IDS)
+def test_a_seed_draws_the_same_samples_eager_and_static(family, per_token, device, one_thread, monkeypatch):
+    """The eager loop samples by the same exponential race as the static step, from the same noise: a seed
+    gives the same ids on both paths (their logits agree to float rounding), per-token guidance included
+    (the two paths move their scales to the device separately)."""
+    model = _model(family, device)
+    policy = sampling_config(family, _policy(family, top_k=0, top_p=1.0, temperature=1.5))  # many candidates
+    _guidance(policy, monkeypatch, per_token)
+    outs = []
+    for static in (False, True):
+        g = torch.Generator(device=device).manual_seed(5)
+        job = decode_job(model, torch.tensor([0, 1, 2], device=device), model.sampling_orders(3, g), policy, g)
+        outs.append(decode(job, static=static))
+    assert torch.equal(*outs)
+
+
+def test_decode_runs_without_autograd_for_direct_callers(one_thread):
+    """``decode`` called directly (not through ``generate``) with grad mode on records no graph: the KV cache
+    would otherwise keep every step's activations alive."""
+    model = _model("randar", "cpu")
+    seen = []
+    job = decode_job(model, torch.tensor([0]), model.sampling_orders(1), sampling_config("randar", {"steps": 3}))
+    decode(job, lambda done, out: seen.append(torch.is_grad_enabled()))
+    assert seen and not any(seen)
