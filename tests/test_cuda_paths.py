@@ -159,3 +159,46 @@ def test_decode_runs_without_autograd_for_direct_callers(one_thread):
     job = decode_job(model, torch.tensor([0]), model.sampling_orders(1), sampling_config("randar", {"steps": 3}))
     decode(job, lambda done, out: seen.append(torch.is_grad_enabled()))
     assert seen and not any(seen)
+
+
+# ---- a CPU generator with a model on another device ----------------------------------------------------------
+class _ElsewhereGenerator(torch.Generator):
+    """A CPU generator that reports another device: with a CPU model it stands for a generator on another
+    device than the model's (a CPU generator feeding a CUDA model, the other way round)."""
+
+    @property
+    def device(self) -> torch.device:  # noqa: D102
+        return torch.device("meta")
+
+
+@pytest.fixture
+def strict_draws(monkeypatch):
+    """``torch.rand`` that enforces CUDA's rule on a CPU: a generator draws on its own device only."""
+    real = torch.rand
+
+    def rand(*size, generator=None, device=None, **kw):
+        if generator is not None:
+            asked = torch.device(device if device is not None else "cpu")
+            if asked.type != generator.device.type:
+                raise RuntimeError(f"Expected a '{asked.type}' device type for generator but found "
+                                   f"'{generator.device.type}'")
+            device = "cpu" if isinstance(generator, _ElsewhereGenerator) else device
+        return real(*size, generator=generator, device=device, **kw)
+
+    monkeypatch.setattr(torch, "rand", rand)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_extrapolation_with_spatial_guidance_takes_a_generator_on_another_device(device, strict_draws, one_thread):
+    """The spatial-guidance mask is drawn on the generator's device and moved to the model's (it was drawn on
+    the model's device with the generator: a crash for a CPU generator with a CUDA model)."""
+    from anyorder.editing import extrapolate
+
+    model = _model("randar", device)
+    side = model.grid[0]
+    low = torch.randint(0, model.codebook_size, (1, side, side), generator=torch.Generator().manual_seed(0))
+    # greedy: the draws are the orders and the mask (sampling noise would need a real device of that name)
+    gen = _ElsewhereGenerator().manual_seed(0) if device == "cpu" else torch.Generator().manual_seed(0)
+    out = extrapolate(model, [0], factor=2, low_res=low.to(device), top_k=1, spatial_guidance_scale=2.0,
+                      generator=gen)
+    assert out.device.type == device and tuple(out.shape) == (1, 2 * side, 2 * side)
