@@ -202,3 +202,56 @@ def test_extrapolation_with_spatial_guidance_takes_a_generator_on_another_device
     out = extrapolate(model, [0], factor=2, low_res=low.to(device), top_k=1, spatial_guidance_scale=2.0,
                       generator=gen)
     assert out.device.type == device and tuple(out.shape) == (1, 2 * side, 2 * side)
+
+
+# ---- training at scale: FSDP2 under bf16 --------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_fsdp_trains_under_bf16_autocast_with_fp32_shards(device, one_thread):
+    """FSDP2 in one process (gloo on the CPU, NCCL on a GPU) under bf16 autocast: on CUDA the blocks are gathered
+    in bf16 and the root in fp32, on the CPU everything in fp32; the shards, their gradients and so the
+    optimizer stay fp32, and the loss is finite."""
+    import torch.distributed as dist
+
+    from anyorder.models import build_model
+    from anyorder.training.distributed import wrap
+    from anyorder.training.loop import TrainingLoss
+
+    tiny = {"family": "rar", "dim": 32, "depth": 2, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
+            "codebook_size": 16, "num_classes": 3, "pos_extra": 2, "timestep_extra": 2}
+    if device == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        model = build_model(tiny, device=device)
+        seen = {}
+
+        def record(where):
+            def hook(mod, args) -> None:
+                seen.setdefault(where, mod.weight.dtype)
+            return hook
+
+        model.transformer.blocks[0].attn.qkv.register_forward_pre_hook(record("block"))
+        model.embeddings.register_forward_pre_hook(record("root"))
+        engine = wrap(TrainingLoss(model), list(model.transformer.blocks), fsdp=True, compute_dtype=torch.bfloat16)
+        codes = torch.randint(0, 16, (2, 16), device=device)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            loss = engine(codes, torch.tensor([0, 1], device=device), torch.arange(16, device=device).expand(2, -1))
+        loss.backward()
+        assert seen == {"block": torch.bfloat16 if device == "cuda" else torch.float32, "root": torch.float32}
+        assert torch.isfinite(loss)
+        assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_model_built_on_its_device_has_the_cpu_rope_table(device):
+    """``build_model(device=...)`` builds in place; RandAR's RoPE table is still computed on the CPU (the
+    official code's bits) and then moved, so a GPU-built model's table equals a CPU-built one's exactly."""
+    from anyorder.models import build_model
+
+    cfg = {"family": "randar", "dim": 64, "depth": 1, "n_head": 4, "seq_len": 64, "codebook_size": 16,
+           "num_classes": 3, "multiple_of": 16}
+    here, cpu = build_model(cfg, device=device), build_model(cfg)
+    assert here.freqs_cis.device.type == device and next(here.parameters()).device.type == device
+    assert torch.equal(here.freqs_cis.cpu(), cpu.freqs_cis)
