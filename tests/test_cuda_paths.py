@@ -255,3 +255,24 @@ def test_a_model_built_on_its_device_has_the_cpu_rope_table(device):
     here, cpu = build_model(cfg, device=device), build_model(cfg)
     assert here.freqs_cis.device.type == device and next(here.parameters()).device.type == device
     assert torch.equal(here.freqs_cis.cpu(), cpu.freqs_cis)
+
+
+# ---- torch versions ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("names", [("recompile_limit", "accumulated_recompile_limit"),
+                                   ("cache_size_limit", "accumulated_cache_size_limit")], ids=["torch>=2.7", "2.6"])
+def test_the_compiled_step_raises_dynamos_limits_under_either_name(names, monkeypatch):
+    """torch 2.6 (pyproject's floor) names dynamo's limits ``cache_size_limit`` / ``accumulated_cache_size_limit``
+    (setting ``recompile_limit`` there is an error); 2.7 renamed them. Either is raised, neither lowered."""
+    import importlib
+    from types import SimpleNamespace
+
+    import torch._dynamo
+
+    decode_lib = importlib.import_module("anyorder.sampling.decode")
+
+    cfg = SimpleNamespace(**{names[0]: 8, names[1]: 2000})
+    monkeypatch.setattr(torch._dynamo, "config", cfg)
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+    monkeypatch.setattr(decode_lib, "_COMPILED", {})
+    decode_lib.compiled_step("eager")
+    assert vars(cfg) == {names[0]: 64, names[1]: 2000}

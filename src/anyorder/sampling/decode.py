@@ -206,15 +206,27 @@ def _step(model: Any, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: 
 _COMPILED: dict[tuple, Callable] = {}
 
 
+# dynamo's limits on graphs per function, by name: torch >= 2.7's, then torch 2.6's (pyproject allows 2.6)
+_RECOMPILE_LIMITS = ((("recompile_limit", "cache_size_limit"), 64),
+                     (("accumulated_recompile_limit", "accumulated_cache_size_limit"), 1024))
+
+
+def _raise_recompile_limits() -> None:
+    """Each model shape / batch / bucket is one graph of the same step function: allow more than dynamo's
+    default 8 graphs (never lowering a limit the user raised)."""
+    cfg = torch._dynamo.config
+    for names, floor in _RECOMPILE_LIMITS:
+        name = next((n for n in names if hasattr(cfg, n)), None)
+        if name is not None:
+            setattr(cfg, name, max(getattr(cfg, name), floor))
+
+
 def compiled_step(backend: str | Callable = "inductor", mode: str | None = None) -> Callable:
     """:func:`_step` under ``torch.compile`` (cached per backend and mode; shapes specialised, never dynamic:
     a parallel generation sees a few bucketed shapes, see :func:`anyorder.models.base.bucket`)."""
     key = (backend, mode)
     if key not in _COMPILED:
-        # each model shape / batch / bucket is one graph of the same function: allow more than the default 8
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, 64)
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
+        _raise_recompile_limits()
         _COMPILED[key] = torch.compile(_step, backend=backend, mode=mode, dynamic=False)
     return _COMPILED[key]
 
