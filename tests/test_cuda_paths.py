@@ -17,7 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 from anyorder.hub import load_official
 from anyorder.nn.schedules import GuidanceSchedule
-from anyorder.sampling import sampling_config
+from anyorder.sampling import generate, sampling_config
 from anyorder.sampling.decode import decode
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -276,3 +276,18 @@ def test_the_compiled_step_raises_dynamos_limits_under_either_name(names, monkey
     monkeypatch.setattr(decode_lib, "_COMPILED", {})
     decode_lib.compiled_step("eager")
     assert vars(cfg) == {names[0]: 64, names[1]: 2000}
+
+
+# ---- bf16 -------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+@pytest.mark.parametrize("device", DEVICES)
+def test_merging_rars_position_tables_keeps_a_bf16_model_bf16(device, one_thread):
+    """``merge_position_embeddings`` of a bf16 model is a bf16 model on the same device (it silently made an
+    fp32 one), with the same greedy generations as the unmerged bf16 model in its scan order."""
+    model = _model("rar", device, "bf16")
+    model.sampling_defaults = {"guidance_scale": 2.0}
+    merged = model.merge_position_embeddings().eval()
+    assert {(p.dtype, p.device.type) for p in merged.parameters()} == {(torch.bfloat16, device)}
+    assert merged.sampling_defaults == model.sampling_defaults
+    classes = torch.tensor([0, 1], device=device)
+    assert torch.equal(generate(merged, classes, top_k=1), generate(model, classes, top_k=1))
