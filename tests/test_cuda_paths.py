@@ -291,3 +291,60 @@ def test_merging_rars_position_tables_keeps_a_bf16_model_bf16(device, one_thread
     assert merged.sampling_defaults == model.sampling_defaults
     classes = torch.tensor([0, 1], device=device)
     assert torch.equal(generate(merged, classes, top_k=1), generate(model, classes, top_k=1))
+
+
+# ---- memory ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_kept_cache_of_another_batch_is_freed_before_the_new_one_is_allocated(device, monkeypatch):
+    """The compiled CUDA path keeps its KV cache between generations (CUDA graphs replay on its buffers); a
+    generation of another batch (a run's smaller last chunk) must free it before allocating its own: at every
+    allocation no cache of the old layout is alive, so the peak is the larger cache, not both."""
+    import gc
+    import weakref
+
+    from anyorder.nn import kv_cache
+
+    model = _model("randar", device)
+    live: weakref.WeakSet = weakref.WeakSet()
+    old_rows_at_alloc = []
+    real = kv_cache.KVCache.__init__
+
+    def init(self, batch, *args, **kw):
+        gc.collect()
+        old_rows_at_alloc.append(sum(c.k.shape[0] for c in live if c.k.shape[0] != batch))
+        real(self, batch, *args, **kw)
+        live.add(self)
+
+    monkeypatch.setattr(kv_cache.KVCache, "__init__", init)
+    tr = model.transformer
+    tr.setup_cache(8, 33, reuse=True)
+    first = [blk.attn.kv_cache for blk in tr.blocks]
+    tr.setup_cache(8, 33, reuse=True)  # the same layout: reused, nothing allocated
+    assert [blk.attn.kv_cache for blk in tr.blocks] == first and len(old_rows_at_alloc) == len(tr.blocks)
+    del first
+    tr.setup_cache(3, 33, reuse=True)  # another batch: the batch-8 caches are gone before any new one
+    assert old_rows_at_alloc[len(tr.blocks):] == [0] * len(tr.blocks)
+    tr.clear_cache()
+
+
+# ---- attention kernels ---------------------------------------------------------------------------------------
+@torch.no_grad()
+@pytest.mark.parametrize("device", DEVICES)
+def test_eager_parallel_steps_attend_without_a_boolean_mask(device, monkeypatch, one_thread):
+    """A multi-row eager step (RandAR's parallel decoding, the prefill) is causal up to its own slots: passed as
+    lower-right causal attention instead of a boolean mask, SDPA can run it on Flash (which takes no mask).
+    On CUDA the bf16 generation runs with Flash as the only kernel allowed."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from anyorder.nn.kv_cache import KVCache
+
+    masks = []
+    real = KVCache.mask
+    monkeypatch.setattr(KVCache, "mask", lambda self, step: masks.append(real(self, step)) or masks[-1])
+    model = _model("randar", device, "bf16" if device == "cuda" else None)
+    kernels = sdpa_kernel(SDPBackend.FLASH_ATTENTION) if device == "cuda" else contextlib.nullcontext()
+    with kernels:
+        out = generate(model, [0, 1], seed=0, steps=4, guidance_scale=2.0)
+    assert out.device.type == device
+    assert masks and not any(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks)
+    assert any(m is not None for m in masks)  # the multi-row steps did run
