@@ -8,6 +8,7 @@ CUDA, ``torch.cuda.set_sync_debug_mode("error")`` as well), a generator that rep
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -348,3 +349,102 @@ def test_eager_parallel_steps_attend_without_a_boolean_mask(device, monkeypatch,
     assert out.device.type == device
     assert masks and not any(isinstance(m, torch.Tensor) and m.dtype == torch.bool for m in masks)
     assert any(m is not None for m in masks)  # the multi-row steps did run
+
+
+# ---- what the commands say --------------------------------------------------------------------------------
+def _sample_args(out, *extra: str) -> list[str]:
+    return ["sample", "--model", str(fixture_dir("rar")), "--tokenizer",
+            str(fixture_dir("maskgit_vqgan") / "vqgan_checkpoint.bin"), "--classes", "0", "--out", str(out), *extra]
+
+
+def test_a_cuda_device_on_a_machine_without_cuda_is_one_line_naming_the_option(tmp_path, monkeypatch, capsys):
+    """Every command that takes a device: one error line naming the option and what is missing (it was a
+    25-line traceback from torch's lazy CUDA init)."""
+    from anyorder.cli.main import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    image = tmp_path / "in.png"
+    for argv, option in [
+        (_sample_args(tmp_path / "s.png", "--device", "cuda"), "--device cuda"),
+        (["inpaint", "--model", str(fixture_dir("randar")), "--image", str(image), "--side", "left", "--out",
+          str(tmp_path / "i.png"), "--device", "cuda:1"], "--device cuda:1"),
+        (["eval", str(tmp_path / "a.npz"), "--ref", str(tmp_path / "b.npz"), "--device", "cuda"], "--device cuda"),
+        (["app", "--model", str(fixture_dir("rar")), "--device", "cuda"], "--device cuda"),
+        (["train", "--model", "rar", "--out", str(tmp_path / "run"), "data.source=mnist", "train.device=cuda"],
+         "train.device cuda"),
+        (_sample_args(tmp_path / "s.png", "--device", "gpu"), "--device 'gpu' is not a device"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and option in err, err
+        assert "Traceback" not in err
+
+
+def test_device_auto_says_what_it_picked(tmp_path, capsys, one_thread):
+    from anyorder.cli.main import main
+
+    assert main(_sample_args(tmp_path / "s.png", "--device", "auto")) == 0
+    said = capsys.readouterr().out
+    picked = "cuda:0" if torch.cuda.is_available() else "cpu"
+    assert f"--device auto: running on {picked} (" in said
+
+
+def test_compiling_says_so_and_how_long_it_took(monkeypatch, capsys, one_thread):
+    """A compiled generation of a new shape says it compiles, then how long it took; the next one of the
+    same shape says nothing (a 25-50 s compile used to look like a hang)."""
+    import importlib
+
+    decode_lib = importlib.import_module("anyorder.sampling.decode")
+    monkeypatch.setattr(decode_lib, "_COMPILED_SHAPES", set())
+    model = _model("rar", "cpu")
+    generate(model, [0, 1], compile="eager", top_k=1)
+    err = capsys.readouterr().err
+    assert "compiling the rar decode step (eager) for batch 2" in err
+    assert re.search(r"compiled, and generated, in \d+\.\d s", err)
+    generate(model, [1, 0], compile="eager", top_k=1)
+    assert capsys.readouterr().err == ""
+    generate(model, [1], compile="eager", top_k=1)  # another batch: compiles again
+    assert "for batch 1" in capsys.readouterr().err
+
+
+def test_tf32_mode_sets_and_restores_the_flags():
+    """The flags of a CUDA device under ``--tf32`` / ``--no-tf32`` (set and restored whether CUDA exists or not,
+    being plain flags); nothing changes for a CPU device."""
+    from anyorder.nn.device import tf32_mode
+
+    flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+    before = [f.allow_tf32 for f in flags]
+    for enabled in (True, False):
+        with tf32_mode(enabled, torch.device("cuda")) as on:
+            assert on is enabled and [f.allow_tf32 for f in flags] == [enabled, enabled]
+        assert [f.allow_tf32 for f in flags] == before
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        with tf32_mode(False, torch.device("cpu")) as on:
+            assert on is False and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before[0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("flag", [None, "--no-tf32", "--tf32"])
+def test_sample_runs_with_tf32_as_the_flag_says_and_records_it(device, flag, tmp_path, monkeypatch, one_thread):
+    """``anyorder sample``: TF32 on by default for CUDA (as the official samplers and the benchmark), off with
+    ``--no-tf32``, never on a CPU; in effect while sampling, recorded in the JSON, restored after."""
+    import json
+
+    from anyorder.cli import sample as sample_cli
+    from anyorder.cli.main import main
+
+    during = []
+    real = sample_cli.sample_chunk
+    monkeypatch.setattr(sample_cli, "sample_chunk", lambda *a, **kw: (
+        during.append(torch.backends.cuda.matmul.allow_tf32), real(*a, **kw))[1])
+    before = torch.backends.cuda.matmul.allow_tf32
+    out = tmp_path / "s.png"
+    assert main(_sample_args(out, "--device", device, *([flag] if flag else []))) == 0
+    expected = device == "cuda" and flag != "--no-tf32"
+    assert json.loads(out.with_suffix(".json").read_text())["tf32"] is expected
+    if device == "cuda":
+        assert during == [expected]
+    assert torch.backends.cuda.matmul.allow_tf32 == before

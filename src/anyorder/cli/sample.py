@@ -9,10 +9,12 @@ from typing import Any
 import torch
 
 from anyorder.cli.common import (
+    add_device_options,
     add_sampling_options,
     check_tokenizer_fits,
     load_generator,
     load_tokenizer,
+    on_device,
     parse_classes,
     sampling_values,
 )
@@ -21,7 +23,6 @@ from anyorder.io import atomic_write_json
 from anyorder.io.images import save_image_grid
 from anyorder.io.outputs import ensure_writable
 from anyorder.io.seeds import seed_arg
-from anyorder.nn.device import resolve_device
 from anyorder.sampling.batch import balanced_labels, sample_chunk, sample_npz
 from anyorder.sampling.policy import model_sampling
 
@@ -46,12 +47,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError("--num-samples writes an ADM-format npz: give --npz OUT.npz")
     out = args.npz or args.out
     ensure_writable(out, what="--npz" if args.npz else "--out")  # before the model is loaded
-    device = resolve_device(args.device)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-    model = load_generator(args.model, args.checkpoint, str(device), dtype=args.dtype, config=args.config).eval()
+    return _sample(args)
+
+
+@on_device
+def _sample(args: argparse.Namespace) -> int:
+    model = load_generator(args.model, args.checkpoint, args.device, dtype=args.dtype, config=args.config).eval()
     classes = parse_classes(args.classes, model.num_classes) if args.classes else list(range(model.num_classes))
-    tok = load_tokenizer(args.tokenizer, args.model, str(device))
+    tok = load_tokenizer(args.tokenizer, args.model, args.device)
     check_tokenizer_fits(model, tok, args.tokenizer or args.model)
     kw = _sampling_args(args, model)
     if args.npz:
@@ -65,6 +68,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     save_image_grid(images, out, nrow=args.per_class if args.per_class > 1 else min(8, len(classes)))
     atomic_write_json(out.with_suffix(".json"), {"classes": classes, "sampling": kw, "batch_size": bs,
+                                                 "device": args.device, "tf32": args.tf32,
                                                  "seed_stream": "batch b samples from chunk_seed(seed, b)",
                                                  "codes_shape": list(codes.shape),
                                                  "image_shape": list(images.shape[1:])})
@@ -82,7 +86,8 @@ def _sample_npz(args: argparse.Namespace, model, tok, classes: list[int], kw: di
     labels = balanced_labels(n, classes)
     settings = {"model": _as_recorded(args.model), "checkpoint": _as_recorded(args.checkpoint),
                 "tokenizer": _as_recorded(args.tokenizer), "classes": classes if args.classes else "all",
-                "family": model.family, "grid": list(model.grid), "dtype": getattr(args, "dtype", "fp32")}
+                "family": model.family, "grid": list(model.grid), "dtype": getattr(args, "dtype", "fp32"),
+                "tf32": args.tf32}
     record = sample_npz(model, tok, args.npz, labels, batch_size=args.batch_size, seed=args.seed, sampling=kw,
                         settings=settings, progress=not args.quiet, keep_parts=args.keep_parts)
     if record is not None:  # rank 0
@@ -107,7 +112,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     add_sampling_options(p)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto: CUDA (cuda:LOCAL_RANK under torchrun) when present")
+    add_device_options(p)
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
                    help="inference weights (bf16: softmax, guidance mixing and sampling stay fp32)")
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="BACKEND",

@@ -10,6 +10,8 @@ all build a job and call this.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -244,6 +246,26 @@ def _resolve_compile(compile: bool | str | Callable, device: torch.device) -> Ca
     return compiled_step(compile)
 
 
+# the (backend, model, batch, plan) shapes a compiled generation ran with: a new one compiles first
+_COMPILED_SHAPES: set[tuple] = set()
+
+
+def _compile_shape(compile: bool | str | Callable, model: Any, rows: int, plan: list[int],
+                   device: torch.device) -> tuple:
+    dtype = next(model.parameters()).dtype
+    return (repr(compile), type(model).__name__, repr(model.config), str(dtype), str(device), rows, tuple(plan))
+
+
+def _say_compiling(compile: bool | str | Callable, family: str, batch: int, device: torch.device) -> None:
+    """Say on stderr that this generation compiles (tens of seconds, minutes for large models): the command
+    would otherwise look stuck."""
+    how = ("inductor with CUDA graphs" if device.type == "cuda" else "inductor") if compile is True else (
+        compile if isinstance(compile, str) else getattr(compile, "__name__", "a custom backend"))
+    print(f"anyorder: compiling the {family} decode step ({how}) for batch {batch}: the first generation of a "
+          "new model, batch or step plan compiles its step shapes; later ones reuse them", file=sys.stderr,
+          flush=True)
+
+
 def _static_scales(rows: GuidanceRows, plan: list[int], done: int, total: int,
                    device: torch.device) -> list[tuple[Tensor, Tensor]]:
     """Every step's guidance scales for the static step, computed on the host up front, one transfer: 0-d
@@ -307,6 +329,10 @@ def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None,
     step_fn = _resolve_compile(compile, dev)
     static = static or step_fn is not None
     step_fn = step_fn or _step
+    shape = _compile_shape(compile, model, R * B, plan, dev) if step_fn is not _step else None
+    if shape is not None and shape not in _COMPILED_SHAPES:
+        _say_compiling(compile, model.family, B, dev)
+        t0 = time.perf_counter()
     temperature, top_k, top_p = policy.temperature, policy.top_k, policy.top_p
     classes = rows.classes(job.classes, model.null_class)
     options = {} if job.table is None else {"table": job.table}
@@ -341,4 +367,7 @@ def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None,
                 step_callback(done, out)
     finally:
         model.end_decoding(keep_cache=static and dev.type == "cuda" and step_fn is not _step)
+    if shape is not None and shape not in _COMPILED_SHAPES:
+        _COMPILED_SHAPES.add(shape)
+        print(f"anyorder: compiled, and generated, in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return out

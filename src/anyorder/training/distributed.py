@@ -47,7 +47,7 @@ def init_distributed(device: str | torch.device = "auto") -> tuple[int, int]:
     :func:`~anyorder.nn.device.resolve_device` does) is CUDA, gloo otherwise (a CPU run on a GPU host included).
     A no-op in one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dev = resolve_device(device)
+        dev = resolve_device(device, "train.device")
         if dev.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count())
             torch.cuda.set_device(dev.index if dev.index is not None else local)
