@@ -8,6 +8,7 @@ CUDA, ``torch.cuda.set_sync_debug_mode("error")`` as well), a generator that rep
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Iterator
 
@@ -448,3 +449,96 @@ def test_sample_runs_with_tf32_as_the_flag_says_and_records_it(device, flag, tmp
     if device == "cuda":
         assert during == [expected]
     assert torch.backends.cuda.matmul.allow_tf32 == before
+
+
+# ---- evaluation on the device --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _tf32_everywhere() -> Iterator:
+    """TF32 on for the whole process, as a command that set it and then evaluates would leave it."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_precision_recall_distances_run_without_tf32_on_the_device(device, monkeypatch):
+    """Every distance block of precision / recall runs with TF32 off although it is on around the call (TF32
+    rounds the inputs of the fp32 fallback to 10 bits), and the device gives the CPU's numbers."""
+    import numpy as np
+
+    from anyorder.evaluation import metrics
+
+    seen = []
+    for name in ("_sq_distances", "_sq_distances_fp16"):
+        real = getattr(metrics, name)
+        monkeypatch.setattr(metrics, name, lambda a, b, _real=real: (
+            seen.append(torch.backends.cuda.matmul.allow_tf32), _real(a, b))[1])
+    rng = np.random.default_rng(0)
+    ref, smp = rng.normal(size=(300, 64)).astype(np.float32), rng.normal(0.3, 1.0, (280, 64)).astype(np.float32)
+    with _tf32_everywhere():
+        here = metrics.precision_recall(ref, smp, device=device, row_batch_size=128, col_batch_size=100)
+    cpu = metrics.precision_recall(ref, smp, device="cpu", row_batch_size=128, col_batch_size=100)
+    assert seen and not any(seen)
+    assert abs(here[0] - cpu[0]) <= 1 / 280 and abs(here[1] - cpu[1]) <= 1 / 300  # a tie may flip one point
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_inception_features_on_the_device_are_the_cpus_despite_tf32(device, tmp_path):
+    """The feature network runs in exact fp32 inside ``compute_features`` whatever TF32 is around it: the
+    device's features equal the CPU's to fp32 rounding (TF32 would move them by ~1e-3 relative)."""
+    import numpy as np
+
+    from anyorder.evaluation.evaluate import compute_features
+    from anyorder.evaluation.inception import InceptionV3
+
+    torch.manual_seed(0)
+    net = InceptionV3()
+    with torch.no_grad():  # He-initialised convolutions: features that vary with the image
+        for v in net.state_dict().values():
+            if v.ndim == 4:
+                v.normal_(0.0, math.sqrt(2.0 / v[0].numel()))
+    images = np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    cpu = compute_features([images], net.eval(), 2, torch.device("cpu"), progress=False)
+    with _tf32_everywhere():
+        here = compute_features([images], net.to(device), 2, torch.device(device), progress=False)
+    for key in ("pool", "spatial"):
+        np.testing.assert_allclose(here[key], cpu[key], rtol=2e-4, atol=1e-5 * np.abs(cpu[key]).max(), err_msg=key)
+
+
+# ---- bf16 autocast training on the device ----------------------------------------------------------------------
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("family", ["rar", "randar"])
+def test_bf16_autocast_training_steps_on_the_device(family, device, tmp_path, one_thread):
+    """A few optimizer steps under bf16 autocast: finite losses, fp32 master weights that moved, and the
+    same result when run again with the same seed (the per-step seeds cover the device's RNG; on CUDA up to
+    the order of atomic adds in the embedding's backward)."""
+    from anyorder.models import build_model
+    from anyorder.training.config import TrainConfig
+    from anyorder.training.loop import train
+
+    tiny = {"rar": {"family": "rar", "dim": 32, "depth": 2, "n_head": 2, "mlp_hidden": 64, "seq_len": 16,
+                    "codebook_size": 16, "num_classes": 3, "pos_extra": 2, "timestep_extra": 2},
+            "randar": {"family": "randar", "dim": 32, "depth": 2, "n_head": 2, "seq_len": 16, "codebook_size": 16,
+                       "num_classes": 3, "multiple_of": 16}}[family]
+    g = torch.Generator().manual_seed(0)
+    codes, labels = torch.randint(0, 16, (24, 4, 4), generator=g), torch.randint(0, 3, (24,), generator=g)
+
+    def run(out):
+        torch.manual_seed(0)
+        model = build_model(tiny, device=device)
+        start = {k: v.clone() for k, v in model.state_dict().items()}
+        cfg = TrainConfig(steps=3, batch_size=8, lr=3e-3, warmup_steps=1, ckpt_every=0, log_every=1,
+                          device=device, precision="bf16")
+        summary = train(model, codes, labels, cfg, out, progress=False)
+        return model, start, summary
+
+    model, start, summary = run(tmp_path / "a")
+    assert all(math.isfinite(h["loss"]) for h in summary["history"]) and len(summary["history"]) == 3
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(v, start[k]) for k, v in model.state_dict().items() if v.is_floating_point())
+    again, _, _ = run(tmp_path / "b")
+    for (k, a), b in zip(model.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5 if device == "cuda" else 0, msg=k)
