@@ -110,6 +110,37 @@ def test_the_decode_loop_never_syncs_with_the_host(family, per_token, path, devi
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_the_editing_tasks_never_sync_in_their_decode_loops(device, monkeypatch, one_thread):
+    """Inpainting (known tokens teacher-forced first), outpainting on a larger canvas, and extrapolation with
+    spatial guidance (three rows per image, context embeddings) through the library calls, every decode loop
+    guarded from its second step on."""
+    import importlib
+
+    from anyorder import editing as E
+
+    guarded = []
+    for name in ("anyorder.editing.inpaint", "anyorder.editing.extrapolate", "anyorder.sampling.generate"):
+        module = importlib.import_module(name)
+        real = module.decode
+
+        def guarded_decode(job, step_callback=None, _real=real, **kw):
+            with no_sync_after_first_step(device) as callback:
+                guarded.append(len(job.plan))
+                return _real(job, callback, **kw)
+
+        monkeypatch.setattr(module, "decode", guarded_decode)
+    model = _model("randar", device)
+    side = model.grid[0]
+    codes = torch.randint(0, model.codebook_size, (2, side, side), generator=torch.Generator().manual_seed(0))
+    codes = codes.to(device)
+    kw = {"guidance_scale": 2.0, "top_p": 0.9, "steps": 3}
+    E.inpaint(model, codes, E.half_mask(side, "left").to(device), [0, 1], seed=0, **kw)
+    E.outpaint(model, codes, 0, right=2, seed=1, **kw)
+    E.extrapolate(model, [0], factor=2, spatial_guidance_scale=2.0, seed=2, **kw)
+    assert len(guarded) >= 4 and min(guarded) > 1  # inpaint, outpaint, extrapolation's two stages
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_sampling_draws_what_torch_multinomial_draws_for_a_seed(device):
     """The race without host syncs is the draw ``torch.multinomial`` makes for one sample from the same
     generator state (its one-sample path races the same noise after checks that sync): seeded samples are
