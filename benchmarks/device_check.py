@@ -1,13 +1,20 @@
 """Sampling throughput on one device: RAR-B … XXL img/s (random weights, batch 128, classifier-free guidance,
 KV cache; fp32 / bf16, eager / compiled) beside RAR's Table 5 (A100), and RandAR-L at 88 vs 256 steps.
 
-Run by ``benchmarks/device_check.sh`` (which first runs the test suite on the device). Every figure is the
-generator alone (codes, no tokenizer decode), timed on the second of two generations (the first compiles /
+Run by ``benchmarks/device_check.sh`` (after the CUDA cases of the device-parametrised tests). Every figure is
+the generator alone (codes, no tokenizer decode), timed on the second of two generations (the first compiles /
 warms up; eager RAR's warm-up stops after a few steps, a compiled one runs whole so that the step of every
-attention window is compiled) with ``torch.cuda.synchronize``. A wall-clock ``--budget-s`` cuts short the
-configuration running when it is spent and skips the rest (all listed as skipped; the JSON is rewritten after
-every configuration). ``--smoke``: tiny models, batch 4, the ``eager`` compile backend — a CPU check that the
-script runs, in well under a minute.
+attention window is compiled) with ``torch.cuda.synchronize``.
+
+**Each configuration runs in its own process** (this script with ``--one TAG``): a budget that runs out kills
+that process — never a signal inside a CUDA-graph capture or a compile — and an out-of-memory or a crash costs
+one row, not the run. ``--budget-s`` is the wall-clock budget of all rows: a configuration gets what is left,
+one that would start with less than ``--min-row-s`` is skipped; both are listed under ``skipped`` (``failed``
+holds the rows whose process failed, with the end of its output). The JSON is rewritten after every row.
+
+``--tf32`` (default) / ``--no-tf32``: TF32 matmuls for the fp32 rows, as ``anyorder sample --tf32`` (its
+default) and the official samplers run; recorded in the JSON. ``--smoke``: tiny models, batch 4, the ``eager``
+compile backend — a CPU check that the script runs, in about a minute.
 
     python benchmarks/device_check.py --json out.json             # on a GPU
     python benchmarks/device_check.py --smoke --json /tmp/dc.json  # anywhere
@@ -16,11 +23,13 @@ script runs, in well under a minute.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import signal
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +38,7 @@ import torch
 
 from anyorder.hub import build_model
 from anyorder.models import get_family, get_preset
+from anyorder.nn.device import resolve_device, tf32_mode
 from anyorder.sampling.decode import decode
 from anyorder.sampling.job import generation_job
 from anyorder.sampling.policy import sampling_config
@@ -49,29 +59,7 @@ class _Stop(Exception):
     pass
 
 
-class _OutOfTime(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float):
-    """Raise :class:`_OutOfTime` inside the block once ``seconds`` have passed (SIGALRM; the main thread of a
-    Unix process): a compile or generation that would overrun the budget is cut short, not waited for."""
-    if seconds <= 0:
-        raise _OutOfTime
-
-    def _fire(*_: object) -> None:
-        raise _OutOfTime
-
-    old = signal.signal(signal.SIGALRM, _fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
+# ---- one configuration (the child process) --------------------------------------------------------------------
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -80,9 +68,7 @@ def _sync(device: torch.device) -> None:
 def _model(name: str, device: torch.device, dtype: torch.dtype, smoke: bool):
     """Random weights built directly on the device (no CPU init of a billion parameters)."""
     cfg = SMOKE[name] if smoke else {"family": get_preset(name).family, **get_preset(name).model}
-    with torch.device(device):
-        model = build_model(cfg)
-    model.reset_buffers()
+    model = build_model(cfg, device=device)
     with torch.no_grad():  # the official init zeroes adaLN and heads: give them weights so every layer computes
         for p in model.parameters():
             if not p.any():
@@ -117,28 +103,98 @@ def _time_generation(model, batch: int, steps: int | None, compile: Any, warm_st
     return time.perf_counter() - t
 
 
-def main() -> None:
+def run_one(tag: str, device: torch.device, batch: int, smoke: bool) -> dict[str, Any]:
+    """The row of configuration ``tag``: ``"rar_b fp32 eager"``, ``"randar_l bf16 compiled"``, ..."""
+    name, dtype_name, mode = tag.split()
+    compiled = mode == "compiled"
+    backend: Any = ("eager" if smoke else True) if compiled else False
+    model = _model(name, device, DTYPES[dtype_name], smoke)
+    peak = {}
+    if model.family == "randar":
+        T = model.seq_len
+        few = max(1, round(88 * T / 256))  # 88 of 256 steps: the paper's setting, scaled to smoke grids
+        t_all = _time_generation(model, batch, T, backend, warm_steps=None)
+        t_few = _time_generation(model, batch, few, backend, warm_steps=None)
+        row = {"model": name, "dtype": dtype_name, "compiled": compiled, "steps": [T, few],
+               "seconds": [t_all, t_few], "speedup": t_all / t_few, "target_speedup": 2.5}
+    else:
+        # compiled: warm up a whole generation, so every attention window's step is compiled before timing
+        sec = _time_generation(model, batch, None, backend, warm_steps=None if compiled else 8)
+        row = {"model": name, "dtype": dtype_name, "compiled": compiled, "seconds": sec,
+               "img_per_s": batch / sec, "table5_a100_img_per_s": TABLE5_A100.get(name)}
+    if device.type == "cuda":
+        peak = {"peak_gib": round(torch.cuda.max_memory_allocated(device) / 2**30, 2)}
+    return {**row, **peak}
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+def configurations(sizes: list[str], smoke: bool) -> list[str]:
+    """Cheapest and most informative first, so a spent budget skips the tail: eager RAR (fp32, bf16), eager
+    RandAR, compiled bf16, compiled RandAR, compiled fp32."""
+    rows = [f"{n} {d} eager" for n in sizes for d in ("fp32", "bf16")]
+    rows += ["randar_l bf16 eager"]
+    rows += [f"{n} bf16 compiled" for n in sizes]
+    rows += ["randar_l bf16 compiled"]
+    rows += [f"{n} fp32 compiled" for n in sizes]
+    # LPD (being added by the lead): its rows go here, e.g. "lpd_l bf16 eager", once the family and its presets
+    # are registered and run_one knows how to time them (steps as the paper's table).
+    return rows
+
+
+def _child(tag: str, args: argparse.Namespace, row_file: Path, timeout: float) -> tuple[str, Any]:
+    """Run ``tag`` in a process of its own for at most ``timeout`` s: ``("row", row)``, ``("timeout", None)`` or
+    ``("failed", the end of its output)``."""
+    cmd = [sys.executable, __file__, "--one", tag, "--device", args.device, "--batch", str(args.batch),
+           "--row-json", str(row_file), "--tf32" if args.tf32 else "--no-tf32", *(["--smoke"] if args.smoke else [])]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: a timeout kills compile workers too
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        return "timeout", None
+    if proc.returncode != 0 or not row_file.is_file():
+        return "failed", (output or "")[-2000:]
+    return "row", json.loads(row_file.read_text())
+
+
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=None, help="default 128 (smoke: 4)")
     ap.add_argument("--sizes", nargs="+", default=None, help="RAR presets (default rar_b rar_l rar_xl rar_xxl)")
-    ap.add_argument("--budget-s", type=float, default=330.0, help="skip what is left after this many seconds")
+    ap.add_argument("--budget-s", type=float, default=330.0, help="wall-clock budget of all rows")
+    ap.add_argument("--min-row-s", type=float, default=None,
+                    help="skip a row that would start with less than this left (default 45; smoke: 5)")
+    ap.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                    help="TF32 for fp32 work on CUDA (default on, as `anyorder sample`)")
     ap.add_argument("--json", type=Path, default=Path(os.environ["OUT"]) / "device_check.json"
                     if os.environ.get("OUT") else None)
+    ap.add_argument("--one", metavar="TAG", help=argparse.SUPPRESS)  # the child: one configuration
+    ap.add_argument("--row-json", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    device = torch.device(args.device)
-    batch = args.batch or (4 if args.smoke else 128)
+    device = resolve_device(args.device, "--device")
+    args.device = str(device)
+    args.batch = args.batch or (4 if args.smoke else 128)
+    if args.one:
+        with tf32_mode(args.tf32, device):
+            row = run_one(args.one, device, args.batch, args.smoke)
+        args.row_json.write_text(json.dumps(row))
+        print(json.dumps(row), flush=True)
+        return 0
+
     sizes = args.sizes or (["rar_b", "rar_l"] if args.smoke else list(TABLE5_A100))
-    compile_backend: Any = "eager" if args.smoke else True
-    torch.backends.cuda.matmul.allow_tf32 = True  # as the official samplers (and A100 fp32 matmuls) run
-    torch.backends.cudnn.allow_tf32 = True
+    min_row = args.min_row_s if args.min_row_s is not None else (5.0 if args.smoke else 45.0)
     start = time.perf_counter()
     out: dict[str, Any] = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch": torch.__version__, "batch": batch, "smoke": args.smoke, "guidance_scale": 4.0,
-        "note": "generator only (codes), second of two runs; Table 5 is the RAR paper's A100 img/s",
-        "rar": [], "randar": {}, "skipped": [],
+        "torch": torch.__version__, "batch": args.batch, "smoke": args.smoke, "guidance_scale": 4.0,
+        "tf32": args.tf32 and device.type == "cuda",
+        "note": "generator only (codes), second of two runs, each configuration in its own process; Table 5 is "
+                "the RAR paper's A100 img/s",
+        "rar": [], "randar": {}, "skipped": [], "failed": {},
     }
 
     def save() -> None:  # after every row: a run cut short by an outer timeout still leaves its rows
@@ -147,61 +203,32 @@ def main() -> None:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(out, indent=1))
 
-    def within_budget(tag: str, run) -> None:  # noqa: ANN001 - a no-argument callable
-        """``run()`` if budget is left, cut short when it runs out (listed under ``skipped`` either way)."""
-        try:
-            with _deadline(args.budget_s - (time.perf_counter() - start)):
-                run()
-        except _OutOfTime:
-            out["skipped"].append(tag)
-            print(f"skipped (budget spent): {tag}", flush=True)
-        finally:
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        save()
-
-    def rar(name: str, dtype_name: str, compiled: bool) -> None:
-        def run() -> None:
-            model = _model(name, device, DTYPES[dtype_name], args.smoke)
-            # compiled: warm up a whole generation, so every attention window's step is compiled before timing
-            sec = _time_generation(model, batch, None, compile_backend if compiled else False,
-                                   warm_steps=None if compiled else 8)
-            row = {"model": name, "dtype": dtype_name, "compiled": compiled, "seconds": sec,
-                   "img_per_s": batch / sec, "table5_a100_img_per_s": TABLE5_A100.get(name)}
-            out["rar"].append(row)
-            print(json.dumps(row), flush=True)
-
-        within_budget(f"{name} {dtype_name} {'compiled' if compiled else 'eager'}", run)
-
-    def randar(dtype_name: str, compiled: bool) -> None:
-        name, mode = "randar_l", f"{dtype_name}_{'compiled' if compiled else 'eager'}"
-
-        def run() -> None:
-            model = _model(name, device, DTYPES[dtype_name], args.smoke)
-            T = model.seq_len
-            few = max(1, round(88 * T / 256))  # 88 of 256 steps: the paper's setting, scaled to smoke grids
-            t_all = _time_generation(model, batch, T, compile_backend if compiled else False, warm_steps=None)
-            t_few = _time_generation(model, batch, few, compile_backend if compiled else False, warm_steps=None)
-            out["randar"][mode] = {"steps": [T, few], "seconds": [t_all, t_few], "speedup": t_all / t_few,
-                                   "target_speedup": 2.5}
-            print(json.dumps({name: out["randar"][mode]}), flush=True)
-
-        within_budget(f"{name} {mode}", run)
-
-    # cheapest and most informative first, so a spent budget skips the tail: eager RAR, RandAR, then compiled
-    for name in sizes:
-        for dtype_name in ("fp32", "bf16"):
-            rar(name, dtype_name, False)
-    randar("bf16", False)
-    for name in sizes:
-        rar(name, "bf16", True)
-    randar("bf16", True)
-    for name in sizes:
-        rar(name, "fp32", True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, tag in enumerate(configurations(sizes, args.smoke)):
+            left = args.budget_s - (time.perf_counter() - start)
+            if left < min_row:
+                out["skipped"].append(tag)
+                print(f"skipped (budget spent): {tag}", flush=True)
+                continue
+            kind, result = _child(tag, args, Path(tmp) / f"row{i}.json", left)
+            if kind == "row":
+                if tag.startswith("randar"):
+                    out["randar"][f"{result['dtype']}_{'compiled' if result['compiled'] else 'eager'}"] = result
+                else:
+                    out["rar"].append(result)
+                print(json.dumps(result), flush=True)
+            elif kind == "timeout":
+                out["skipped"].append(tag)
+                print(f"skipped (budget spent while running): {tag}", flush=True)
+            else:
+                out["failed"][tag] = result
+                print(f"FAILED: {tag}\n{result}", file=sys.stderr, flush=True)
+            save()
     save()
     if args.json:
         print(f"wrote {args.json}")
+    return 1 if out["failed"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -218,3 +218,55 @@ def test_two_processes_under_torchrun_write_the_one_process_file(tmp_path: Path)
     assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
     meta = json.loads((tmp_path / "two.json").read_text())
     assert meta["world_size"] == 2 and meta["this_run"]["images_sampled"] == n
+
+
+class _Decoder(torch.nn.Module):
+    """A stand-in tokenizer: codes [B, h, w] -> grey images [B, 3, h, w]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return (codes.float() / 64)[:, None].expand(-1, 3, -1, -1)
+
+
+def test_under_an_existing_nccl_group_the_barriers_run_on_a_gloo_group_of_their_own(tmp_path, monkeypatch):
+    """Rank 1 of 2 inside a process group that exists already with NCCL (a training run's): NCCL cannot carry
+    the CPU tensors of the barriers, and its 10-minute default timeout is shorter than rank 0's merge. Every
+    collective must run on a gloo group created for it, with a timeout of hours."""
+    dist = batch_lib.dist
+    made, calls = [], []
+
+    def new_group(backend=None, timeout=None, **_):
+        made.append({"backend": backend, "timeout": timeout})
+        return "sampling-group"
+
+    def collective(name):
+        def run(obj, *args, group=None, **kw):
+            if group != "sampling-group":  # the default (NCCL) group: CPU tensors are refused
+                raise RuntimeError(f"{name} on the NCCL group: No backend type associated with device type cpu")
+            calls.append(name)
+            if name == "all_reduce":
+                obj *= 2  # rank 0 sampled as many
+        return run
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(dist, "new_group", new_group)
+    monkeypatch.setattr(dist, "broadcast_object_list", collective("broadcast_object_list"))
+    monkeypatch.setattr(dist, "all_reduce", collective("all_reduce"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda group=None: calls.append(f"destroy {group}"))
+    model = from_pretrained(fixture_dir("rar")).eval()
+    out = tmp_path / "s.npz"
+    batch_lib.parts_dir(out).mkdir()  # rank 0's work
+    labels = balanced_labels(2 * BATCH, range(2))
+    record = batch_lib.sample_npz(model, _Decoder(), out, labels, batch_size=BATCH, seed=0, sampling={},
+                                  progress=False)
+    assert record is None  # rank 1 does not merge
+    assert made == [{"backend": "gloo", "timeout": batch_lib._COLLECTIVE_TIMEOUT}]
+    assert batch_lib._COLLECTIVE_TIMEOUT.total_seconds() >= 3600
+    assert calls == ["broadcast_object_list", "all_reduce", "broadcast_object_list", "destroy sampling-group"]
+    assert (batch_lib.parts_dir(out) / "chunk_00001.npz").is_file()  # rank 1's chunk of the two

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from anyorder.app.core import AppModel
 from anyorder.app.models import DEMO_FAMILIES, demo_models, ensure_demo_runs, run_class_names
-from anyorder.cli.common import check_tokenizer_fits, load_generator, load_tokenizer
+from anyorder.cli.common import add_device_options, check_tokenizer_fits, load_generator, load_tokenizer, on_device
 from anyorder.models import families_with, get_family
-from anyorder.nn.device import resolve_device
 
 __all__ = ["add_app_command", "cmd_app"]
 
@@ -32,16 +31,18 @@ def _models(args: argparse.Namespace, device: str) -> list[AppModel]:
     return [AppModel(name, model, tok, class_names=run_class_names(args.model))]
 
 
+@on_device
 def cmd_app(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:  # gradio is an optional dependency (pip install 'anyorder[app]'): imported by this command only
         from anyorder.app import ui
     except ImportError as e:
         raise RuntimeError(f"anyorder app needs gradio ({e}): pip install 'gradio>=6,<7'") from e
-    device = str(resolve_device(args.device))
+    device = args.device
     models = _models(args, device)
     app = ui.build_app(models)
-    print(f"serving {', '.join(m.label for m in models)} on {device}")
+    tf32 = " (TF32 on)" if args.tf32 else ""
+    print(f"serving {', '.join(m.label for m in models)} on {device}{tf32}")
     ui.launch(app, host=args.host, port=args.port, block=False, quiet=True)
     print(f"ready in {time.perf_counter() - t0:.1f} s: open http://{args.host}:{args.port}  (Ctrl+C stops)", flush=True)
     try:
@@ -61,5 +62,5 @@ def add_app_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs", help="where the demo runs are (default: runs)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    add_device_options(p)
     p.set_defaults(func=cmd_app)

@@ -1,19 +1,72 @@
-"""What the commands share: loading a generator and a tokenizer, parsing classes."""
+"""What the commands share: the device and TF32 options, loading a generator and a tokenizer, parsing classes."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import torch
 
 from anyorder.data.classes import class_index
 from anyorder.demo.run import recorded_tokenizer
 from anyorder.hub import _looks_like_hub_id, from_pretrained, load_module
 from anyorder.models import FAMILIES, PRESETS, SettingInfo, families_with
+from anyorder.nn.device import describe_device, resolve_device, tf32_mode
 from anyorder.tokenizers.demo_vq import DemoVQ
 from anyorder.tokenizers.official import load_official_tokenizer
 
 __all__ = ["parse_classes", "load_generator", "load_tokenizer", "check_tokenizer_fits", "sampling_settings",
-           "add_sampling_options", "sampling_values"]
+           "add_sampling_options", "sampling_values", "add_device_options", "pick_device", "on_device"]
+
+
+def add_device_options(p: argparse.ArgumentParser, tf32: bool = True, tf32_default: bool | None = True) -> None:
+    """``--device`` (default auto) and, for the commands that run a generator, ``--tf32 / --no-tf32``
+    (``tf32_default`` None: on, unless the command's evaluation protocol says otherwise)."""
+    p.add_argument("--device", default="auto",
+                   help="auto (default): CUDA when present (cuda:LOCAL_RANK under torchrun), else the CPU; or cpu, "
+                   "cuda, cuda:1, ...")
+    if tf32:
+        p.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=tf32_default,
+                       help="TF32 matmuls and convolutions for fp32 work on CUDA (default: on, as the official "
+                       "samplers run; --no-tf32: full fp32, slower). Recorded with the settings; no effect on a CPU")
+
+
+def pick_device(spec: str, what: str = "--device") -> torch.device:
+    """The device ``spec`` names (a missing CUDA is one line naming ``what``); ``auto`` says what it picked
+    (rank 0 only under torchrun)."""
+    device = resolve_device(spec, what)
+    if str(spec) == "auto" and os.environ.get("RANK", "0") == "0":
+        print(f"{what} auto: running on {describe_device(device)}", flush=True)
+    return device
+
+
+@contextlib.contextmanager
+def device_context(args: argparse.Namespace) -> Iterator[torch.device]:
+    """Resolve ``args.device`` (:func:`pick_device`), bind a CUDA device, and run with TF32 as ``--tf32`` says
+    (the flags restored after). Sets ``args.device`` to the resolved device's name and ``args.tf32`` to whether
+    TF32 is in effect (never on a CPU): what the settings record."""
+    device = pick_device(args.device)
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+    tf32 = getattr(args, "tf32", False)
+    with tf32_mode(True if tf32 is None else tf32, device) as on:
+        args.device, args.tf32 = str(device), on
+        yield device
+
+
+def on_device(cmd: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Run the command ``cmd`` inside :func:`device_context`."""
+
+    @functools.wraps(cmd)
+    def run(args: argparse.Namespace) -> int:
+        with device_context(args):
+            return cmd(args)
+
+    return run
 
 
 def sampling_settings(capability: str | None = None) -> dict[str, tuple[SettingInfo, list[str]]]:

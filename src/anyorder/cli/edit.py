@@ -19,7 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from anyorder.cli.common import add_sampling_options, load_generator, load_tokenizer, parse_classes, sampling_values
+from anyorder.cli.common import (
+    add_device_options,
+    add_sampling_options,
+    load_generator,
+    load_tokenizer,
+    on_device,
+    parse_classes,
+    sampling_values,
+)
 from anyorder.editing import (
     MASK_RULES,
     SIDES,
@@ -37,7 +45,6 @@ from anyorder.io.images import load_image, save_image_grid
 from anyorder.io.outputs import ensure_writable
 from anyorder.io.seeds import seed_arg
 from anyorder.models import families_with, family_of, get_family
-from anyorder.nn.device import resolve_device
 from anyorder.sampling.policy import model_sampling
 
 __all__ = ["add_editing_commands"]
@@ -112,6 +119,7 @@ def _shade(images: Tensor, token_mask: Tensor, ds: int, value: float = 0.5) -> T
 
 
 # ---- commands -------------------------------------------------------------------------------------------
+@on_device
 def cmd_inpaint(args: argparse.Namespace) -> int:
     if (args.mask is None) == (args.side is None):
         raise ValueError("give exactly one of --mask MASK.png or --side left|right|top|bottom")
@@ -132,13 +140,14 @@ def cmd_inpaint(args: argparse.Namespace) -> int:
     tiles = torch.cat([image.cpu(), before, _decode(tok, out)])
     settings = {"command": "inpaint", "model": args.model, "checkpoint": args.checkpoint, "image": args.image,
                 "mask": args.mask, "side": args.side, "mask_rule": args.mask_rule, "class": cls,
-                "samples": n, "seed": args.seed, "sampling": _sampling(args, model),
+                "samples": n, "seed": args.seed, "sampling": _sampling(args, model), "tf32": args.tf32,
                 "regenerated_tokens": int(mask.sum()), "grid": list(model.grid),
                 "layout": "input | input with the regenerated tokens greyed | result(s)"}
     _write(args.out, tiles, nrow=tiles.shape[0], settings=settings)
     return 0
 
 
+@on_device
 def cmd_outpaint(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     gh, gw = model.grid
@@ -185,12 +194,14 @@ def cmd_outpaint(args: argparse.Namespace) -> int:
                 "canvas": [int(H), int(W)], "trained_grid": [gh, gw],
                 "rope": args.rope or ("extrapolate" if family_of(model).can("canvas") else "window"),
                 "ntk_boundary": args.ntk_boundary, "samples": n, "seed": args.seed, "sampling": _sampling(args, model),
+                "tf32": args.tf32,
                 "generated_tokens": int(unknown.sum()),
                 "layout": "input on the canvas (grey = to generate) | result(s)"}
     _write(args.out, tiles, nrow=tiles.shape[0], settings=settings)
     return 0
 
 
+@on_device
 def cmd_extrapolate(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     classes = parse_classes(args.classes, model.num_classes) if args.classes else [model.null_class]
@@ -214,11 +225,12 @@ def cmd_extrapolate(args: argparse.Namespace) -> int:
                 "spatial_guidance_scale": args.spatial_guidance_scale,
                 "spatial_guidance_start": args.spatial_guidance_start,
                 "spatial_mask_ratio": args.spatial_mask_ratio, "low_res_steps": args.low_res_steps,
-                "seed": args.seed, "sampling": kw, "grid": list(out.shape[1:]), "layout": layout}
+                "seed": args.seed, "sampling": kw, "tf32": args.tf32, "grid": list(out.shape[1:]), "layout": layout}
     _write(args.out, tiles, nrow=nrow, settings=settings)
     return 0
 
 
+@on_device
 def cmd_features(args: argparse.Namespace) -> int:
     model, tok = _load(args)
     images = torch.cat([_load_image(p, model, tok) for p in args.image])
@@ -234,7 +246,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     save_state_dict(out, {"per_token": per_token, "pooled": pooled, "codes": codes})
     atomic_write_json(out.with_suffix(".json"), {
         "command": "features", "model": args.model, "images": args.image, "layer": layer, "mode": args.mode,
-        "read": args.read, "num_orders": args.num_orders, "class": cls, "seed": args.seed,
+        "read": args.read, "num_orders": args.num_orders, "class": cls, "seed": args.seed, "tf32": args.tf32,
         "per_token_shape": list(per_token.shape), "pooled_shape": list(pooled.shape)})
     print(f"wrote {out} (per_token {tuple(per_token.shape)}, pooled {tuple(pooled.shape)})")
     return 0
@@ -252,8 +264,7 @@ def _common(p: argparse.ArgumentParser, capability: str | None) -> None:
     p.add_argument("--checkpoint", help="official or our checkpoint file")
     p.add_argument("--config", help="hyper-parameters of --checkpoint (config.json or an official YAML)")
     p.add_argument("--tokenizer", help="tokenizer file or demo tokenizer dir (default: the run's tokenizer/)")
-    p.add_argument("--device", default="auto", type=lambda d: str(resolve_device(d)),
-                   help="auto (default): CUDA when present, else CPU")
+    add_device_options(p)
     p.add_argument("--seed", type=seed_arg, default=0)
     if capability:  # default: the settings the model was made with (its run's, its release's)
         add_sampling_options(p, capability)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from anyorder.cli.common import pick_device
 from anyorder.evaluation.evaluate import DEFAULT_BATCH_SIZE, DIGIT_SOURCES, FEATURE_KINDS, evaluate, make_reference
 from anyorder.evaluation.inception import INCEPTION_WEIGHTS_ENV
 from anyorder.evaluation.metrics import IS_SPLIT_SIZE
@@ -35,6 +36,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    args.device = str(pick_device(args.device))
     common = dict(judge=args.judge, inception_weights=args.inception_weights, batch_size=args.batch_size,
                   device=args.device, progress=not args.quiet)
     if args.make_ref is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -10,10 +11,12 @@ from typing import Any
 import torch
 
 from anyorder.cli.common import (
+    add_device_options,
     add_sampling_options,
     check_tokenizer_fits,
     load_generator,
     load_tokenizer,
+    on_device,
     parse_classes,
     sampling_values,
 )
@@ -24,7 +27,6 @@ from anyorder.io.outputs import ensure_writable
 from anyorder.io.seeds import seed_arg
 from anyorder.models.registry import family_of
 from anyorder.models.spec import DEFAULT_PROTOCOL, DTYPE_PATHS, EvalProtocol
-from anyorder.nn.device import resolve_device
 from anyorder.sampling.batch import sample_chunk, sample_npz
 from anyorder.sampling.policy import model_sampling
 from anyorder.sampling.protocol import (
@@ -93,31 +95,39 @@ def cmd_sample(args: argparse.Namespace) -> int:
     ensure_writable(out, what="--npz" if args.npz else "--out")  # before the model is loaded
     if args.protocol is not None and not args.npz:
         raise ValueError("--protocol says how an evaluation npz is made: give --npz OUT.npz")
-    device = resolve_device(args.device)
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
+    args.tf32_given = args.tf32  # None: on, or with --npz the protocol's (device_context resolves args.tf32)
+    return _sample(args)
+
+
+@on_device
+def _sample(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
     path = dtype_path(args.dtype)
     weights = "bf16" if path == "bf16-weights" else None
-    model = load_generator(args.model, args.checkpoint, str(device), dtype=weights,
-                           config=args.config).eval()
+    model = load_generator(args.model, args.checkpoint, args.device, dtype=weights, config=args.config).eval()
     classes = (parse_classes(args.classes, model.num_classes) if args.classes
                else list(range(model.num_classes)))
-    tok = load_tokenizer(args.tokenizer, args.model, str(device))
+    tok = load_tokenizer(args.tokenizer, args.model, args.device)
     check_tokenizer_fits(model, tok, args.tokenizer or args.model)
     kw = _sampling_args(args, model)
     if args.npz:
         protocol = with_dtype(model_protocol(model, args.protocol), path)
+        if args.tf32_given is not None and args.tf32_given != protocol.tf32:  # --tf32 / --no-tf32 given
+            protocol = dataclasses.replace(protocol, name=f"{protocol.name}+{'tf32' if args.tf32_given else 'fp32mm'}",
+                                           tf32=args.tf32_given)
         return _sample_npz(args, prepare_model(model, protocol), tok, classes, kw, protocol)
     # PNG grid: batch b draws from its own stream (chunk_seed(seed, b)), so no two batches repeat each other
     classes = [c for c in classes for _ in range(args.per_class)]
     bs = args.batch_size
-    with precision(with_dtype(DEFAULT_PROTOCOL, path), device):  # bf16-autocast, if asked for
+    png = dataclasses.replace(with_dtype(DEFAULT_PROTOCOL, path), tf32=bool(args.tf32))
+    with precision(png, device):  # bf16-autocast if asked for; TF32 as --tf32 says
         codes = torch.cat([sample_chunk(model, torch.tensor(classes[i : i + bs]), args.seed, i // bs,
                                         kw).cpu() for i in range(0, len(classes), bs)])
         images = decode_batched(tok, codes).float()
     out = Path(args.out)
     save_image_grid(images, out, nrow=args.per_class if args.per_class > 1 else min(8, len(classes)))
     atomic_write_json(out.with_suffix(".json"), {"classes": classes, "sampling": kw, "batch_size": bs,
+                                                 "device": args.device, "tf32": args.tf32,
                                                  "seed_stream": "batch b samples from chunk_seed(seed, b)",
                                                  "codes_shape": list(codes.shape),
                                                  "image_shape": list(images.shape[1:])})
@@ -194,7 +204,7 @@ def add_sample_command(sub: argparse._SubParsersAction) -> None:
     add_sampling_options(p)
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="auto", help="auto: CUDA (cuda:LOCAL_RANK under torchrun) when present")
+    add_device_options(p, tf32_default=None)
     add_protocol_options(p)
     p.add_argument("--sampling-file", default=None, metavar="JSON",
                    help="sampling settings from a JSON file's 'sampling' object (anyorder "

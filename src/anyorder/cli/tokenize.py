@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from anyorder.cli.common import pick_device
 from anyorder.data.augment import AUGMENTATIONS
 from anyorder.data.pretokenize import DEFAULT_PART_SIZE, pretokenize
 from anyorder.io.outputs import ensure_writable
@@ -17,6 +18,7 @@ __all__ = ["add_tokenize_command"]
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
     ensure_writable(args.out, folder=True, what="--out")  # before any image is read
+    args.device = str(pick_device(args.device))
     meta = pretokenize(args.tokenizer, args.data, args.out, aug=args.aug, resolution=args.resolution,
                        batch_size=args.batch_size, device=args.device, workers=args.workers,
                        part_size=args.part_size, tokenizer_config=args.tokenizer_config, progress=not args.quiet)

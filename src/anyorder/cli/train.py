@@ -14,13 +14,13 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from anyorder.cli.common import pick_device
 from anyorder.data.codes import open_codes
 from anyorder.data.datasets import DATASETS
 from anyorder.demo.run import run_demo
 from anyorder.hub import build_model, save_pretrained
 from anyorder.io.outputs import ensure_writable
 from anyorder.models import family_names
-from anyorder.nn.device import resolve_device
 from anyorder.training.config import RunConfig, list_run_presets, load_run_config
 from anyorder.training.distributed import barrier, init_distributed, shutdown
 from anyorder.training.loop import LAST_CKPT, load_checkpoint, train
@@ -70,7 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             run_demo(cfg, progress=not args.quiet, fresh=args.fresh)
             return 0
         data = open_codes(cfg.data.source)
-        device = resolve_device(cfg.train.device)
+        device = pick_device(cfg.train.device, "train.device")
         if device.type == "cuda":  # TF32 matmuls for what runs outside bf16 autocast, as the official trainers
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True

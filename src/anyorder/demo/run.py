@@ -78,7 +78,7 @@ def run_demo(cfg: RunConfig, progress: bool = True, fresh: bool = False) -> dict
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.train.device)
+    device = resolve_device(cfg.train.device, "train.device")
     family = cfg.family
     log = tqdm.write if progress else (lambda *_: None)
     timings: dict[str, float] = {}

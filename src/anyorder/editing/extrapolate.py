@@ -123,7 +123,9 @@ def extrapolate(model: Any, classes: Any, sampling: SamplingPolicy | dict[str, A
         drop = None
         if spatial.enabled:
             k = int(P * spatial_mask_ratio)
-            pick = torch.rand(B, P, generator=generator, device=model.device).argsort(dim=1)[:, :k]
+            # drawn on the generator's device (a CPU generator may feed a CUDA model), as every other draw
+            where = generator.device if generator is not None else model.device
+            pick = torch.rand(B, P, generator=generator, device=where).argsort(dim=1)[:, :k].to(model.device)
             drop = torch.zeros(B, P, device=model.device).scatter_(1, pick, 1.0)
         plan = _extrapolation_plan(policy.steps, T, P)
         job = DecodeJob(model, cls, orders, plan, policy, generator, (H, W), prefix, table, spatial, drop)

@@ -183,6 +183,14 @@ class AnyOrderModel(nn.Module):
         """Set up the cache for ``orders`` (``static``: the fixed-shape layout, see :class:`DecodeState`)."""
         raise NotImplementedError(f"family {self.family!r} defines no start_decoding")
 
+    def feed_prefix(self, state: DecodeState, context: Tensor) -> Tensor | None:
+        """Teacher-force an edit's known tokens (``context``: ids ``[B, P]`` in generation order, or their
+        embeddings) into the cache before the first decoding step, *as if they had been decoded one per step*:
+        the logits a step then gives equal the teacher-forced logits of the whole known-first order. Returns what
+        the first step must still feed (by default: the prefill here, the known tokens with the first queries)."""
+        self.decode_one_step(state, None, 1)
+        return context
+
     def decode_one_step(self, state: DecodeState, new_tokens: Tensor | None, num_queries: int) -> Tensor:
         """Feed the tokens sampled last step (``[B, n]``, generation order), return logits
         ``[B, num_queries, V]`` for the next ``num_queries`` positions of ``state.orders``."""

@@ -8,6 +8,7 @@ family, preset or setting are errors that name it and what is registered.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from types import MappingProxyType
 from typing import Any
@@ -105,7 +106,9 @@ def build_model(config: dict[str, Any] | str, device: torch.device | str | None 
                 source: str = "config") -> AnyOrderModel:
     """A randomly initialised model from ``{"family": ..., **fields}`` (our ``config.json``; its ``extra``
     metadata entry is ignored) or a preset name (whose sampling settings the model keeps as
-    ``sampling_defaults``). ``source`` names the config in errors."""
+    ``sampling_defaults``). ``source`` names the config in errors. ``device``: the model is built and
+    initialised there (no CPU copy first; on CUDA the initial weights come from the CUDA generator, so they
+    differ from a CPU build's for the same seed)."""
     sampling: dict[str, Any] = {}
     if isinstance(config, str):
         p = get_preset(config)
@@ -116,9 +119,12 @@ def build_model(config: dict[str, Any] | str, device: torch.device | str | None 
     if family is None:
         raise ValueError(f"{source}: model config needs a 'family' key (one of {family_names()})")
     spec = get_family(family, source)
-    model = spec.model_class(model_config(family, config, source))
+    cfg = model_config(family, config, source)
+    # built and initialised on ``device`` itself: no CPU copy of every parameter per process first
+    with torch.device(device) if device is not None else contextlib.nullcontext():
+        model = spec.model_class(cfg)
     model.sampling_defaults = sampling  # a preset's sampling settings (anyorder.sampling.model_sampling)
-    return model.to(device) if device is not None else model
+    return model
 
 
 def sampling_config(family: str, values: SamplingPolicy | dict[str, Any] | None = None,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention.bias import causal_lower_right
 
 __all__ = ["WINDOW_LEVELS", "attention_window", "CacheStep", "KVCache"]
 
@@ -84,12 +85,15 @@ class KVCache(nn.Module):
         return self.k[:, :, : step.kv_len], self.v[:, :, : step.kv_len]
 
     def mask(self, step: CacheStep) -> Tensor | None:
-        """Boolean ``[L, n]`` over the attended slots (None where one eager row sees everything filled)."""
+        """What the step's ``L`` rows may attend to among the ``n`` attended slots: a boolean ``[L, n]``, or for
+        an eager causal step (its rows are the ``L`` slots just below ``kv_len``) nothing when ``L == 1`` and
+        else lower-right causal attention (:func:`~torch.nn.attention.bias.causal_lower_right`, the same mask
+        exactly), which SDPA runs on its Flash kernel — Flash takes no boolean mask."""
         if step.kv_len is not None:
-            if step.visible is None and step.input_pos.shape[0] == 1:
-                return None  # one query at the last filled slot sees every slot
-            limit = step.input_pos + 1 if step.visible is None else step.visible
-            return self.slots[None, : step.kv_len] < limit[:, None]
+            L = step.input_pos.shape[0]
+            if step.visible is None:  # row r, at slot kv_len - L + r, sees the slots up to its own
+                return None if L == 1 else causal_lower_right(L, step.kv_len)
+            return self.slots[None, : step.kv_len] < step.visible[:, None]
         n = self.max_len if step.window is None else step.window
         if step.visible is None:
             return self.causal[step.input_pos, :n]

@@ -252,14 +252,18 @@ class Transformer(nn.Module):
                     device: torch.device | str | None = None, reuse: bool = False) -> None:
         """Allocate a :class:`KVCache` per block. ``reuse`` keeps caches of the same layout from an earlier
         generation (the static compiled step: same buffers, so no recompilation or CUDA-graph re-capture;
-        stale entries are never read, the mask hides every slot not yet written)."""
+        stale entries are never read, the mask hides every slot not yet written). Caches of another layout
+        (e.g. the smaller last batch of a run) are freed before the new ones are allocated: never two caches."""
         ref = next(self.parameters())
         dtype, device = dtype or ref.dtype, device or ref.device
         shape = (batch, self.cfg.n_head, max_len, self.cfg.head_dim)
+        old = [blk.attn.kv_cache for blk in self.blocks]
+        if reuse and all(c is not None and c.matches(*shape, dtype, device) for c in old):
+            return
+        del old
+        self.clear_cache()
         for blk in self.blocks:
-            old = blk.attn.kv_cache
-            if not (reuse and old is not None and old.matches(*shape, dtype, device)):
-                blk.attn.kv_cache = KVCache(*shape, dtype, device)
+            blk.attn.kv_cache = KVCache(*shape, dtype, device)
 
     def clear_cache(self) -> None:
         for blk in self.blocks:

@@ -123,18 +123,32 @@ def _chunk_path(parts: Path, i: int) -> Path:
     return parts / f"chunk_{i:05d}.npz"
 
 
-def _distributed() -> tuple[int, int, bool]:
-    """``(rank, world, created)``: joins ``torchrun``'s process group (gloo: only barriers are needed)."""
+# ranks wait at the barriers for the slowest one, and rank 0 merges 9.8 GB (50,000 images at 256x256)
+_COLLECTIVE_TIMEOUT = datetime.timedelta(hours=6)
+
+
+def _distributed() -> tuple[int, int, bool, Any]:
+    """``(rank, world, created, group)`` under ``torchrun``: joins or creates the process group, and returns a
+    gloo group of every rank with a long timeout for this module's barriers (``None`` in one process).
+
+    A group that exists already (NCCL, e.g. a training run's) cannot carry the CPU tensors these barriers
+    use, and its default timeout (10 minutes for NCCL) is shorter than rank 0's merge: so the barriers run
+    on a gloo group of their own."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), False
-    if world > 1:
+    created = False
+    if not (dist.is_available() and dist.is_initialized()):
+        if world <= 1:
+            return 0, 1, False, None
         if not dist.is_available():
             raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed")
-        # long timeout: ranks wait at the barrier for the slowest one, and rank 0 merges 9.8 GB
-        dist.init_process_group("gloo", timeout=datetime.timedelta(hours=6))
-        return dist.get_rank(), dist.get_world_size(), True
-    return 0, 1, False
+        dist.init_process_group("gloo", timeout=_COLLECTIVE_TIMEOUT)
+        created = True
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if world == 1:
+        return rank, world, created, None
+    if created:
+        return rank, world, created, dist.group.WORLD
+    return rank, world, created, dist.new_group(backend="gloo", timeout=_COLLECTIVE_TIMEOUT)
 
 
 def _take(lock: OutputLock) -> str | None:
@@ -149,7 +163,8 @@ def _take(lock: OutputLock) -> str | None:
     return None
 
 
-def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int, lock: OutputLock | None) -> None:
+def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int, lock: OutputLock | None,
+               group: Any = None) -> None:
     """Rank 0 takes the output's lock (one run at a time writes a file); the chunks in ``parts`` must come from
     the same job: same model, settings, seed, layout."""
     f = parts / _JOB_FILE
@@ -167,7 +182,7 @@ def _check_job(parts: Path, job: dict[str, Any], rank: int, world: int, lock: Ou
             parts.mkdir(parents=True, exist_ok=True)
             atomic_write_json(f, job)
     if world > 1:  # every rank learns rank 0's verdict (and waits for the parts directory)
-        dist.broadcast_object_list(verdict, src=0)
+        dist.broadcast_object_list(verdict, src=0, group=group)
     if verdict[0] is not None:
         raise ValueError(verdict[0])
 
@@ -204,7 +219,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
         raise ValueError(f"--npz {out}: the file name must end in .npz")
     labels = torch.as_tensor(labels, dtype=torch.int64).cpu()
     sampling = {k: v for k, v in sampling.items() if k not in ("seed", "generator")}
-    rank, world, created = _distributed()
+    rank, world, created, group = _distributed()
     lock = OutputLock(lock_path(out), f"--npz {out}") if rank == 0 else None  # held until the merge is done
     try:
         parts = parts_dir(out)
@@ -215,7 +230,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
         if protocol is not None:
             job["protocol"] = protocol.to_dict()
         job = json.loads(json.dumps(job, default=str))
-        _check_job(parts, job, rank, world, lock)
+        _check_job(parts, job, rank, world, lock, group)
         mine = [i for i in range(rank, n_chunks, world) if not _chunk_path(parts, i).is_file()]
         todo = sum(min(batch_size, len(labels) - i * batch_size) for i in mine)
         tok_dev = next(tokenizer.parameters()).device
@@ -233,7 +248,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
         sampled = todo
         if world > 1:
             count = torch.tensor([todo], dtype=torch.int64)
-            dist.all_reduce(count)  # also the barrier: every rank has written its chunks
+            dist.all_reduce(count, group=group)  # also the barrier: every rank has written its chunks
             sampled = int(count.item())
         record = None
         error = [None]
@@ -245,7 +260,7 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
                 if world == 1:
                     raise
         if world > 1:
-            dist.broadcast_object_list(error, src=0)
+            dist.broadcast_object_list(error, src=0, group=group)
             if error[0] is not None:
                 raise RuntimeError(f"merging {out} failed: {error[0]}")
         return record
@@ -254,6 +269,8 @@ def sample_npz(model, tokenizer, out: str | os.PathLike, labels: Tensor, *, batc
             lock.release()
         if created:
             dist.destroy_process_group()
+        elif group is not None:
+            dist.destroy_process_group(group)
 
 
 def _merge(out: Path, parts: Path, labels: Tensor, n_chunks: int, job: dict[str, Any], sampled: int,

@@ -10,6 +10,8 @@ all build a job and call this.
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +23,7 @@ from anyorder.models.base import StepInputs, bucket
 from anyorder.models.registry import family_of
 from anyorder.nn.schedules import GuidanceSchedule
 
-__all__ = ["sample_logits", "sample_static", "filter_logits", "decode", "GuidanceRows"]
+__all__ = ["sample_logits", "sample_static", "race_noise", "filter_logits", "decode", "GuidanceRows"]
 
 def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
     """fp32 ``logits [N, V]`` divided by ``max(temperature, 1e-5)``, with every id outside the ``top_k``
@@ -50,16 +52,16 @@ def is_greedy(temperature: float, top_k: int) -> bool:
 def sample_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                   generator: torch.Generator | None = None) -> Tensor:
     """Sample ids from ``logits [..., V]`` (in fp32): divide by ``max(temperature, 1e-5)``, keep the ``top_k``
-    largest and the smallest set with cumulative probability ``>= top_p``, then draw. ``top_k == 1``
-    or ``temperature <= 1e-5`` is greedy (argmax). The draw happens on the generator's device."""
-    shape = logits.shape[:-1]
-    logits = logits.reshape(-1, logits.shape[-1]).float()
+    largest and the smallest set with cumulative probability ``>= top_p``, then draw by the exponential race
+    (:func:`sample_static` with Exp(1) noise of ``logits``' shape from :func:`race_noise`). ``top_k == 1`` or
+    ``temperature <= 1e-5`` is greedy (argmax). The same draw as ``torch.multinomial(p, 1, generator=g)``
+    (whose one-sample path is this race on ``empty_like(p).exponential_(generator=g)``) without its input
+    checks, which read the device from the host (two syncs a call on CUDA). The noise is drawn on the
+    generator's device, so a seed gives the same ids wherever the logits are."""
     if is_greedy(temperature, top_k):
-        return logits.argmax(-1).view(shape)
-    probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    if generator is not None and generator.device.type != probs.device.type:
-        return torch.multinomial(probs.to(generator.device), 1, generator=generator).to(probs.device).view(shape)
-    return torch.multinomial(probs, 1, generator=generator).view(shape)
+        return logits.float().argmax(-1)
+    noise = race_noise(tuple(logits.shape), generator, logits.device)
+    return sample_static(logits, temperature, top_k, top_p, noise)
 
 
 def sample_static(logits: Tensor, temperature: float, top_k: int, top_p: float, noise: Tensor | None) -> Tensor:
@@ -72,6 +74,21 @@ def sample_static(logits: Tensor, temperature: float, top_k: int, top_p: float, 
         return logits.argmax(-1).view(shape)
     probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
     return (probs / noise.reshape(probs.shape).clamp_min(1e-30)).argmax(-1).view(shape)
+
+
+def race_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
+    """Exp(1) noise of ``shape`` for the exponential race, on ``device``, without a host sync.
+
+    Drawn on the generator's device (a seed gives the same noise wherever the model runs; without a generator
+    on ``device``). A CPU generator feeding a CUDA model draws into pinned memory and copies it asynchronously:
+    a plain host-to-device copy would wait for the GPU to finish its queue, every step."""
+    device = torch.device(device)
+    where = generator.device if generator is not None else device
+    if where.type == device.type and (where.index == device.index or device.index is None):
+        return torch.empty(shape, device=where).exponential_(generator=generator)
+    pinned = where.type == "cpu" and device.type == "cuda"
+    noise = torch.empty(shape, device=where, pin_memory=pinned).exponential_(generator=generator)
+    return noise.to(device, non_blocking=pinned or where.type == device.type)
 
 
 class GuidanceRows:
@@ -155,6 +172,31 @@ def _per_row(scales: list[float], device: torch.device) -> float | Tensor:
     return torch.tensor(scales, dtype=torch.float32, device=device)[:, None]
 
 
+def _eager_scales(rows: GuidanceRows, plan: list[int], done: int, total: int,
+                  device: torch.device) -> list[tuple[float | Tensor, float | Tensor]]:
+    """Every eager step's guidance scales, computed on the host before the loop: floats where a step's tokens
+    share them, else ``[n, 1]`` tensors (per token, LPD) — all of those in one transfer, since a
+    ``torch.tensor(..., device="cuda")`` per step is a blocking copy that waits for the GPU's queue."""
+    host: list[tuple[list[float], list[float]]] = []
+    for n in plan:
+        host.append(rows.scales(done, n, total))
+        done += n
+    uniform = [[s[0] if all(v == s[0] for v in s) else None for s in pair] for pair in host]
+    flat = [v for pair, u in zip(host, uniform) for s, one in zip(pair, u) if one is None for v in s]
+    moved = torch.tensor(flat, dtype=torch.float32).to(device) if flat else None
+    out, i = [], 0
+    for pair, u in zip(host, uniform):
+        step = []
+        for s, one in zip(pair, u):
+            if one is None:
+                step.append(moved[i : i + len(s), None])
+                i += len(s)
+            else:
+                step.append(one)
+        out.append((step[0], step[1]))
+    return out
+
+
 def _step(model: Any, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: Tensor, temperature: float,
           top_k: int, top_p: float, noise: Tensor | None) -> Tensor:
     """One static decode step on device: transformer over a cache window, guidance mixing and sampling in
@@ -166,17 +208,34 @@ def _step(model: Any, inputs: StepInputs, rows: GuidanceRows, s_c: Tensor, s_s: 
 _COMPILED: dict[tuple, Callable] = {}
 
 
+# dynamo's limits on graphs per function, by name: torch >= 2.7's, then torch 2.6's (pyproject allows 2.6)
+_RECOMPILE_LIMITS = ((("recompile_limit", "cache_size_limit"), 64),
+                     (("accumulated_recompile_limit", "accumulated_cache_size_limit"), 1024))
+
+
+def _raise_recompile_limits() -> None:
+    """Each model shape / batch / bucket is one graph of the same step function: allow more than dynamo's
+    default 8 graphs (never lowering a limit the user raised)."""
+    cfg = torch._dynamo.config
+    for names, floor in _RECOMPILE_LIMITS:
+        name = next((n for n in names if hasattr(cfg, n)), None)
+        if name is not None:
+            setattr(cfg, name, max(getattr(cfg, name), floor))
+
+
 def compiled_step(backend: str | Callable = "inductor", mode: str | None = None) -> Callable:
     """:func:`_step` under ``torch.compile`` (cached per backend and mode; shapes specialised, never dynamic:
     a parallel generation sees a few bucketed shapes, see :func:`anyorder.models.base.bucket`)."""
     key = (backend, mode)
     if key not in _COMPILED:
-        # each model shape / batch / bucket is one graph of the same function: allow more than the default 8
-        cfg = torch._dynamo.config
-        cfg.recompile_limit = max(cfg.recompile_limit, 64)
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
+        _raise_recompile_limits()
         _COMPILED[key] = torch.compile(_step, backend=backend, mode=mode, dynamic=False)
     return _COMPILED[key]
+
+
+def _padded(noise: Tensor, rows: int) -> Tensor:
+    """``noise [B, n, V]`` padded with ones to ``rows`` rows (a static step's bucketed queries)."""
+    return noise if noise.shape[1] == rows else F.pad(noise, (0, 0, 0, rows - noise.shape[1]), value=1.0)
 
 
 def _resolve_compile(compile: bool | str | Callable, device: torch.device) -> Callable | None:
@@ -185,6 +244,26 @@ def _resolve_compile(compile: bool | str | Callable, device: torch.device) -> Ca
     if compile is True:  # inductor; on CUDA with CUDA graphs (the step is static, so graphs replay)
         return compiled_step("inductor", "reduce-overhead" if device.type == "cuda" else None)
     return compiled_step(compile)
+
+
+# the (backend, model, batch, plan) shapes a compiled generation ran with: a new one compiles first
+_COMPILED_SHAPES: set[tuple] = set()
+
+
+def _compile_shape(compile: bool | str | Callable, model: Any, rows: int, plan: list[int],
+                   device: torch.device) -> tuple:
+    dtype = next(model.parameters()).dtype
+    return (repr(compile), type(model).__name__, repr(model.config), str(dtype), str(device), rows, tuple(plan))
+
+
+def _say_compiling(compile: bool | str | Callable, family: str, batch: int, device: torch.device) -> None:
+    """Say on stderr that this generation compiles (tens of seconds, minutes for large models): the command
+    would otherwise look stuck."""
+    how = ("inductor with CUDA graphs" if device.type == "cuda" else "inductor") if compile is True else (
+        compile if isinstance(compile, str) else getattr(compile, "__name__", "a custom backend"))
+    print(f"anyorder: compiling the {family} decode step ({how}) for batch {batch}: the first generation of a "
+          "new model, batch or step plan compiles its step shapes; later ones reuse them", file=sys.stderr,
+          flush=True)
 
 
 def _static_scales(rows: GuidanceRows, plan: list[int], done: int, total: int,
@@ -209,6 +288,7 @@ def _static_scales(rows: GuidanceRows, plan: list[int], done: int, total: int,
     return out
 
 
+@torch.no_grad()
 def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None, *,
            compile: bool | str | Callable = False, static: bool = False) -> Tensor:
     """Run a :class:`~anyorder.sampling.job.DecodeJob`; returns its tokens ``[B, T]`` in *generation order*
@@ -222,8 +302,12 @@ def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None,
     compiling. The static step attends over one of four windows of the cache
     (:func:`~anyorder.nn.kv_cache.attention_window`) under a precomputed mask, pads parallel steps to bucket
     sizes, takes the guidance scales as tensors and samples by the exponential race with noise drawn from the
-    job's generator outside the step: seeded runs are reproducible, but draw other samples than the eager loop
-    for the same seed (greedy decoding agrees with it).
+    job's generator outside the step — the same draws as the eager loop, so a seed gives the same samples eager,
+    static or compiled wherever their logits agree (they differ by float rounding only).
+
+    Every path is free of host syncs inside the loop (no ``.item()``, ``nonzero``, ``multinomial`` or blocking
+    host-to-device copy per step), and runs under ``torch.no_grad`` (the KV cache would otherwise hold the
+    autograd graph of every step).
     """
     model, policy = job.model, job.policy
     B, T = job.orders.shape
@@ -245,29 +329,34 @@ def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None,
     step_fn = _resolve_compile(compile, dev)
     static = static or step_fn is not None
     step_fn = step_fn or _step
+    shape = _compile_shape(compile, model, R * B, plan, dev) if step_fn is not _step else None
+    if shape is not None and shape not in _COMPILED_SHAPES:
+        _say_compiling(compile, model.family, B, dev)
+        t0 = time.perf_counter()
     temperature, top_k, top_p = policy.temperature, policy.top_k, policy.top_p
     classes = rows.classes(job.classes, model.null_class)
     options = {} if job.table is None else {"table": job.table}
     state = model.start_decoding(classes, job.orders.repeat(R, 1), static=static, **options)
     out = torch.empty(B, T, dtype=torch.long, device=dev)
     new: Tensor | None = None
-    if static:
-        scales = _static_scales(rows, plan, P, T, dev)
-        greedy = is_greedy(temperature, top_k)
+    # per-step values the loop would otherwise build on the host: computed once, moved once
+    scales = _static_scales(rows, plan, P, T, dev) if static else _eager_scales(rows, plan, P, T, dev)
+    greedy = is_greedy(temperature, top_k)
+    V = model.codebook_size
     try:
-        if P:  # teacher-force the known tokens through the cache in one pass; their logits are not used
+        if P:  # teacher-force the known tokens through the cache; their logits are not used
             out[:, :P] = job.prefix
-            model.decode_one_step(state, None, 1)
-            new = rows.context(model, job.prefix)
+            new = model.feed_prefix(state, rows.context(model, job.prefix))
             state.done = P
         done = P
         for i, n in enumerate(plan):
             if static:
                 inputs = model.step_inputs(state, new, n)
-                noise = None if greedy else _exponential((B, inputs.last, model.codebook_size), job.generator, dev)
+                # the eager loop's draws ([B, n, V]); the padding rows' samples are dropped
+                noise = None if greedy else _padded(race_noise((B, n, V), job.generator, dev), inputs.last)
                 tok = step_fn(model, inputs, rows, *scales[i], temperature, top_k, top_p, noise)[:, :n]
             else:
-                logits = rows.combine(model.decode_one_step(state, new, n), done, T)  # [B, n, V]
+                logits = rows.mix(model.decode_one_step(state, new, n), *scales[i])  # [B, n, V]
                 tok = sample_logits(logits, temperature, top_k, top_p, job.generator)
             out[:, done : done + n] = tok
             done += n
@@ -277,10 +366,7 @@ def decode(job: Any, step_callback: Callable[[int, Tensor], None] | None = None,
                 step_callback(done, out)
     finally:
         model.end_decoding(keep_cache=static and dev.type == "cuda" and step_fn is not _step)
+    if shape is not None and shape not in _COMPILED_SHAPES:
+        _COMPILED_SHAPES.add(shape)
+        print(f"anyorder: compiled, and generated, in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return out
-
-
-def _exponential(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device) -> Tensor:
-    """Exp(1) noise for the exponential race, drawn on the generator's device."""
-    where = generator.device if generator is not None else device
-    return torch.empty(shape, device=where).exponential_(generator=generator).to(device)

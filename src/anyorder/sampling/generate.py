@@ -32,9 +32,10 @@ def generate(model: Any, classes: Tensor | list[int], sampling: SamplingPolicy |
 
     ``orders`` (``[B, T]`` or ``[T]`` raster permutations) fixes the generation orders. A ``seed`` (or
     ``generator``) makes the result reproducible (orders and samples). ``compile=True`` runs the static-shape
-    decode step under ``torch.compile`` (CUDA graphs on GPU; a string names another compile backend): same
-    greedy ids, and a seed is reproducible, but a seeded sample differs from the eager loop's (another
-    sampling draw). ``step_callback(done, tokens)`` is called after every step (see :func:`decode`).
+    decode step under ``torch.compile`` (CUDA graphs on GPU; a string names another compile backend): the same
+    sampling draws as the eager loop, so a seed gives the same ids wherever the compiled logits agree with the
+    eager ones (they differ by float rounding). ``step_callback(done, tokens)`` is called after every step
+    (see :func:`decode`).
     """
     job = generation_job(model, classes, sampling, orders=orders, seed=seed, generator=generator, **settings)
     was_training = model.training

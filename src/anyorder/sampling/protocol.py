@@ -20,6 +20,7 @@ from torch import Tensor
 
 from anyorder.models.registry import FAMILIES, family_of
 from anyorder.models.spec import DEFAULT_PROTOCOL, DTYPE_PATHS, LABEL_LAYOUTS, EvalProtocol
+from anyorder.nn.device import tf32_mode
 
 __all__ = ["protocols", "get_protocol", "model_protocol", "protocol_labels", "balanced_labels",
            "sorted_labels", "random_labels", "labels_seed", "with_dtype", "prepare_model", "precision"]
@@ -141,14 +142,9 @@ def precision(protocol: EvalProtocol, device: torch.device) -> Iterator[None]:
     """Sampling and decoding under the protocol's compute settings: ``torch.autocast(bfloat16)`` for
     ``"bf16-autocast"``; on CUDA TF32 matrix products allowed or not as the protocol says (restored
     after)."""
-    saved = torch.backends.cuda.matmul.allow_tf32
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = protocol.tf32
-    try:
+    with tf32_mode(protocol.tf32, device):
         if protocol.dtype == "bf16-autocast":
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                 yield
         else:
             yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved

@@ -8,6 +8,7 @@ checkpoint loads in a single process, and a run can resume on another number of 
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Any
 
@@ -16,11 +17,22 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from anyorder.nn.device import resolve_device
 
-__all__ = ["init_distributed", "dist_info", "wrap", "full_state", "load_full_state", "barrier", "shutdown"]
+__all__ = ["init_distributed", "dist_info", "wrap", "full_state", "load_full_state", "barrier", "shutdown",
+           "collective_timeout"]
+
+
+def collective_timeout() -> datetime.timedelta:
+    """How long a rank waits in a collective before the run is aborted: 60 minutes (``$ANYORDER_DIST_TIMEOUT_MIN``
+    changes it). NCCL's default of 10 minutes is shorter than rank 0 writing a large checkpoint while the others
+    wait (RAR-XXL's weights and AdamW moments are ~17 GiB; see docs/GPU.md)."""
+    minutes = float(os.environ.get("ANYORDER_DIST_TIMEOUT_MIN", "60"))
+    if not minutes > 0:
+        raise ValueError(f"ANYORDER_DIST_TIMEOUT_MIN must be a positive number of minutes, got {minutes}")
+    return datetime.timedelta(minutes=minutes)
 
 
 def dist_info() -> tuple[int, int]:
@@ -35,11 +47,11 @@ def init_distributed(device: str | torch.device = "auto") -> tuple[int, int]:
     :func:`~anyorder.nn.device.resolve_device` does) is CUDA, gloo otherwise (a CPU run on a GPU host included).
     A no-op in one process."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dev = resolve_device(device)
+        dev = resolve_device(device, "train.device")
         if dev.type == "cuda":
             local = int(os.environ.get("LOCAL_RANK", 0)) % max(1, torch.cuda.device_count())
             torch.cuda.set_device(dev.index if dev.index is not None else local)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", timeout=collective_timeout())
     return dist_info()
 
 
@@ -57,21 +69,33 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap(module: nn.Module, blocks: list[nn.Module], fsdp: bool) -> nn.Module:
+def wrap(module: nn.Module, blocks: list[nn.Module], fsdp: bool, compute_dtype: torch.dtype | None = None
+         ) -> nn.Module:
     """The module a training step calls: ``module`` itself (one process), DDP around it, or ``module`` sharded
-    in place with FSDP2 (each of ``blocks``, then the root). Returns what to call."""
+    in place with FSDP2 (each of ``blocks``, then the root). Returns what to call.
+
+    ``compute_dtype`` (bf16 autocast) on an accelerator: FSDP gathers the blocks' parameters in it and reduces
+    their gradients in fp32 — half the all-gather traffic, the same gradients; the blocks take the fp32
+    residual stream as it comes (no input cast), so the math is autocast's as under DDP, with norm weights
+    rounded to bf16 (CUDA autocast runs LayerNorm in fp32; CPU autocast cannot take bf16 weights with an fp32
+    input, so CPU runs gather fp32). The root (embeddings, position tables, head: a few percent of the
+    parameters) stays fp32. DDP does not broadcast buffers: every family's buffers (RandAR's RoPE table) are
+    computed from the config, the same on every rank."""
     rank, world = dist_info()
     if fsdp:
         device = next(module.parameters()).device
         mesh = init_device_mesh(device.type, (world,))
+        mixed = compute_dtype not in (None, torch.float32) and device.type != "cpu"
+        mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32,
+                                  cast_forward_inputs=False) if mixed else MixedPrecisionPolicy()
         for blk in blocks:
-            fully_shard(blk, mesh=mesh)
+            fully_shard(blk, mesh=mesh, mp_policy=mp)
         fully_shard(module, mesh=mesh)
         return module
     if world > 1:
         device = next(module.parameters()).device
         return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None,
-                                                   gradient_as_bucket_view=True)
+                                                   gradient_as_bucket_view=True, broadcast_buffers=False)
     return module
 
 

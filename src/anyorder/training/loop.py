@@ -58,7 +58,7 @@ from anyorder.models.base import AnyOrderModel
 from anyorder.nn import orders as orders_lib
 from anyorder.nn.device import resolve_device
 from anyorder.training.config import TrainConfig, config_to_dict
-from anyorder.training.distributed import dist_info, full_state, init_distributed, load_full_state, wrap
+from anyorder.training.distributed import barrier, dist_info, full_state, init_distributed, load_full_state, wrap
 from anyorder.training.optim import make_optimizer
 from anyorder.training.schedules import anneal_bounds, lr_at, permutation_ratio
 
@@ -72,12 +72,15 @@ CKPT_FORMAT = 2
 _RUNTIME_KEYS = {"grad_checkpointing"}
 
 
-def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+def uses_bf16(device: torch.device, precision: str) -> bool:
+    """Whether a run of ``precision`` (auto: bf16 on a CUDA device that has it) computes in bf16 autocast."""
     if precision not in ("auto", "fp32", "bf16"):
         raise ValueError(f"precision must be auto, fp32 or bf16, got {precision!r}")
-    use_bf16 = precision == "bf16" or (
-        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
-    if use_bf16:
+    return precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+
+
+def autocast_context(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if uses_bf16(device, precision):
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -258,7 +261,8 @@ def setup(model: AnyOrderModel, codes: Tensor | CodeSource, labels: Tensor | Non
             stale.unlink(missing_ok=True)
     loss_module = TrainingLoss(model)
     fsdp = cfg.fsdp and world > 1
-    engine = wrap(loss_module, list(model.transformer.blocks), fsdp=fsdp)
+    compute = torch.bfloat16 if uses_bf16(model.device, cfg.precision) else None
+    engine = wrap(loss_module, list(model.transformer.blocks), fsdp=fsdp, compute_dtype=compute)
     opt = make_optimizer(model, cfg)
     if cfg.skip_grad_norm > 0 and not all(g.get("fused") for g in opt.param_groups):
         raise ValueError(f"train.skip_grad_norm={cfg.skip_grad_norm} skips steps inside the fused "
@@ -370,7 +374,9 @@ def log_and_check(run: Run, state: TrainState, step_loss: Tensor, loss_sum: Tens
 
 
 def save(run: Run, state: TrainState) -> None:
-    """Write ``last.pt`` atomically (full state dicts: a collective under FSDP; rank 0 writes)."""
+    """Write ``last.pt`` atomically (full state dicts: a collective under FSDP; rank 0 writes). The other ranks
+    wait for the write at a barrier (under the process group's timeout,
+    :func:`~anyorder.training.distributed.collective_timeout`), not inside the next step's gradient reduction."""
     msd, osd = full_state(run.loss_module, run.opt, prefix="model.")
     if run.rank == 0:
         atomic_torch_save(run.ckpt_path, {
@@ -378,6 +384,8 @@ def save(run: Run, state: TrainState) -> None:
             "epoch": state.seen / len(run.data), "history": state.history, "world_size": run.world,
             "model_config": run.model.config_dict(), "train_config": config_to_dict(run.cfg),
         })
+    if run.world > 1:
+        barrier()
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------

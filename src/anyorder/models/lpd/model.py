@@ -216,15 +216,29 @@ class LPD(AnyOrderModel):
                         queries=self.z_proj_ln(self.mask_token + pos),
                         slots=torch.arange(T + 1 + int(static), device=orders.device))
 
+    def feed_prefix(self, state: LPDState, context: Tensor) -> None:
+        """The class and an edit's known tokens into the cache (slots ``0 .. P``), each seeing the class and the
+        known tokens before it in the order — as if decoded one per step, so a step's logits equal the
+        teacher-forced ones of the known-first order; the first step then feeds its queries only."""
+        P = context.shape[1]
+        tok = context if context.is_floating_point() else self.token_emb(context)
+        x = torch.cat([state.cls, self.z_proj_ln(tok + state.pos[:, :P])], dim=1)
+        step = CacheStep(state.slots[: P + 1], kv_len=P + 1, visible=state.slots[: P + 1] + 1)  # causal
+        self.transformer.decode_step(x, step, last=0)
+        return None
+
     def _feed(self, state: LPDState, new_tokens: Tensor | None, num_queries: int) -> tuple[Tensor, Tensor, int, int]:
-        """The fed rows (the tokens sampled last step, or the class at the prefill) starting at slot ``start``,
-        and the step's query rows ``q``; the fed rows see the slots below ``see`` (their own group included)."""
+        """The fed rows (the tokens sampled last step, the class at the prefill, or none after an edit's known
+        tokens) starting at slot ``start``, and the step's query rows ``q``; the fed rows see the slots below
+        ``see`` (their own group included)."""
         done, m = state.done, num_queries
         T = state.orders.shape[1]
         if done + m > T:
             raise ValueError(f"{m} queries after {done} decoded tokens exceed the {T} positions")
         n = 0 if new_tokens is None else new_tokens.shape[1]
-        if n == 0:  # prefill: the class at slot 0
+        if n == 0 and done > 0:  # after feed_prefix: the known tokens are in the cache, only queries now
+            x, start = state.cls[:, :0], 1 + done
+        elif n == 0:  # prefill: the class at slot 0
             x, start = state.cls, 0
         else:  # the tokens of generation indices done - n .. done - 1 at slots 1 + index
             start = 1 + done - n

@@ -122,8 +122,12 @@ class RandAR(AnyOrderModel):
         self.init_weights()
 
     def _rope_table(self, device: torch.device | str | None = None) -> Tensor:
+        """The RoPE table, computed on the CPU (as the official code: the same bits whichever device the model
+        is built on) and put on ``device`` (None: the default device, e.g. a ``with torch.device(...)``)."""
         c = self.config
-        return rope_2d(self.grid, c.dim // c.n_head, c.rope_base).to(device)
+        with torch.device("cpu"):
+            table = rope_2d(self.grid, c.dim // c.n_head, c.rope_base)
+        return table.to(torch.get_default_device() if device is None else device)
 
     def reset_buffers(self) -> None:
         """Recompute the RoPE table (fp32) on the parameters' device, e.g. after a meta-device build."""

@@ -252,9 +252,13 @@ class RAR(AnyOrderModel):
     @torch.no_grad()
     def merge_position_embeddings(self) -> RAR:
         """A copy for inference whose single position table already holds the target-aware
-        embeddings of the final (``config.order``) order. Its outputs equal this model's in that order."""
-        merged = RAR(replace(self.config, merged_pos_embed=True)).to(self.device)
-        sd = {k: v for k, v in self.state_dict().items() if k not in ("pos_embed", "target_aware_pos_embed")}
-        merged.load_state_dict(sd, strict=False)
-        merged.pos_embed.copy_(self.position_table(self.default_order()[None]))
+        embeddings of the final (``config.order``) order. Its outputs equal this model's in that order.
+        The copy keeps each tensor's device and dtype (a bf16 model gives a bf16 copy) and the sampling
+        settings; it is built on the meta device and takes copies of the tensors (no random init)."""
+        with torch.device("meta"):
+            merged = RAR(replace(self.config, merged_pos_embed=True))
+        sd = {k: v.clone() for k, v in self.state_dict().items() if k not in ("pos_embed", "target_aware_pos_embed")}
+        sd["pos_embed"] = self.position_table(self.default_order()[None]).clone()  # the model's dtype
+        merged.load_state_dict(sd, strict=True, assign=True)
+        merged.sampling_defaults = dict(self.sampling_defaults)
         return merged
