@@ -116,7 +116,13 @@ def test_accumulating_two_micro_batches_equals_one_batch_of_twice_the_size(famil
               progress=False)
         runs[accum] = model.state_dict()
     for k in runs[1]:
-        torch.testing.assert_close(runs[1][k], runs[2][k], atol=1e-5, rtol=0, msg=k)
+        a, b = runs[1][k], runs[2][k]
+        if k.endswith("attn.qkv.bias"):
+            # the key bias adds q.b to every score of a query: softmax ignores it, so its gradient is 0 up to
+            # rounding, which AdamW scales to full lr-sized steps; compare the query and value biases only
+            third = a.shape[0] // 3
+            a, b = torch.cat([a[:third], a[2 * third:]]), torch.cat([b[:third], b[2 * third:]])
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0, msg=k)
 
 
 def test_resuming_a_finished_run_reports_its_last_loss(tmp_path):
@@ -157,6 +163,8 @@ def test_activation_checkpointing_gives_the_same_step(family, tmp_path):
 def test_weight_decay_groups_match_the_official_trainer(family):
     """decay_groups.json lists, in official names, what the official trainer decays; ours must be the same set."""
     folder = fixture_dir(family)
+    if not (folder / "decay_groups.json").is_file():
+        pytest.skip(f"{folder} has no decay_groups.json (LPD's rule is checked against its add_weight_decay)")
     model = from_pretrained(folder)
     groups = json.loads((folder / "decay_groups.json").read_text())
     convert = get_family(family).official.convert_state_dict
