@@ -1,5 +1,7 @@
 """Sampling throughput on one device: RAR-B … XXL img/s (random weights, batch 128, classifier-free guidance,
-KV cache; fp32 / bf16, eager / compiled) beside RAR's Table 5 (A100), and RandAR-L at 88 vs 256 steps.
+KV cache; fp32 / bf16, eager / compiled) beside RAR's Table 5 (A100), RandAR-L at 88 vs 256 steps, and LPD-L/XL
+with their release policy (20 steps, locality orders) at batch 1 (latency) and 64 (throughput) beside the LPD
+README's A100 figures.
 
 Run by ``benchmarks/device_check.sh`` (after the CUDA cases of the device-parametrised tests). Every figure is
 the generator alone (codes, no tokenizer decode), timed on the second of two generations (the first compiles /
@@ -51,7 +53,14 @@ SMOKE = {
               "codebook_size": 32, "num_classes": 10, "pos_extra": 4, "timestep_extra": 4},
     "randar_l": {"family": "randar", "dim": 64, "depth": 2, "n_head": 4, "seq_len": 64, "codebook_size": 32,
                  "num_classes": 10, "multiple_of": 32},
+    "lpd_l": {"family": "lpd", "dim": 64, "depth": 2, "n_head": 4, "seq_len": 64, "codebook_size": 32,
+              "num_classes": 10},
+    "lpd_xl": {"family": "lpd", "dim": 96, "depth": 2, "n_head": 4, "seq_len": 64, "codebook_size": 32,
+               "num_classes": 10},
 }
+# mit-han-lab/lpd README, A100, bf16, 20 steps: batch-1 latency (s) and batch-64 throughput (img/s)
+LPD_TABLE_A100 = {"lpd_l": {"steps": 20, "latency_s": 0.28, "img_per_s": 139.11},
+                  "lpd_xl": {"steps": 20, "latency_s": 0.41, "img_per_s": 75.20}}
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -103,14 +112,46 @@ def _time_generation(model, batch: int, steps: int | None, compile: Any, warm_st
     return time.perf_counter() - t
 
 
+@torch.no_grad()
+def _time_release(model, name: str, batch: int, compile: Any, reps: int) -> list[float]:
+    """Seconds per generation of ``batch`` images with the preset's release policy (steps, guidance, order
+    policy: LPD's protocol), the orders drawn before the clock starts (the official sampler reads them from
+    pre-generated files); one warm-up generation, then ``reps`` timed ones."""
+    device = model.device
+    g = torch.Generator(device=device).manual_seed(0)
+    classes = torch.arange(batch, device=device) % model.num_classes
+    release = dict(get_preset(name).sampling)
+    release["steps"] = min(release["steps"], model.seq_len)
+    out = []
+    for i in range(reps + 1):
+        job = generation_job(model, classes, release, generator=g)  # orders drawn here, outside the clock
+        _sync(device)
+        t = time.perf_counter()
+        decode(job, compile=compile)
+        _sync(device)
+        if i:
+            out.append(time.perf_counter() - t)
+    return out
+
+
 def run_one(tag: str, device: torch.device, batch: int, smoke: bool) -> dict[str, Any]:
-    """The row of configuration ``tag``: ``"rar_b fp32 eager"``, ``"randar_l bf16 compiled"``, ..."""
-    name, dtype_name, mode = tag.split()
+    """The row of configuration ``tag``: ``"rar_b fp32 eager"``, ``"randar_l bf16 compiled"``, or a release-policy
+    latency row ``"lpd_l bf16 eager b1+64"`` (batch 1 latency and batch 64 throughput, LPD's protocol)."""
+    name, dtype_name, mode, *batches = tag.split()
     compiled = mode == "compiled"
     backend: Any = ("eager" if smoke else True) if compiled else False
     model = _model(name, device, DTYPES[dtype_name], smoke)
     peak = {}
-    if model.family == "randar":
+    if batches:
+        reps = 2 if smoke else 5
+        row = {"model": name, "dtype": dtype_name, "compiled": compiled,
+               "steps": min(get_preset(name).sampling["steps"], model.seq_len), "policy": get_preset(name).sampling,
+               "paper_a100": LPD_TABLE_A100.get(name)}
+        for b in (int(x) for x in batches[0].lstrip("b").split("+")):
+            sec = sorted(_time_release(model, name, b, backend, reps))
+            row[f"batch{b}"] = {"median_s": sec[len(sec) // 2], "s_per_image": sec[len(sec) // 2] / b,
+                                "img_per_s": b / sec[len(sec) // 2], "seconds": sec}
+    elif get_family(model.family).can("parallel"):
         T = model.seq_len
         few = max(1, round(88 * T / 256))  # 88 of 256 steps: the paper's setting, scaled to smoke grids
         t_all = _time_generation(model, batch, T, backend, warm_steps=None)
@@ -133,11 +174,10 @@ def configurations(sizes: list[str], smoke: bool) -> list[str]:
     RandAR, compiled bf16, compiled RandAR, compiled fp32."""
     rows = [f"{n} {d} eager" for n in sizes for d in ("fp32", "bf16")]
     rows += ["randar_l bf16 eager"]
+    rows += ["lpd_l bf16 eager b1+64", "lpd_xl bf16 eager b1+64"]  # LPD's protocol: bf16, batch 1 and 64
     rows += [f"{n} bf16 compiled" for n in sizes]
-    rows += ["randar_l bf16 compiled"]
+    rows += ["randar_l bf16 compiled", "lpd_l bf16 compiled b1+64"]
     rows += [f"{n} fp32 compiled" for n in sizes]
-    # LPD (being added by the lead): its rows go here, e.g. "lpd_l bf16 eager", once the family and its presets
-    # are registered and run_one knows how to time them (steps as the paper's table).
     return rows
 
 
@@ -194,7 +234,7 @@ def main() -> int:
         "tf32": args.tf32 and device.type == "cuda",
         "note": "generator only (codes), second of two runs, each configuration in its own process; Table 5 is "
                 "the RAR paper's A100 img/s",
-        "rar": [], "randar": {}, "skipped": [], "failed": {},
+        "rar": [], "randar": {}, "lpd": [], "skipped": [], "failed": {},
     }
 
     def save() -> None:  # after every row: a run cut short by an outer timeout still leaves its rows
@@ -212,7 +252,9 @@ def main() -> int:
                 continue
             kind, result = _child(tag, args, Path(tmp) / f"row{i}.json", left)
             if kind == "row":
-                if tag.startswith("randar"):
+                if len(tag.split()) == 4:
+                    out["lpd"].append(result)
+                elif tag.startswith("randar"):
                     out["randar"][f"{result['dtype']}_{'compiled' if result['compiled'] else 'eager'}"] = result
                 else:
                     out["rar"].append(result)

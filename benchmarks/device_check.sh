@@ -5,7 +5,9 @@
 #      sampling, eager = static = compiled for a seed, a CPU generator feeding the GPU, bf16 (logits, KV-cache
 #      decoding, FSDP), Flash for the parallel steps, TF32 in the CLI, the compiled step, training and resuming;
 #   2. sampling throughput (benchmarks/device_check.py, each configuration in its own process): RAR-B … XXL img/s
-#      (batch 128; fp32/bf16; eager/compiled) beside RAR Table 5, RandAR-L 88 vs 256 steps, peak memory per row.
+#      (batch 128; fp32/bf16; eager/compiled) beside RAR Table 5, RandAR-L 88 vs 256 steps, LPD-L/XL at their
+#      release policy (bf16, 20 steps, locality orders; batch 1 latency and batch 64 img/s, warm-up then 5 timed
+#      runs) beside the LPD README's A100 figures, peak memory per row.
 # Writes $OUT/device_check.json (or ./device_check.json) with both stages' results, and the logs beside it.
 # Exits non-zero, saying which stage failed, when any stage fails.
 #

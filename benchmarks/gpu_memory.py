@@ -1,9 +1,7 @@
 """GPU memory of sampling per model, batch and dtype — weights + KV cache + the sampling step's working set —
 and the largest batch that fits a 40 / 80 / 141 GB card. Arithmetic from the presets, no GPU needed.
 
-- weights: the parameter count of the preset (RAR, RandAR: built on the meta device; LPD, not registered yet:
-  ``depth (12 D^2 + 13 D) + 1000 D + 2 x 16384 D + (T + 1) D + 6 D``, the official model's count) x 4 bytes
-  (fp32) or 2 (bf16);
+- weights: the parameter count of the preset (built on the meta device) x 4 bytes (fp32) or 2 (bf16);
 - KV cache: per layer ``2 (k, v) x rows x slots x D`` elements in the weights' dtype, ``rows`` = batch x 2 with
   classifier-free guidance; ``slots`` = RAR ``T + 2`` (cls, class, tokens), RandAR ``2T + 2`` (class, an
   instruction and a token per position, the static step's scratch slot), LPD ``T + 1`` (class, tokens);
@@ -30,6 +28,7 @@ import json
 from pathlib import Path
 
 from anyorder.models import build_model, get_preset
+from anyorder.models.lpd.plans import group_sizes
 from anyorder.nn.schedules import parallel_decoding_schedule
 
 GIB = 2**30
@@ -37,28 +36,30 @@ CARDS_GIB = (40, 80, 141)
 CONTEXT_GIB, FILL = 1.5, 0.9
 BATCHES = (1, 16, 32, 64, 128, 256)
 BYTES = {"fp32": 4, "bf16": 2}
-LPD = {"lpd_l": (1024, 24, 16), "lpd_xl": (1280, 36, 20), "lpd_xxl": (1536, 48, 24)}  # D, depth, heads
-LPD_WIDEST_STEP = 20  # the 20-step plan of 256 tokens decodes at most 20 at once (group_sizes_lookup.json)
+MODELS = ("rar_b", "rar_l", "rar_xl", "rar_xxl", "randar_l", "randar_xl", "lpd_l", "lpd_xl", "lpd_xxl")
+
+
+def _slots_and_widest_step(family: str, T: int, release: dict) -> tuple[int, int]:
+    """Cache slots and the most tokens one step decodes, as the module docstring says."""
+    if family == "rar":
+        return T + 2, 1
+    if family == "randar":
+        return 2 * T + 2, max(parallel_decoding_schedule(88, T))
+    if family == "lpd":
+        return T + 1, max(group_sizes(T, release["steps"]))
+    raise ValueError(f"no memory model for family {family!r}: add its cache slots and widest step here")
 
 
 def models() -> list[dict]:
     """Each model's shape facts: parameters, depth, width, cache slots, vocabulary, widest step."""
     out = []
-    for name in ("rar_b", "rar_l", "rar_xl", "rar_xxl", "randar_l", "randar_xl"):
+    for name in MODELS:
         p = get_preset(name)
         m = build_model(name, device="meta")
         T, D = m.seq_len, p.model["dim"]
-        if p.family == "rar":
-            slots, widest = T + 2, 1
-        else:
-            slots, widest = 2 * T + 2, max(parallel_decoding_schedule(88, T))
+        slots, widest = _slots_and_widest_step(p.family, T, p.sampling)
         out.append({"model": name, "params": sum(t.numel() for t in m.parameters()), "depth": p.model["depth"],
                     "dim": D, "slots": slots, "vocab": m.codebook_size, "widest_step": widest})
-    for name, (D, depth, _) in LPD.items():
-        T, V = 256, 16384
-        params = depth * (12 * D * D + 13 * D) + 1000 * D + 2 * V * D + (T + 1) * D + 6 * D
-        out.append({"model": name, "params": params, "depth": depth, "dim": D, "slots": T + 1, "vocab": V,
-                    "widest_step": LPD_WIDEST_STEP})
     return out
 
 

