@@ -52,9 +52,9 @@ def test_a_configuration_past_the_budget_is_killed_and_listed_as_skipped(tmp_pat
     done, result, seconds = _bench(tmp_path, "--budget-s", "3", "--min-row-s", "0.5")
     assert done.returncode == 0, done.stderr
     finished = [f"{r['model']} {r['dtype']} {'compiled' if r['compiled'] else 'eager'}"
-                for r in [*result["rar"], *result["randar"].values()]]
-    assert len(finished) + len(result["skipped"]) == 10 and not result["failed"]  # every row accounted for
-    assert result["skipped"] and result["total_seconds"] < 3 + 2  # ten processes cannot start in 3 s
+                for r in [*result["rar"], *result["randar"].values(), *result["lpd"]]]
+    assert len(finished) + len(result["skipped"]) == 13 and not result["failed"]  # every row accounted for
+    assert result["skipped"] and result["total_seconds"] < 3 + 2  # 13 processes cannot start in 3 s
     assert seconds < 3 + 15  # the budget, the driver's own start and the JSON
 
 
@@ -62,3 +62,18 @@ def test_a_configuration_that_crashes_costs_its_row_and_fails_the_run(tmp_path):
     done, result, _ = _bench(tmp_path, "--sizes", "rar_nonexistent", "--budget-s", "8", "--min-row-s", "0.5")
     assert done.returncode == 1
     assert "rar_nonexistent fp32 eager" in result["failed"] and "FAILED: rar_nonexistent" in done.stderr
+
+
+def test_an_lpd_row_times_the_release_policy_at_batch_1_and_64_after_a_warm_up(tmp_path):
+    """LPD's protocol: its release policy (steps, guidance, locality orders), batch-1 latency and batch-64
+    throughput, every generation after the first timed."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import device_check
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    row = device_check.run_one("lpd_l fp32 eager b1+3", torch.device("cpu"), batch=0, smoke=True)
+    assert row["policy"]["order"] == "locality" and row["steps"] == 20
+    assert len(row["batch1"]["seconds"]) == len(row["batch3"]["seconds"]) == 2  # the warm-up is not timed
+    assert row["batch3"]["img_per_s"] == pytest.approx(3 / row["batch3"]["median_s"])
+    assert row["paper_a100"]["latency_s"] == 0.28
