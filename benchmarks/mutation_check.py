@@ -660,6 +660,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"duplicate mutation names: {dupes}", file=sys.stderr)
         return 1
     chosen = [m for m in MUTATIONS if not args.only or args.only in m.name or args.only in m.area]
+    if not chosen:  # else the baseline would run every test file for nothing
+        print(f"no mutation's name or area contains --only {args.only!r} (a plain substring)", file=sys.stderr)
+        return 2
     if args.list:
         for m in chosen:
             print(f"{m.name:40s} {m.area:14s} {m.file:28s} {snippet_problem(m) or 'ok'}")
