@@ -212,8 +212,19 @@ def main() -> int:
         o = result["official"]
         print(f"LPD {o['steps']} steps, batch {o['batch']}: official {o['ms_per_image']['official']} ms / image, "
               f"anyorder {o['ms_per_image']['anyorder']} ms / image: official / ours = {o['official_over_anyorder']}")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.json:  # parts not run this time are kept from an existing file, each with its environment
+        path = Path(args.json)
+        kept = json.loads(path.read_text()) if path.is_file() else {}
+        if kept.get("shape") != result["shape"]:
+            kept = {}  # another shape: nothing of it is kept
+        shared = kept.pop("environment", None)  # files written before the parts had one each
+        for part in ("families", "official"):
+            if part in result:
+                kept[part], kept[f"{part}_environment"] = result[part], result["environment"]
+            elif part in kept and shared is not None:
+                kept.setdefault(f"{part}_environment", shared)
+        kept["shape"] = result["shape"]
+        path.write_text(json.dumps(kept, indent=1) + "\n")
         print(f"wrote {args.json}")
     return 0
 

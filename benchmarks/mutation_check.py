@@ -76,8 +76,8 @@ ISSUE_24 = [
       "test_tokenize.py::test_adm_rows_are_the_centre_crop_and_its_flip_and_bad_files_are_listed",
       why="ADM centre crop resized BILINEAR instead of BICUBIC"),
     M("inpaint-zero-context", "sampling", "sampling/decode.py",
-      "new = rows.context(model, job.prefix)",
-      "new = rows.context(model, torch.zeros_like(job.prefix))",
+      "model.feed_prefix(state, rows.context(model, job.prefix))",
+      "model.feed_prefix(state, rows.context(model, torch.zeros_like(job.prefix)))",
       "test_inpaint_conditioning.py",
       why="the known tokens written out, but zeros teacher-forced in their place"),
     M("inpaint-zero-codes", "editing", "editing/inpaint.py",
@@ -121,9 +121,10 @@ CAUGHT_BEFORE = [
       "return [self(decoded, total) for j in range(count)]",
       "test_schedules.py::test_per_token_scales_follow_each_tokens_own_index"),
     M("guidance-mix-from-c", "sampling", "sampling/decode.py",
-      "return u + (c - u) * s_c",
-      "return c + (c - u) * s_c",
-      "test_core.py::test_guided_sampling_mixes_u_plus_c_minus_u_times_the_scheduled_scale"),
+      "return (c - u).mul_(s_c).add_(u)",
+      "return (c - u).mul_(s_c).add_(c)",
+      "test_family_contract.py::test_guided_greedy_sampling_is_the_argmax_of_the_mix_at_the_policys_scale",
+      "test_editing.py::test_guidance_rows_mix_as_documented"),
     M("step-plan-cosine-shifted", "nn", "nn/schedules.py",
       "target = min(int((1 - math.cos(math.pi / 2 * (s + 1) / steps)) * total + 1), total)\n"
       "            n = target",
@@ -176,8 +177,12 @@ CAUGHT_BEFORE = [
       "self.slots[:, None] > self.slots[None, :]",
       "test_family_contract.py::test_the_static_step_gives_the_eager_steps_logits"),
     M("kv-eager-mask-off-by-one", "nn", "nn/kv_cache.py",
-      "limit = step.input_pos + 1 if step.visible is None else step.visible",
-      "limit = step.input_pos if step.visible is None else step.visible",
+      "return self.slots[None, : step.kv_len] < step.visible[:, None]",
+      "return self.slots[None, : step.kv_len] <= step.visible[:, None]",
+      "test_lpd.py::test_greedy_generations_id_for_id"),
+    M("kv-static-mask-off-by-one", "nn", "nn/kv_cache.py",
+      "self.slots[:, None] >= self.slots[None, :]",
+      "self.slots[:, None] > self.slots[None, :]",
       "test_core.py::test_parallel_decode_logits_equal_full_sequence_forward"),
     M("kv-window-one-short", "nn", "nn/kv_cache.py",
       "if half < stop:",
@@ -230,7 +235,7 @@ LAYERS = [
     M("hub-forgets-recorded-sampling", "hub", "hub.py",
       'sampling = dict(extra.get("sampling") or {})',
       "sampling = {}",
-      "test_policy.py::test_saving_keeps_the_settings_a_model_samples_with"),
+      "test_family_contract.py::test_save_and_load_round_trip"),
     M("hub-ignores-dtype", "hub", "hub.py",
       "target = dtype if (dtype is not None and sd[k].is_floating_point()) else want[k]",
       "target = want[k]",
@@ -265,9 +270,9 @@ LAYERS = [
       "x = x.mul(255.0).add_(0.5).clamp_(0.0, 255.0)",
       "x = x.mul(255.0).clamp_(0.0, 255.0)",
       "test_sample_npz.py::test_uint8_round_is_randars_conversion"),
-    M("balanced-labels-in-blocks", "sampling", "sampling/batch.py",
-      ".repeat(-(-num_samples // len(classes)))[:num_samples]",
-      ".repeat_interleave(-(-num_samples // len(classes)))[:num_samples]",
+    M("balanced-labels-in-blocks", "sampling", "sampling/protocol.py",
+      "dtype=torch.int64).repeat(rounds)[:num_samples]",
+      "dtype=torch.int64).repeat_interleave(rounds)[:num_samples]",
       "test_sample_npz.py::test_balanced_labels_spread_the_remainder_over_the_first_classes"),
     M("one-seed-stream-for-every-chunk", "sampling", "sampling/batch.py",
       'f"anyorder.sample:{int(seed)}:{int(chunk)}"',
@@ -333,8 +338,8 @@ LAYERS = [
       "        return 1",
       "test_cli_sample.py::test_class_out_of_range_exit_code_2"),
     M("cli-png-batches-share-a-seed", "cli", "cli/sample.py",
-      "args.seed, i // bs, kw)",
-      "args.seed, 0, kw)",
+      "args.seed, i // bs,",
+      "args.seed, 0,",
       "test_cli_sample.py::test_png_batches_do_not_repeat_each_other"),
     # app
     M("app-known-cells-not-pasted", "app", "app/render.py",
@@ -573,7 +578,7 @@ def verdict(m: Mutation, rc: int | None, out: str, secs: float, timeout: float) 
         skipped = re.search(r"(\d+) skipped", out)
         why = f"{skipped.group(1)} skipped, the rest passed" if skipped else "all passed"
         return Result(m, "NOT CAUGHT", secs, why)
-    if rc == 5:
+    if rc in (4, 5):  # 4: pytest could not find a listed test (renamed?), 5: it collected none
         return Result(m, "NO TESTS", secs, first_failure(out))
     return Result(m, "caught", secs, first_failure(out))
 

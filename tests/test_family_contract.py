@@ -129,6 +129,8 @@ def test_save_and_load_round_trip(family, tmp_path: Path):
     loaded = from_pretrained(save_pretrained(model, tmp_path / "m"))
     assert type(loaded) is type(model) and loaded.config == model.config
     assert loaded.sampling_defaults == model.sampling_defaults
+    again = load_official(_weights_in_directory(tmp_path / "m"))  # the weights file; config.json beside it
+    assert again.sampling_defaults == model.sampling_defaults
     codes, classes, orders = data(model)
     with torch.no_grad():
         assert torch.equal(loaded.logits(codes, classes, orders), model.logits(codes, classes, orders))

@@ -73,7 +73,7 @@ def sample_static(logits: Tensor, temperature: float, top_k: int, top_p: float, 
     if is_greedy(temperature, top_k):
         return logits.argmax(-1).view(shape)
     probs = F.softmax(filter_logits(logits, temperature, top_k, top_p), dim=-1)
-    return (probs / noise.reshape(probs.shape).clamp_min(1e-30)).argmax(-1).view(shape)
+    return probs.div_(noise.reshape(probs.shape).clamp_min(1e-30)).argmax(-1).view(shape)  # probs is ours
 
 
 def race_noise(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | str) -> Tensor:
@@ -158,11 +158,12 @@ class GuidanceRows:
         if self.use_c and self.use_s:
             c, us, u = parts
             return u + s_c * (c - us) + s_s * (us - u)
+        # in place on the one new tensor: the same rounding as ``u + (c - u) * s``, two fewer [B, n, V] buffers
         if self.use_c:
             c, u = parts
-            return u + (c - u) * s_c
+            return (c - u).mul_(s_c).add_(u)
         c, cd = parts
-        return cd + (c - cd) * s_s
+        return (c - cd).mul_(s_s).add_(cd)
 
 
 def _per_row(scales: list[float], device: torch.device) -> float | Tensor:
