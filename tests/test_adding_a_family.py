@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class ToySampling(RandARSampling):
     family = NAME
     burst: int = setting(0, "tokens decoded together in the first step (0: as the steps plan says)", low=0,
                          high="seq_len", step=1)
+    reverse_plan: bool = setting(False, "run the step plan backwards: the largest steps first")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -81,10 +83,12 @@ class ToySampling(RandARSampling):
 
     def plan_for(self, steps: int, total: int) -> list[int]:
         if not self.burst:
-            return super().plan_for(steps, total)
-        first = min(self.burst, total)
-        rest = total - first
-        return [first] + (parallel_decoding_schedule(max(1, min(steps - 1, rest)), rest) if rest else [])
+            plan = super().plan_for(steps, total)
+        else:
+            first = min(self.burst, total)
+            rest = total - first
+            plan = [first] + (parallel_decoding_schedule(max(1, min(steps - 1, rest)), rest) if rest else [])
+        return plan[::-1] if self.reverse_plan else plan
 
 
 class ToyOfficial(OfficialFormat):
@@ -242,6 +246,43 @@ def test_anyorder_train_and_sample_take_the_family_and_its_setting(toy, tmp_path
     code, _, err = _cli(["sample", "--model", tmp_path / "other", "--burst", "2", "--out", tmp_path / "o.png"],
                         capsys)
     assert code == 2 and f"'burst' does not apply to a {other} model: it is a {NAME} setting" in err
+
+
+def test_a_boolean_setting_is_a_flag_pair_on_the_command_line_and_a_checkbox_in_the_app(toy, tmp_path: Path,
+                                                                                          capsys) -> None:
+    """A ``bool`` policy field: ``--x`` / ``--no-x`` (unset: the model's own value), recorded as a bool, and the
+    sample is the library's with that value; in the app a checkbox whose value reaches the policy as a bool."""
+    assert "--reverse-plan, --no-reverse-plan run the step plan backwards: the largest steps first [Toy]" in _help(
+        "sample", capsys)
+    torch.manual_seed(0)
+    model = build_model({"family": NAME, **DEBUG})
+    save_pretrained(model, tmp_path / "run" / "model")
+    _tokenizer(DEBUG["codebook_size"], tmp_path / "run" / "tokenizer")
+    assert ToySampling(steps=4, reverse_plan=True).plan_for(4, 16) == ToySampling(steps=4).plan_for(4, 16)[::-1]
+    for flag, value in (("--reverse-plan", True), ("--no-reverse-plan", False), (None, False)):
+        png = tmp_path / f"{flag}.png"
+        code, _, err = _cli(["sample", "--model", tmp_path / "run", "--classes", "0", "1", "--steps", "4",
+                             "--seed", "3", "--out", png, *([flag] if flag else [])], capsys)
+        assert code == 0, err
+        recorded = json.loads(png.with_suffix(".json").read_text())["sampling"]["reverse_plan"]
+        assert recorded is value
+        kw = model_sampling(model, steps=4, reverse_plan=value).to_dict()
+        expect = generate(model, [0, 1], generator=chunk_generator(3, 0, "cpu"), **kw)
+        tok = from_pretrained(tmp_path / "run" / "tokenizer")
+        save_image_grid(decode_batched(tok, expect), tmp_path / "expect.png", nrow=2)
+        with Image.open(png) as got, Image.open(tmp_path / "expect.png") as want:
+            assert np.array_equal(np.asarray(got), np.asarray(want)), flag
+
+    pytest.importorskip("gradio", reason="gradio is not installed (pip install gradio)")
+    from anyorder.app import core, ui
+
+    entry = types.SimpleNamespace(spec=toy, model=model, defaults=lambda: {"steps": 4})
+    info = next(i for i in toy.policy_class.settings() if i.name == "reverse_plan")
+    box = ui._control(info, entry)
+    assert type(box).__name__ == "Checkbox" and box.value is False and box.visible
+    for value in (True, False):
+        chosen = core.sampling_settings(entry, reverse_plan=value)
+        assert chosen["reverse_plan"] is value and ToySampling.from_dict(chosen).reverse_plan is value
 
 
 def _contract_checks() -> list[str]:

@@ -98,6 +98,8 @@ def _control(info: SettingInfo, entry: AppModel) -> gr.components.Component:
     """The widget of one policy field, set for ``entry`` (hidden when its family has no such field)."""
     visible = info.name in entry.spec.policy_class.field_names()
     label = info.name.replace("_", " ")
+    if info.type is bool:
+        return gr.Checkbox(bool(control_value(info, entry)), label=label, info=info.help, visible=visible)
     if info.choices:
         return gr.Dropdown(list(info.choices), value=control_value(info, entry), label=label, info=info.help,
                            visible=visible)

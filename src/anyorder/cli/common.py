@@ -88,8 +88,12 @@ def add_sampling_options(p: argparse.ArgumentParser, capability: str | None = No
     g = p.add_argument_group("sampling (default: the settings the model was made / released with)")
     for name, (info, fams) in infos.items():
         who = "" if set(fams) == every else f" [{', '.join(fams)}]"
-        g.add_argument(f"--{name.replace('_', '-')}", dest=name, type=info.type, default=None, choices=info.choices,
-                       help=f"{info.help}{who}")
+        flag = f"--{name.replace('_', '-')}"
+        if info.type is bool:  # --x / --no-x (``type=bool`` would read "False" as True)
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                           help=f"{info.help}{who}")
+            continue
+        g.add_argument(flag, dest=name, type=info.type, default=None, choices=info.choices, help=f"{info.help}{who}")
 
 
 def sampling_values(args: argparse.Namespace) -> dict:
