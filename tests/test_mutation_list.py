@@ -27,6 +27,9 @@ def test_every_planted_bug_still_has_its_snippet_exactly_once_and_a_unique_name(
     names = [m.name for m in mc.MUTATIONS]
     assert len(names) == len(set(names))
     assert all(m.old != m.new for m in mc.MUTATIONS)
+    planted = [(m.file, m.old, m.new) for m in mc.MUTATIONS]  # two names for one bug would count it twice
+    twice = [m.name for m in mc.MUTATIONS if planted.count((m.file, m.old, m.new)) > 1]
+    assert not twice, f"mutations planting the same bug: {twice}"
 
 
 def test_every_planted_bug_names_tests_that_exist() -> None:
