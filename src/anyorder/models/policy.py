@@ -13,6 +13,7 @@ A setting the family does not have is an error naming it (:meth:`SamplingPolicy.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -51,6 +52,20 @@ class SettingInfo:
 
 
 _TYPES = {"float": float, "int": int, "str": str, "bool": bool}
+
+
+def _no_owners(family: str) -> dict[str, str]:
+    return {}
+
+
+# field -> the other family that declares it, for error messages; models.registry installs the lookup
+# (the registry sits above this module: it is handed in, never imported from here)
+_field_owners = _no_owners
+
+
+def set_field_owners(lookup: Callable[[str], dict[str, str]]) -> None:
+    global _field_owners
+    _field_owners = lookup
 
 
 @dataclass(frozen=True)
@@ -105,10 +120,8 @@ class SamplingPolicy:
         return config_to_dict(self)
 
     def replace(self, **changes: Any) -> SamplingPolicy:
-        """A copy with ``changes`` (validated: a field of another family is an error)."""
-        from anyorder.models.registry import sampling_config  # the registry names the family that has a field
-
-        return sampling_config(self.family, {**self.to_dict(), **changes})
+        """A copy with ``changes`` (validated: a field of another family is an error naming that family)."""
+        return type(self).from_dict({**self.to_dict(), **changes}, "sampling", _field_owners(self.family))
 
     @classmethod
     def field_names(cls) -> list[str]:

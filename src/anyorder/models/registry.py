@@ -18,7 +18,7 @@ import torch
 from anyorder.io.config import config_from_dict
 from anyorder.models.base import AnyOrderModel
 from anyorder.models.digit_judge import DigitClassifier
-from anyorder.models.policy import SamplingPolicy
+from anyorder.models.policy import SamplingPolicy, set_field_owners
 from anyorder.models.spec import FamilySpec, Preset
 from anyorder.tokenizers.demo_vq import DemoVQ
 
@@ -137,10 +137,17 @@ def sampling_config(family: str, values: SamplingPolicy | dict[str, Any] | None 
         if values.family != family:
             raise ValueError(f"{source}: a {values.family} sampling policy cannot drive a {family} model")
         return values
-    values = dict(values or {})
-    hint = {}
+    return cls.from_dict(dict(values or {}), source, field_owners(family))
+
+
+def field_owners(family: str) -> dict[str, str]:
+    """Each sampling field of the other families -> the first of them (in name order) that declares it."""
+    owners: dict[str, str] = {}
     for other in family_names():
         if other != family:
             for key in _FAMILIES[other].policy_class.field_names():
-                hint.setdefault(key, other)
-    return cls.from_dict(values, source, hint)
+                owners.setdefault(key, other)
+    return owners
+
+
+set_field_owners(field_owners)  # SamplingPolicy.replace names the family a foreign field belongs to
